@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace pocketflow {
+
+/// The operations the graph IR can represent. Every builder (zoo, ONNX import) emits these and every
+/// pass (analysis, surgery, export) reads them.
+enum class Op {
+    kInput,
+    kConv2d,
+    kBatchNorm2d,
+    kReLU,
+    kClip,  ///< clamp(min, max); ReLU6 is Clip(0, 6)
+    kSigmoid,
+    kHardSwish,
+    kAdd,
+    kMul,
+    kConcat,
+    kMaxPool,
+    kAvgPool,
+    kGlobalAvgPool,
+    kFlatten,
+    kReshape,
+    kLinear,
+    kDropout,
+    kIdentity,
+};
+
+/// Name of an op as written in files and tables ("Conv2d", "ReLU", ...).
+const char* op_name(Op op);
+/// Parses op_name()'s output; throws InputError for an unknown name.
+Op op_from_name(const std::string& name);
+
+/// Attributes of a node. Only the fields meaningful for the node's op are used.
+struct Attrs {
+    // Conv2d / pools
+    std::vector<int64_t> kernel;    ///< {kh, kw}
+    std::vector<int64_t> stride;    ///< {sh, sw}
+    std::vector<int64_t> padding;   ///< {ph, pw} (symmetric)
+    std::vector<int64_t> dilation;  ///< {dh, dw}
+    int64_t groups = 1;
+    int64_t out_channels = 0;       ///< Conv2d, Linear (out features)
+    bool ceil_mode = false;         ///< pools
+    bool count_include_pad = true;  ///< AvgPool
+    // Clip
+    double min = 0, max = 6;
+    // BatchNorm2d
+    double eps = 1e-5, momentum = 0.1;
+    // Dropout
+    double p = 0.5;
+    // Concat axis, Flatten start axis
+    int64_t axis = 1;
+    // Reshape target (per-sample shape, batch kept; -1 allowed once)
+    std::vector<int64_t> shape;
+};
+
+/// One node of the graph: an op, its input edges (indices of earlier nodes), attributes and named
+/// parameter/buffer tensors (Conv2d: weight [+bias]; BatchNorm2d: weight, bias, running_mean,
+/// running_var; Linear: weight, bias).
+struct Node {
+    std::string name;
+    Op op = Op::kIdentity;
+    std::vector<int> inputs;
+    Attrs attrs;
+    std::map<std::string, at::Tensor> params;   ///< trainable
+    std::map<std::string, at::Tensor> buffers;  ///< not trainable (BN running statistics)
+};
+
+/// Per-node facts computed from shapes: output shape (without batch), parameters and MACs.
+struct LayerStats {
+    std::string name;
+    Op op;
+    std::vector<int64_t> out_shape;
+    int64_t params = 0;
+    int64_t macs = 0;
+};
+
+/// A CNN as a topologically ordered list of nodes. Node 0 is the input; `output` is the node whose
+/// value is the model's output (logits).
+///
+/// Example:
+///   Graph g({1, 28, 28});
+///   int x = g.add_conv("conv1", g.input(), 1, 6, 5, 1, 2);
+///   x = g.add_unary("relu1", Op::kReLU, x);
+class Graph {
+public:
+    Graph() = default;
+    explicit Graph(std::vector<int64_t> input_shape);
+
+    const std::vector<Node>& nodes() const { return nodes_; }
+    std::vector<Node>& nodes() { return nodes_; }
+    const std::vector<int64_t>& input_shape() const { return input_shape_; }
+    int input() const { return 0; }
+    int output() const { return output_; }
+    void set_output(int node) { output_ = node; }
+
+    /// Appends a node (inputs must be earlier nodes; the name must be unique) and returns its index.
+    int add(Node node);
+    int add_conv(const std::string& name, int in, int64_t c_in, int64_t c_out, int64_t k,
+                 int64_t stride = 1, int64_t pad = 0, int64_t groups = 1, bool bias = false);
+    int add_bn(const std::string& name, int in, int64_t channels);
+    int add_unary(const std::string& name, Op op, int in);
+    int add_clip(const std::string& name, int in, double lo, double hi);
+    int add_binary(const std::string& name, Op op, int a, int b);
+    int add_pool(const std::string& name, Op op, int in, int64_t k, int64_t stride, int64_t pad = 0);
+    int add_linear(const std::string& name, int in, int64_t in_features, int64_t out_features);
+    int add_dropout(const std::string& name, int in, double p);
+
+    /// Output shapes (without batch) of every node; throws Error on an inconsistent graph.
+    std::vector<std::vector<int64_t>> infer_shapes() const;
+    /// Per-node params and MACs (conv and linear multiply-adds; other ops count 0 MACs).
+    std::vector<LayerStats> layer_stats() const;
+    int64_t total_params() const;
+    int64_t total_macs() const;
+    /// Bytes of all parameters and buffers as stored (float32).
+    int64_t weight_bytes() const;
+    /// Number of classes: the output's last dimension.
+    int64_t num_classes() const;
+
+    /// Checks edges, names, parameter shapes; throws InputError describing the first problem.
+    void validate() const;
+    /// Index of the node with this name, or -1.
+    int find(const std::string& name) const;
+    /// Deep copy (tensors cloned).
+    Graph clone() const;
+
+private:
+    std::vector<int64_t> input_shape_;
+    std::vector<Node> nodes_;
+    int output_ = 0;
+};
+
+/// Initialises weights the way PyTorch's modules do by default for training from scratch:
+/// Kaiming-normal (fan_out, ReLU) for convs, U(±1/√fan_in) for linear weights and biases, BN gamma 1
+/// and beta 0, zero running mean and unit running variance.
+void init_weights(Graph& graph, uint64_t seed);
+
+}  // namespace pocketflow

@@ -1,0 +1,119 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "pocketflow/config.h"
+#include "pocketflow/data.h"
+#include "pocketflow/model.h"
+#include "pocketflow/trainer.h"
+
+namespace pocketflow {
+
+/// A run's directory: resolved config, log, metrics.jsonl, checkpoints, model.pfm, summary.json.
+/// Only this class writes there; every file except the append-only logs is written atomically.
+class RunDir {
+public:
+    explicit RunDir(std::filesystem::path path);
+    const std::filesystem::path& path() const { return path_; }
+    std::filesystem::path file(const std::string& name) const { return path_ / name; }
+    std::filesystem::path checkpoint(const std::string& tag) const;
+    /// Appends one JSON object as a line to metrics.jsonl (flushed).
+    void log_metrics(const nlohmann::json& row);
+
+private:
+    std::filesystem::path path_;
+    std::ofstream metrics_;
+    std::mutex mutex_;
+};
+
+/// What a learner works with: the job, the current model (replace it to hand a new graph to the next
+/// stage), the data, the run directory and this stage's settings.
+struct RunContext {
+    const Job& job;
+    const StageConfig& stage;
+    int stage_index = 0;
+    std::shared_ptr<Model> model;
+    const DataBundle& data;
+    RunDir& run;
+    bool resume = false;
+    int64_t stop_after_steps = 0;  ///< test hook forwarded to trainers
+};
+
+/// A compression (or training) algorithm applied to the context's model. One `run()` per stage.
+///
+/// Example:
+///   class MyLearner : public Learner {
+///     nlohmann::json run(RunContext& ctx) override { ...; return {{"pruned", n}}; }
+///   };
+class Learner {
+public:
+    virtual ~Learner() = default;
+    /// Runs the stage; returns the stage's summary (merged into summary.json under `stages`).
+    virtual nlohmann::json run(RunContext& ctx) = 0;
+};
+
+/// A learner's registration: name (= folder = YAML `learner:`), one-line summary, and a factory that
+/// validates the stage's YAML section and builds the learner (throwing ConfigError on bad options).
+struct LearnerInfo {
+    std::string name;
+    std::string summary;
+    std::function<std::unique_ptr<Learner>(const StageConfig& stage, const Job& job)> create;
+};
+
+/// Explicit map of learners. Built-ins are listed in learners/builtin.cpp; nothing self-registers.
+class LearnerRegistry {
+public:
+    void add(LearnerInfo info);
+    /// The learner of this name, or ConfigError "unknown learner 'x'; did you mean 'y'? available: …".
+    const LearnerInfo& get(const std::string& name) const;
+    std::vector<std::string> names() const;
+
+private:
+    std::map<std::string, LearnerInfo> learners_;
+};
+
+/// Registers every built-in learner (learners/builtin.cpp).
+void register_builtin_learners(LearnerRegistry& registry);
+/// The process-wide registry with the built-ins registered.
+const LearnerRegistry& builtin_registry();
+
+/// A Trainer for this stage: checkpoint tag `stage<i>_<learner><suffix>`, resume and stop hooks from
+/// the context, and the distillation teacher when the job enables distillation.
+Trainer make_trainer(RunContext& ctx, const TrainConfig& config, const std::string& suffix = "");
+
+/// The stage's teacher for distillation: `distillation.teacher` when set, else a frozen copy of the
+/// stage's input model; nullptr when distillation is off.
+std::shared_ptr<Model> make_teacher(const RunContext& ctx);
+
+/// Options of a whole run beyond the job itself.
+struct RunOptions {
+    bool resume = false;
+    int64_t stop_after_steps = 0;  ///< hidden test hook: simulate an interruption
+};
+
+/// Runs a job end to end: data, model, pipeline stages, final test evaluation, model.pfm, summary.json.
+/// Returns the summary (also written to summary.json).
+nlohmann::json run_job(const Job& job, const RunOptions& options);
+
+/// Builds or loads the job's starting model for data of `input_shape` / `num_classes`.
+std::shared_ptr<Model> make_model(const Job& job, const std::vector<int64_t>& input_shape,
+                                  int64_t num_classes, const std::vector<double>& mean,
+                                  const std::vector<double>& std);
+
+/// Sets LibTorch's intra-op threads (0: all cores) and returns the number set.
+int configure_threads(int64_t requested);
+
+/// Warns once when LibTorch's BLAS is not OpenBLAS/MKL (reference BLAS is ~25x slower).
+void check_blas();
+
+}  // namespace pocketflow

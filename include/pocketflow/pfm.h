@@ -1,0 +1,29 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <string>
+
+#include "pocketflow/graph.h"
+#include "pocketflow/model.h"
+
+namespace pocketflow {
+
+/// Version of the .pfm format this build writes; it reads this version only.
+constexpr int kPfmFormatVersion = 1;
+
+/// A model file's contents: graph (with weights) and metadata.
+struct ModelFile {
+    Graph graph;
+    ModelMeta meta;
+};
+
+/// Writes a .pfm file atomically. Layout: magic "PFMODEL\0", u32 version, u64 header length,
+/// JSON header (graph, metadata, tensor table), raw little-endian float32 tensor data, u32 CRC-32 of
+/// everything before it.
+void save_model(const std::string& path, const Graph& graph, const ModelMeta& meta);
+
+/// Reads and validates a .pfm file; a missing, truncated or corrupted file is an InputError naming
+/// the path and what is wrong.
+ModelFile load_model(const std::string& path);
+
+}  // namespace pocketflow

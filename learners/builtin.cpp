@@ -1,0 +1,12 @@
+// SPDX-License-Identifier: Apache-2.0
+// The one list of built-in learners. Keep it sorted; each learner lives in learners/<name>/.
+#include "full_precision/full_precision.h"
+#include "pocketflow/learner.h"
+
+namespace pocketflow {
+
+void register_builtin_learners(LearnerRegistry& registry) {
+    learners::register_full_precision(registry);
+}
+
+}  // namespace pocketflow

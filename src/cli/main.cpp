@@ -1,0 +1,294 @@
+// SPDX-License-Identifier: Apache-2.0
+// The `pocketflow` command line: train | compress | eval | info | learners.
+// The only top-level try/catch of the project lives here: exceptions become one-line messages and
+// exit codes (0 ok, 2 bad input, 1 other failure, 130 interrupted after saving a checkpoint).
+#include <CLI/CLI.hpp>
+#include <c10/util/Exception.h>
+#include <spdlog/cfg/env.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+
+#include <filesystem>
+#include <iostream>
+
+#include "pocketflow/error.h"
+#include "pocketflow/learner.h"
+#include "pocketflow/pfm.h"
+#include "pocketflow/trainer.h"
+#include "pocketflow/util.h"
+#include "pocketflow/zoo.h"
+
+namespace pf = pocketflow;
+using nlohmann::json;
+
+namespace {
+
+struct GlobalOptions {
+    bool json = false;
+    int64_t threads = -1;  // -1: from the job (or all cores)
+    std::string log_level = "info";
+};
+
+struct JobOptions {
+    std::string config;
+    std::vector<std::string> overrides;
+    bool resume = false;
+    int64_t stop_after_steps = 0;
+};
+
+void add_job_options(CLI::App* cmd, JobOptions& o, bool config_required) {
+    auto* c = cmd->add_option("-c,--config", o.config, "job file (YAML)");
+    if (config_required) {
+        c->required();
+    }
+    cmd->add_option("--set", o.overrides, "override a job key: --set train.epochs=3 (repeatable)")
+        ->take_all()
+        ->allow_extra_args(false);
+}
+
+pf::Job load(const JobOptions& o, const GlobalOptions& g, std::vector<std::string> extra = {}) {
+    std::vector<std::string> overrides = o.overrides;
+    if (g.threads >= 0) {
+        overrides.push_back(fmt::format("threads={}", g.threads));
+    }
+    overrides.insert(overrides.end(), extra.begin(), extra.end());
+    return o.config.empty() ? pf::default_job(overrides) : pf::load_job(o.config, overrides);
+}
+
+void print_summary(const json& s) {
+    fmt::print("\n{:<14}{}\n", "run dir", s["run_dir"].get<std::string>());
+    fmt::print("{:<14}{} ({})\n", "model", s["model"].get<std::string>(),
+               pf::human_bytes(s["file_bytes"].get<double>()));
+    fmt::print("{:<14}{} params, {} MACs\n", "size", pf::human_count(s["params"].get<double>()),
+               pf::human_count(s["macs"].get<double>()));
+    fmt::print("{:<14}top-1 {:.2f}%  top-5 {:.2f}%  loss {:.4f}  ({} images)\n", "test",
+               s["top1"].get<double>(), s["top5"].get<double>(), s["loss"].get<double>(),
+               s["samples"].get<int64_t>());
+    fmt::print("\n{:<6}{:<24}{:>10}{:>12}{:>12}{:>12}{:>10}\n", "stage", "learner", "seconds", "params", "MACs",
+               "val top-1", "img/s");
+    int i = 0;
+    for (const auto& st : s["stages"]) {
+        fmt::print("{:<6}{:<24}{:>10.1f}{:>12}{:>12}{:>12}{:>10}\n", i++, st["learner"].get<std::string>(),
+                   st["seconds"].get<double>(), pf::human_count(st["params"].get<double>()),
+                   pf::human_count(st["macs"].get<double>()),
+                   st.contains("val_top1") ? fmt::format("{:.2f}%", st["val_top1"].get<double>()) : "-",
+                   st.contains("images_per_second") ? fmt::format("{:.0f}", st["images_per_second"].get<double>())
+                                                    : "-");
+    }
+    fmt::print("\n");
+}
+
+int cmd_run(const JobOptions& o, const GlobalOptions& g, bool train_only) {
+    std::vector<std::string> extra;
+    if (train_only) {
+        extra.emplace_back("pipeline=[{learner: full_precision}]");
+    }
+    pf::Job job = load(o, g, extra);
+    pf::install_stop_handlers();
+    json summary = pf::run_job(job, {o.resume, o.stop_after_steps});
+    if (g.json) {
+        std::cout << summary.dump() << std::endl;
+    } else {
+        print_summary(summary);
+    }
+    return 0;
+}
+
+int cmd_eval(const std::string& model_path, const JobOptions& o, const GlobalOptions& g) {
+    pf::Job job = load(o, g);
+    pf::configure_threads(job.threads);
+    pf::check_blas();
+    pf::ModelFile file = pf::load_model(model_path);
+    pf::DataBundle data = pf::load_data(job.data, job.seed);
+    PF_CHECK(file.graph.input_shape() == data.input_shape, ConfigError,
+             "failed to evaluate {}: it takes input [{}] but {} gives [{}]", model_path,
+             fmt::join(file.graph.input_shape(), ", "), job.data.dataset, fmt::join(data.input_shape, ", "));
+    PF_CHECK(file.graph.num_classes() >= data.num_classes, ConfigError,
+             "failed to evaluate {}: it has {} outputs but {} has {} classes", model_path,
+             file.graph.num_classes(), job.data.dataset, data.num_classes);
+    if (!file.meta.mean.empty() && (job.source.overridden.count("data.mean") == 0 && job.source.file == "<defaults>")) {
+        data.mean = file.meta.mean;  // without a job, normalise as the model was trained
+        data.std = file.meta.std;
+    }
+    pf::Model model(std::move(file.graph), file.meta);
+    auto loader = data.test_loader(job.data);
+    pf::EvalResult r = pf::evaluate(model, *loader);
+    if (g.json) {
+        std::cout << json{{"model", model_path}, {"dataset", job.data.dataset}, {"top1", r.top1},
+                          {"top5", r.top5},      {"loss", r.loss},              {"samples", r.samples}}
+                         .dump()
+                  << std::endl;
+    } else {
+        fmt::print("{}: top-1 {:.2f}%  top-5 {:.2f}%  loss {:.4f}  on {} {} test images\n", model_path, r.top1,
+                   r.top5, r.loss, r.samples, job.data.dataset);
+    }
+    return 0;
+}
+
+std::vector<int64_t> parse_shape(const std::string& text) {
+    std::vector<int64_t> shape;
+    size_t start = 0;
+    while (start <= text.size()) {
+        size_t x = text.find('x', start);
+        std::string part = text.substr(start, x == std::string::npos ? std::string::npos : x - start);
+        char* end = nullptr;
+        long v = std::strtol(part.c_str(), &end, 10);
+        PF_CHECK(!part.empty() && *end == '\0' && v > 0, ConfigError,
+                 "--input {}: failed to parse shape: expected CxHxW with positive integers, e.g. 3x32x32", text);
+        shape.push_back(v);
+        if (x == std::string::npos) {
+            break;
+        }
+        start = x + 1;
+    }
+    PF_CHECK(shape.size() == 3, ConfigError, "--input {}: expected CxHxW, e.g. 3x32x32", text);
+    return shape;
+}
+
+int cmd_info(const std::string& model_path, const std::string& arch, const std::string& input, int64_t classes,
+             const GlobalOptions& g) {
+    PF_CHECK(model_path.empty() != arch.empty(), ConfigError, "info: give exactly one of --model or --arch");
+    pf::Graph graph;
+    std::string title;
+    if (!model_path.empty()) {
+        graph = pf::load_model(model_path).graph;
+        title = model_path;
+    } else {
+        PF_CHECK(!input.empty(), ConfigError, "info --arch needs --input CxHxW, e.g. --input 3x32x32");
+        graph = pf::build_zoo_model(arch, classes, parse_shape(input));
+        title = fmt::format("{} [{}] {} classes", arch, input, classes);
+    }
+    auto stats = graph.layer_stats();
+    json layers = json::array();
+    for (const auto& s : stats) {
+        layers.push_back({{"name", s.name}, {"op", pf::op_name(s.op)}, {"shape", s.out_shape},
+                          {"params", s.params}, {"macs", s.macs}});
+    }
+    int64_t params = graph.total_params(), macs = graph.total_macs();
+    if (g.json) {
+        std::cout << json{{"params", params}, {"macs", macs}, {"weight_bytes", graph.weight_bytes()},
+                          {"input", graph.input_shape()}, {"layers", layers}}
+                         .dump()
+                  << std::endl;
+        return 0;
+    }
+    fmt::print("{}\n{:<28}{:<14}{:<18}{:>12}{:>14}\n", title, "layer", "op", "output", "params", "MACs");
+    for (const auto& s : stats) {
+        fmt::print("{:<28}{:<14}{:<18}{:>12}{:>14}\n", s.name, pf::op_name(s.op),
+                   fmt::format("{}", fmt::join(s.out_shape, "x")), s.params, s.macs);
+    }
+    fmt::print("{:<60}{:>12}{:>14}\ntotal: {} params, {} MACs, {} of weights\n", "total", params, macs,
+               pf::human_count(static_cast<double>(params)), pf::human_count(static_cast<double>(macs)),
+               pf::human_bytes(static_cast<double>(graph.weight_bytes())));
+    return 0;
+}
+
+int cmd_learners(const GlobalOptions& g) {
+    const auto& registry = pf::builtin_registry();
+    if (g.json) {
+        json out = json::array();
+        for (const auto& name : registry.names()) {
+            out.push_back({{"name", name}, {"summary", registry.get(name).summary}});
+        }
+        std::cout << out.dump() << std::endl;
+        return 0;
+    }
+    for (const auto& name : registry.names()) {
+        fmt::print("{:<28}{}\n", name, registry.get(name).summary);
+    }
+    return 0;
+}
+
+int run_cli(int argc, char** argv) {
+    CLI::App app{"pocketflow: compress deep neural networks for phones and edge devices"};
+    app.require_subcommand(1);
+    app.set_version_flag("--version", std::string("pocketflow ") + POCKETFLOW_VERSION);
+    GlobalOptions g;
+    app.add_flag("--json", g.json, "print the result as one JSON object on stdout (logs go to stderr)");
+    app.add_option("--threads", g.threads, "LibTorch threads (0: all cores; default: the job's `threads`)")
+        ->check(CLI::Range(0, 1024));
+    app.add_option("--log-level", g.log_level, "trace | debug | info | warn | error | off")
+        ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
+    app.fallthrough();
+
+    JobOptions train_opts, compress_opts, eval_opts;
+    auto* train = app.add_subcommand("train", "train a model at full precision (compress with one full_precision stage)");
+    add_job_options(train, train_opts, false);
+    train->add_flag("--resume", train_opts.resume, "continue the job's last run from its checkpoints");
+    train->add_option("--stop-after-steps", train_opts.stop_after_steps)->group("");
+
+    auto* compress = app.add_subcommand("compress", "run a job's pipeline of learners");
+    add_job_options(compress, compress_opts, true);
+    compress->add_flag("--resume", compress_opts.resume, "continue the job's last run from its checkpoints");
+    compress->add_option("--stop-after-steps", compress_opts.stop_after_steps)->group("");
+
+    std::string eval_model;
+    auto* eval = app.add_subcommand("eval", "test accuracy (top-1, top-5) and loss of a model");
+    eval->add_option("-m,--model", eval_model, "model file (.pfm)")->required();
+    add_job_options(eval, eval_opts, false);
+
+    std::string info_model, info_arch, info_input;
+    int64_t info_classes = 10;
+    auto* info = app.add_subcommand("info", "per-layer table: output shapes, params, MACs");
+    info->add_option("-m,--model", info_model, "model file (.pfm)");
+    info->add_option("--arch", info_arch, "zoo architecture: " + pf::join(pf::zoo_names(), ", "));
+    info->add_option("--input", info_input, "input shape CxHxW for --arch, e.g. 3x32x32");
+    info->add_option("--num-classes", info_classes, "classes for --arch")->check(CLI::Range(1, 1000000));
+
+    auto* learners = app.add_subcommand("learners", "list the registered learners");
+
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::CallForHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForAllHelp& e) {
+        return app.exit(e);
+    } catch (const CLI::CallForVersion& e) {
+        return app.exit(e);
+    } catch (const CLI::ParseError& e) {
+        app.exit(e);
+        return 2;
+    }
+    spdlog::set_level(spdlog::level::from_str(g.log_level));
+    spdlog::cfg::load_env_levels();
+
+    if (train->parsed()) {
+        return cmd_run(train_opts, g, true);
+    }
+    if (compress->parsed()) {
+        return cmd_run(compress_opts, g, false);
+    }
+    if (eval->parsed()) {
+        return cmd_eval(eval_model, eval_opts, g);
+    }
+    if (info->parsed()) {
+        return cmd_info(info_model, info_arch, info_input, info_classes, g);
+    }
+    if (learners->parsed()) {
+        return cmd_learners(g);
+    }
+    return 2;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    auto logger = spdlog::stderr_color_mt("pocketflow");
+    logger->set_pattern("[%H:%M:%S] [%^%l%$] %v");
+    spdlog::set_default_logger(logger);
+    try {
+        return run_cli(argc, argv);
+    } catch (const pf::Error& e) {
+        spdlog::error("{}", e.what());
+        return e.exit_code();
+    } catch (const c10::Error& e) {
+        spdlog::error("{}", e.what_without_backtrace());
+        return 1;
+    } catch (const YAML::Exception& e) {
+        spdlog::error("{}", e.what());
+        return 2;
+    } catch (const std::exception& e) {
+        spdlog::error("{}", e.what());
+        return 1;
+    }
+}

@@ -1,0 +1,598 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "pocketflow/config.h"
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+
+#include "pocketflow/error.h"
+#include "pocketflow/util.h"
+#include "pocketflow/zoo.h"
+
+namespace pocketflow {
+
+namespace fs = std::filesystem;
+
+ConfigReader::ConfigReader(const YAML::Node& node, std::string path, const Source& source)
+    : node_(node), path_(std::move(path)), source_(source) {
+    if (node_ && !node_.IsNull() && !node_.IsMap()) {
+        fail("", "expected a mapping of keys to values");
+    }
+    resolved_ = YAML::Node(YAML::NodeType::Map);
+}
+
+std::string ConfigReader::key_path(const std::string& key) const {
+    if (key.empty()) {
+        return path_.empty() ? "<top level>" : path_;
+    }
+    return path_.empty() ? key : path_ + "." + key;
+}
+
+const YAML::Node* ConfigReader::find(const std::string& key) const {
+    if (!node_ || !node_.IsMap()) {
+        return nullptr;
+    }
+    for (auto it = node_.begin(); it != node_.end(); ++it) {
+        if (it->first.Scalar() == key) {
+            found_.reset(it->second);
+            return &found_;
+        }
+    }
+    return nullptr;
+}
+
+bool ConfigReader::has(const std::string& key) const { return find(key) != nullptr; }
+
+std::string ConfigReader::location(const std::string& key) const {
+    std::string kp = key_path(key);
+    if (source_.overridden.count(kp) != 0) {
+        return "--set " + kp;
+    }
+    YAML::Mark mark = node_ ? node_.Mark() : YAML::Mark::null_mark();
+    if (const YAML::Node* n = find(key)) {
+        mark = n->Mark();
+    }
+    if (mark.is_null()) {
+        return source_.file;
+    }
+    return fmt::format("{}:{}:{}", source_.file, mark.line + 1, mark.column + 1);
+}
+
+void ConfigReader::fail(const std::string& key, const std::string& message) const {
+    std::string value;
+    if (const YAML::Node* n = find(key)) {
+        if (n->IsScalar()) {
+            value = " with '" + n->Scalar() + "'";
+        }
+    }
+    throw ConfigError(
+        fmt::format("{}: failed to read {}{}: {}", location(key), key_path(key), value, message));
+}
+
+YAML::Node ConfigReader::value_node(const std::string& key, const std::string& doc) {
+    known_.push_back(key);
+    docs_.emplace_back(key, doc);
+    const YAML::Node* n = find(key);
+    if (n == nullptr || n->IsNull()) {
+        return YAML::Node();
+    }
+    return *n;
+}
+
+namespace {
+/// True when a key is given with a non-null value (absent and `key: ~` both mean "use the default").
+bool present(const YAML::Node& n) { return n.IsDefined() && !n.IsNull(); }
+
+bool as_double(const YAML::Node& n, double& out) {
+    if (!n.IsScalar()) {
+        return false;
+    }
+    try {
+        out = n.as<double>();
+    } catch (const YAML::Exception&) {
+        return false;
+    }
+    return std::isfinite(out);
+}
+}  // namespace
+
+void ConfigReader::read(const std::string& key, std::string& out, const std::string& doc,
+                        const std::vector<std::string>& choices) {
+    YAML::Node n = value_node(key, doc);
+    if (present(n)) {
+        if (!n.IsScalar()) {
+            fail(key, "expected a string");
+        }
+        out = n.Scalar();
+    }
+    if (!choices.empty() && std::find(choices.begin(), choices.end(), out) == choices.end()) {
+        std::string hint = nearest_match(out, choices);
+        fail(key, fmt::format("must be one of: {}{}", join(choices, ", "),
+                              hint.empty() ? "" : fmt::format(" (did you mean '{}'?)", hint)));
+    }
+    resolved_[key] = out;
+}
+
+void ConfigReader::read(const std::string& key, bool& out, const std::string& doc) {
+    YAML::Node n = value_node(key, doc);
+    if (present(n)) {
+        try {
+            if (!n.IsScalar()) {
+                throw YAML::Exception(YAML::Mark::null_mark(), "");
+            }
+            out = n.as<bool>();
+        } catch (const YAML::Exception&) {
+            fail(key, "expected true or false");
+        }
+    }
+    resolved_[key] = out;
+}
+
+void ConfigReader::read(const std::string& key, int64_t& out, const std::string& doc,
+                        const Check& check) {
+    YAML::Node n = value_node(key, doc);
+    if (present(n)) {
+        double v = 0;
+        if (!as_double(n, v) || v != std::floor(v) || std::abs(v) > 9e15) {
+            fail(key, "expected an integer");
+        }
+        out = static_cast<int64_t>(v);
+    }
+    if (check) {
+        std::string rule = check(static_cast<double>(out));
+        if (!rule.empty()) {
+            fail(key, rule);
+        }
+    }
+    resolved_[key] = out;
+}
+
+void ConfigReader::read(const std::string& key, int& out, const std::string& doc,
+                        const Check& check) {
+    int64_t v = out;
+    read(key, v, doc, check);
+    out = static_cast<int>(v);
+}
+
+void ConfigReader::read(const std::string& key, uint64_t& out, const std::string& doc) {
+    int64_t v = static_cast<int64_t>(out);
+    read(key, v, doc, at_least(0));
+    out = static_cast<uint64_t>(v);
+}
+
+void ConfigReader::read(const std::string& key, double& out, const std::string& doc,
+                        const Check& check) {
+    YAML::Node n = value_node(key, doc);
+    if (present(n) && !as_double(n, out)) {
+        fail(key, "expected a number");
+    }
+    if (check) {
+        std::string rule = check(out);
+        if (!rule.empty()) {
+            fail(key, rule);
+        }
+    }
+    resolved_[key] = out;
+}
+
+template <typename T>
+static void read_list(ConfigReader& r, const YAML::Node& n, const std::string& key,
+                      std::vector<T>& out, const ConfigReader::Check& check, bool integer) {
+    if (!present(n)) {
+        return;
+    }
+    if (!n.IsSequence()) {
+        r.fail(key, "expected a list of numbers");
+    }
+    out.clear();
+    for (const auto& item : n) {
+        double v = 0;
+        if (!as_double(item, v) || (integer && v != std::floor(v))) {
+            r.fail(key, integer ? "expected a list of integers" : "expected a list of numbers");
+        }
+        if (check) {
+            std::string rule = check(v);
+            if (!rule.empty()) {
+                r.fail(key, "every element " + rule);
+            }
+        }
+        out.push_back(static_cast<T>(v));
+    }
+}
+
+void ConfigReader::read(const std::string& key, std::vector<double>& out, const std::string& doc,
+                        const Check& check) {
+    read_list(*this, value_node(key, doc), key, out, check, false);
+    resolved_[key] = out;
+}
+
+void ConfigReader::read(const std::string& key, std::vector<int64_t>& out, const std::string& doc,
+                        const Check& check) {
+    read_list(*this, value_node(key, doc), key, out, check, true);
+    YAML::Node seq(YAML::NodeType::Sequence);
+    for (int64_t v : out) {
+        seq.push_back(v);
+    }
+    resolved_[key] = seq;
+}
+
+void ConfigReader::section(const std::string& key, const std::string& doc,
+                           const std::function<void(ConfigReader&)>& fn) {
+    YAML::Node n = value_node(key, doc);
+    ConfigReader sub(present(n) ? n : YAML::Node(YAML::NodeType::Map), key_path(key), source_);
+    fn(sub);
+    sub.finish();
+    resolved_[key] = sub.resolved();
+}
+
+YAML::Node ConfigReader::raw(const std::string& key, const std::string& doc) {
+    return value_node(key, doc);
+}
+
+void ConfigReader::finish() {
+    if (!node_ || !node_.IsMap()) {
+        return;
+    }
+    for (auto it = node_.begin(); it != node_.end(); ++it) {
+        const std::string key = it->first.Scalar();
+        if (std::find(known_.begin(), known_.end(), key) != known_.end()) {
+            continue;
+        }
+        std::string hint = nearest_match(key, known_);
+        std::string loc = source_.overridden.count(key_path(key)) != 0
+                              ? "--set " + key_path(key)
+                              : fmt::format("{}:{}:{}", source_.file, it->first.Mark().line + 1,
+                                            it->first.Mark().column + 1);
+        throw ConfigError(fmt::format("{}: unknown key {}{}; known keys here: {}", loc,
+                                      key_path(key),
+                                      hint.empty() ? "" : fmt::format(" (did you mean '{}'?)", hint),
+                                      join(known_, ", ")));
+    }
+}
+
+ConfigReader::Check ConfigReader::at_least(double lo) {
+    return [lo](double v) { return v >= lo ? std::string() : fmt::format("must be >= {}", lo); };
+}
+
+ConfigReader::Check ConfigReader::in_range(double lo, double hi) {
+    return [lo, hi](double v) {
+        return v >= lo && v <= hi ? std::string() : fmt::format("must be in [{}, {}]", lo, hi);
+    };
+}
+
+ConfigReader::Check ConfigReader::in_open_range(double lo, double hi) {
+    return [lo, hi](double v) {
+        return v > lo && v <= hi ? std::string() : fmt::format("must be in ({}, {}]", lo, hi);
+    };
+}
+
+// ---------------------------------------------------------------------------------------------------
+
+void apply_overrides(YAML::Node& root, const std::vector<std::string>& overrides,
+                     ConfigReader::Source& source) {
+    for (const auto& text : overrides) {
+        auto eq = text.find('=');
+        PF_CHECK(eq != std::string::npos && eq > 0, ConfigError,
+                 "--set {}: failed to parse override: expected key.path=value", text);
+        std::string path = text.substr(0, eq);
+        std::string value = text.substr(eq + 1);
+        YAML::Node parsed;
+        try {
+            parsed = YAML::Load(value);
+        } catch (const YAML::Exception& e) {
+            throw ConfigError(fmt::format("--set {}: failed to parse value '{}': {}", path, value,
+                                          e.msg));
+        }
+        std::vector<std::string> parts;
+        size_t start = 0;
+        while (true) {
+            size_t dot = path.find('.', start);
+            parts.push_back(path.substr(start, dot - start));
+            if (dot == std::string::npos) {
+                break;
+            }
+            start = dot + 1;
+        }
+        if (!root || !root.IsMap()) {
+            root = YAML::Node(YAML::NodeType::Map);
+        }
+        YAML::Node cur;
+        cur.reset(root);
+        std::string canonical;
+        for (size_t i = 0; i < parts.size(); ++i) {
+            const std::string& part = parts[i];
+            PF_CHECK(!part.empty(), ConfigError, "--set {}: empty key in path", path);
+            bool last = i + 1 == parts.size();
+            if (cur.IsSequence()) {
+                char* end = nullptr;
+                long idx = std::strtol(part.c_str(), &end, 10);
+                PF_CHECK(*end == '\0' && idx >= 0 && static_cast<size_t>(idx) < cur.size(),
+                         ConfigError, "--set {}: '{}' is not an index of the list ({} entries)",
+                         path, part, cur.size());
+                canonical += fmt::format("[{}]", idx);
+                if (last) {
+                    cur[static_cast<size_t>(idx)] = parsed;
+                } else {
+                    YAML::Node next = cur[static_cast<size_t>(idx)];
+                    cur.reset(next);
+                }
+                continue;
+            }
+            if (!cur.IsMap()) {
+                PF_CHECK(cur.IsNull(), ConfigError, "--set {}: {} is not a mapping", path,
+                         canonical);
+                cur = YAML::Node(YAML::NodeType::Map);
+            }
+            canonical += (canonical.empty() ? "" : ".") + part;
+            if (last) {
+                cur[part] = parsed;
+            } else {
+                if (!cur[part] || cur[part].IsNull()) {
+                    cur[part] = YAML::Node(YAML::NodeType::Map);
+                }
+                YAML::Node next = cur[part];
+                cur.reset(next);
+            }
+        }
+        source.overridden.insert(canonical);
+    }
+}
+
+namespace {
+
+std::vector<double> default_mean(const std::string& dataset) {
+    if (dataset == "fashion_mnist") {
+        return {0.2860};
+    }
+    if (dataset == "mnist") {
+        return {0.1307};
+    }
+    if (dataset == "cifar10") {
+        return {0.4914, 0.4822, 0.4465};
+    }
+    if (dataset == "cifar100") {
+        return {0.5071, 0.4865, 0.4409};
+    }
+    if (dataset == "imagefolder") {
+        return {0.485, 0.456, 0.406};
+    }
+    return {};
+}
+
+std::vector<double> default_std(const std::string& dataset) {
+    if (dataset == "fashion_mnist") {
+        return {0.3530};
+    }
+    if (dataset == "mnist") {
+        return {0.3081};
+    }
+    if (dataset == "cifar10") {
+        return {0.2470, 0.2435, 0.2616};
+    }
+    if (dataset == "cifar100") {
+        return {0.2673, 0.2564, 0.2762};
+    }
+    if (dataset == "imagefolder") {
+        return {0.229, 0.224, 0.225};
+    }
+    return {};
+}
+
+void require_file(ConfigReader& r, const std::string& key, const std::string& path) {
+    if (!path.empty() && !fs::is_regular_file(path)) {
+        r.fail(key, fs::exists(path) ? "not a regular file" : "no such file");
+    }
+}
+
+void parse_model(ConfigReader& r, ModelConfig& m) {
+    std::vector<std::string> archs = zoo_names();
+    r.read("arch", m.arch, "zoo architecture: " + join(archs, ", "));
+    r.read("path", m.path, "a .pfm model to start from (graph and weights)");
+    r.read("init", m.init, "a .pfm whose weights initialise `arch`");
+    r.read("num_classes", m.num_classes, "classes (0: from the dataset)", ConfigReader::at_least(0));
+    r.read("in_channels", m.in_channels, "input channels (0: from the dataset)",
+           ConfigReader::at_least(0));
+    if (m.arch.empty() == m.path.empty()) {
+        r.fail(m.arch.empty() ? "" : "path", "give exactly one of model.arch or model.path");
+    }
+    if (!m.arch.empty() && std::find(archs.begin(), archs.end(), m.arch) == archs.end()) {
+        std::string hint = nearest_match(m.arch, archs);
+        r.fail("arch", fmt::format("unknown architecture{}; available: {}",
+                                   hint.empty() ? "" : fmt::format(" (did you mean '{}'?)", hint),
+                                   join(archs, ", ")));
+    }
+    require_file(r, "path", m.path);
+    require_file(r, "init", m.init);
+    if (!m.init.empty() && m.arch.empty()) {
+        r.fail("init", "init needs model.arch (model.path already carries weights)");
+    }
+}
+
+void parse_data(ConfigReader& r, DataConfig& d) {
+    r.read("dataset", d.dataset, "which data set",
+           {"fashion_mnist", "mnist", "cifar10", "cifar100", "imagefolder", "synthetic"});
+    if (d.dataset == "fashion_mnist") {
+        d.root = "/usr/share/datasets/fashion-mnist";
+    }
+    r.read("root", d.root, "directory holding the data set's files");
+    r.read("batch_size", d.batch_size, "training batch size", ConfigReader::at_least(1));
+    r.read("eval_batch_size", d.eval_batch_size, "evaluation batch size",
+           ConfigReader::at_least(1));
+    r.read("val_size", d.val_size, "images carved from the training set for validation",
+           ConfigReader::at_least(0));
+    r.read("workers", d.workers, "background threads preparing batches",
+           ConfigReader::in_range(1, 64));
+    r.read("train_limit", d.train_limit, "use only the first N training images (0: all)",
+           ConfigReader::at_least(0));
+    r.read("test_limit", d.test_limit, "use only the first N test images (0: all)",
+           ConfigReader::at_least(0));
+    r.read("image_size", d.image_size, "imagefolder: crop size", ConfigReader::at_least(8));
+    r.read("resize", d.resize, "imagefolder: shorter side before cropping",
+           ConfigReader::at_least(8));
+    d.mean = default_mean(d.dataset);
+    d.std = default_std(d.dataset);
+    r.read("mean", d.mean, "per-channel mean for normalisation", ConfigReader::in_range(-10, 10));
+    r.read("std", d.std, "per-channel std for normalisation", ConfigReader::in_open_range(0, 100));
+    r.section("augment", "training augmentation", [&](ConfigReader& a) {
+        a.read("crop_padding", d.augment.crop_padding, "random crop after zero padding",
+               ConfigReader::in_range(0, 64));
+        a.read("hflip", d.augment.hflip, "random horizontal flip");
+        a.read("random_resized_crop", d.augment.random_resized_crop,
+               "ImageNet-style random-resized crop");
+        a.read("min_scale", d.augment.min_scale, "smallest area fraction for random_resized_crop",
+               ConfigReader::in_open_range(0, 1));
+    });
+    r.section("synthetic", "synthetic data set (dataset: synthetic)", [&](ConfigReader& s) {
+        s.read("train", d.synthetic_train, "training images", ConfigReader::at_least(1));
+        s.read("test", d.synthetic_test, "test images", ConfigReader::at_least(1));
+        s.read("classes", d.synthetic_classes, "classes", ConfigReader::in_range(2, 1000));
+        s.read("shape", d.synthetic_shape, "image shape [C, H, W]", ConfigReader::in_range(1, 512));
+        if (d.synthetic_shape.size() != 3) {
+            s.fail("shape", "expected [C, H, W]");
+        }
+    });
+    if (d.dataset != "synthetic") {
+        if (d.root.empty()) {
+            r.fail("root", "data.root is required for dataset " + d.dataset);
+        }
+        if (!fs::is_directory(d.root)) {
+            r.fail("root", "no such directory");
+        }
+    }
+    if (!d.mean.empty() && d.mean.size() != d.std.size()) {
+        r.fail("std", fmt::format("has {} values but mean has {}", d.std.size(), d.mean.size()));
+    }
+}
+
+void parse_train(ConfigReader& r, TrainConfig& t) {
+    r.read("epochs", t.epochs, "training epochs", ConfigReader::in_range(1, 100000));
+    r.section("optimizer", "optimizer", [&](ConfigReader& o) {
+        auto& c = t.optimizer;
+        o.read("name", c.name, "optimizer", {"sgd", "adam", "adamw"});
+        if (c.name != "sgd") {
+            c.lr = 1e-3;
+            c.weight_decay = c.name == "adamw" ? 1e-2 : 0.0;
+        }
+        o.read("lr", c.lr, "base learning rate", ConfigReader::in_open_range(0, 100));
+        o.read("momentum", c.momentum, "SGD momentum", ConfigReader::in_range(0, 0.9999));
+        o.read("nesterov", c.nesterov, "Nesterov momentum");
+        o.read("weight_decay", c.weight_decay, "L2 weight decay", ConfigReader::in_range(0, 1));
+        o.read("beta1", c.beta1, "Adam beta1", ConfigReader::in_range(0, 0.9999));
+        o.read("beta2", c.beta2, "Adam beta2", ConfigReader::in_range(0, 0.99999));
+        if (c.nesterov && c.momentum == 0) {
+            o.fail("nesterov", "Nesterov momentum needs momentum > 0");
+        }
+    });
+    r.section("schedule", "learning-rate schedule", [&](ConfigReader& s) {
+        auto& c = t.schedule;
+        s.read("name", c.name, "schedule", {"cosine", "step", "multistep", "constant"});
+        s.read("warmup_epochs", c.warmup_epochs, "linear warm-up epochs",
+               ConfigReader::in_range(0, 1000));
+        s.read("lr_min", c.lr_min, "cosine floor", ConfigReader::in_range(0, 100));
+        s.read("gamma", c.gamma, "decay factor (step, multistep)",
+               ConfigReader::in_open_range(0, 1));
+        s.read("step_size", c.step_size, "epochs between decays (step)", ConfigReader::at_least(1));
+        s.read("milestones", c.milestones, "epochs where lr *= gamma (multistep)",
+               ConfigReader::at_least(1));
+        if (c.name == "multistep" && c.milestones.empty()) {
+            s.fail("milestones", "multistep needs milestones");
+        }
+    });
+    r.read("label_smoothing", t.label_smoothing, "label smoothing epsilon",
+           ConfigReader::in_range(0, 0.999));
+    r.read("grad_clip", t.grad_clip, "max global gradient norm (0: off)", ConfigReader::at_least(0));
+    r.read("log_every", t.log_every, "steps between log lines", ConfigReader::at_least(1));
+    r.read("checkpoint_every", t.checkpoint_every, "steps between checkpoints (0: epoch ends)",
+           ConfigReader::at_least(0));
+    r.read("steps_per_epoch", t.steps_per_epoch, "cap on steps per epoch (0: all)",
+           ConfigReader::at_least(0));
+}
+
+void parse_distillation(ConfigReader& r, DistillationConfig& d) {
+    r.read("enabled", d.enabled, "add the distillation loss to training");
+    r.read("teacher", d.teacher, "teacher .pfm (default: the stage's input model)");
+    r.read("temperature", d.temperature, "softmax temperature T", ConfigReader::in_open_range(0, 100));
+    r.read("weight", d.weight, "weight w of the distillation term", ConfigReader::in_range(0, 1));
+    require_file(r, "teacher", d.teacher);
+}
+
+Job parse_tree(YAML::Node root, ConfigReader::Source source) {
+    Job job;
+    job.source = std::move(source);
+    if (!root || root.IsNull()) {
+        root = YAML::Node(YAML::NodeType::Map);
+    }
+    ConfigReader r(root, "", job.source);
+    r.read("name", job.name, "job name (run directory runs/<name>/<timestamp>)");
+    if (job.name.empty() || job.name.find('/') != std::string::npos || job.name == "." ||
+        job.name == "..") {
+        r.fail("name", "must be a non-empty name without '/'");
+    }
+    r.read("seed", job.seed, "seed of every random choice");
+    r.read("threads", job.threads, "LibTorch threads (0: all cores)", ConfigReader::in_range(0, 1024));
+    r.read("output_dir", job.output_dir, "run directory (default runs/<name>/<timestamp>)");
+    r.section("model", "model to train or compress", [&](ConfigReader& s) { parse_model(s, job.model); });
+    r.section("data", "data set and loading", [&](ConfigReader& s) { parse_data(s, job.data); });
+    r.section("train", "training recipe", [&](ConfigReader& s) { parse_train(s, job.train); });
+    r.section("distillation", "knowledge distillation loss",
+              [&](ConfigReader& s) { parse_distillation(s, job.distillation); });
+    YAML::Node pipeline = r.raw("pipeline", "ordered learner stages");
+    YAML::Node resolved_pipeline(YAML::NodeType::Sequence);
+    if (!present(pipeline)) {
+        YAML::Node stage(YAML::NodeType::Map);
+        stage["learner"] = "full_precision";
+        pipeline.reset(YAML::Node(YAML::NodeType::Sequence));
+        pipeline.push_back(stage);
+    }
+    if (!pipeline.IsSequence() || pipeline.size() == 0) {
+        r.fail("pipeline", "expected a non-empty list of stages, e.g. [{learner: full_precision}]");
+    }
+    for (size_t i = 0; i < pipeline.size(); ++i) {
+        StageConfig stage;
+        stage.path = fmt::format("pipeline[{}]", i);
+        stage.options = pipeline[i];
+        ConfigReader sr(stage.options, stage.path, job.source);
+        if (!stage.options.IsMap() || !sr.has("learner")) {
+            sr.fail("", "each stage needs `learner: <name>`");
+        }
+        stage.learner = stage.options["learner"].Scalar();
+        resolved_pipeline.push_back(stage.options);
+        job.pipeline.push_back(std::move(stage));
+    }
+    r.finish();
+    job.resolved = r.resolved();
+    job.resolved["pipeline"] = resolved_pipeline;
+    return job;
+}
+
+}  // namespace
+
+Job parse_job(const std::string& yaml_text, const std::string& file,
+              const std::vector<std::string>& overrides) {
+    YAML::Node root;
+    try {
+        root = YAML::Load(yaml_text);
+    } catch (const YAML::Exception& e) {
+        throw ConfigError(fmt::format("{}:{}:{}: failed to parse YAML: {}", file, e.mark.line + 1,
+                                      e.mark.column + 1, e.msg));
+    }
+    if (root && !root.IsNull() && !root.IsMap()) {
+        throw ConfigError(fmt::format("{}: failed to read job: expected a mapping at the top level",
+                                      file));
+    }
+    ConfigReader::Source source{file, {}};
+    apply_overrides(root, overrides, source);
+    return parse_tree(root, source);
+}
+
+Job load_job(const std::string& path, const std::vector<std::string>& overrides) {
+    PF_CHECK(fs::is_regular_file(path), InputError, "failed to read job {}: {}", path,
+             fs::exists(path) ? "not a regular file" : "no such file");
+    return parse_job(read_file(path), path, overrides);
+}
+
+Job default_job(const std::vector<std::string>& overrides) {
+    return parse_job("model: {arch: lenet5}\n", "<defaults>", overrides);
+}
+
+}  // namespace pocketflow

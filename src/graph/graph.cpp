@@ -1,0 +1,665 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "pocketflow/graph.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <cmath>
+#include <set>
+
+#include "pocketflow/error.h"
+#include "pocketflow/model.h"
+
+namespace pocketflow {
+
+namespace {
+struct OpEntry {
+    Op op;
+    const char* name;
+};
+constexpr OpEntry kOps[] = {
+    {Op::kInput, "Input"},         {Op::kConv2d, "Conv2d"},
+    {Op::kBatchNorm2d, "BatchNorm2d"}, {Op::kReLU, "ReLU"},
+    {Op::kClip, "Clip"},           {Op::kSigmoid, "Sigmoid"},
+    {Op::kHardSwish, "HardSwish"}, {Op::kAdd, "Add"},
+    {Op::kMul, "Mul"},             {Op::kConcat, "Concat"},
+    {Op::kMaxPool, "MaxPool"},     {Op::kAvgPool, "AvgPool"},
+    {Op::kGlobalAvgPool, "GlobalAvgPool"}, {Op::kFlatten, "Flatten"},
+    {Op::kReshape, "Reshape"},     {Op::kLinear, "Linear"},
+    {Op::kDropout, "Dropout"},     {Op::kIdentity, "Identity"},
+};
+
+int64_t pool_out(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil_mode) {
+    double v = static_cast<double>(in + 2 * p - d * (k - 1) - 1) / static_cast<double>(s) + 1;
+    int64_t out = ceil_mode ? static_cast<int64_t>(std::ceil(v)) : static_cast<int64_t>(std::floor(v));
+    // PyTorch: with ceil_mode the last window must start inside the input (or left padding).
+    if (ceil_mode && (out - 1) * s >= in + p) {
+        --out;
+    }
+    return out;
+}
+
+int64_t numel(const std::vector<int64_t>& shape) {
+    int64_t n = 1;
+    for (int64_t d : shape) {
+        n *= d;
+    }
+    return n;
+}
+
+std::string shape_str(const std::vector<int64_t>& s) {
+    return fmt::format("[{}]", fmt::join(s, ", "));
+}
+}  // namespace
+
+const char* op_name(Op op) {
+    for (const auto& e : kOps) {
+        if (e.op == op) {
+            return e.name;
+        }
+    }
+    return "?";
+}
+
+Op op_from_name(const std::string& name) {
+    for (const auto& e : kOps) {
+        if (name == e.name) {
+            return e.op;
+        }
+    }
+    throw InputError(fmt::format("unknown op '{}'", name));
+}
+
+Graph::Graph(std::vector<int64_t> input_shape) : input_shape_(std::move(input_shape)) {
+    Node in;
+    in.name = "input";
+    in.op = Op::kInput;
+    nodes_.push_back(std::move(in));
+}
+
+int Graph::add(Node node) {
+    for (char& c : node.name) {
+        if (c == '.') {
+            c = '_';
+        }
+    }
+    PF_CHECK(!node.name.empty(), Error, "failed to add node: empty name");
+    PF_CHECK(find(node.name) < 0, Error, "failed to add node {}: name already used", node.name);
+    for (int in : node.inputs) {
+        PF_CHECK(in >= 0 && in < static_cast<int>(nodes_.size()), Error,
+                 "failed to add node {}: input {} is not an earlier node", node.name, in);
+    }
+    nodes_.push_back(std::move(node));
+    output_ = static_cast<int>(nodes_.size()) - 1;
+    return output_;
+}
+
+int Graph::add_conv(const std::string& name, int in, int64_t c_in, int64_t c_out, int64_t k,
+                    int64_t stride, int64_t pad, int64_t groups, bool bias) {
+    Node n;
+    n.name = name;
+    n.op = Op::kConv2d;
+    n.inputs = {in};
+    n.attrs.kernel = {k, k};
+    n.attrs.stride = {stride, stride};
+    n.attrs.padding = {pad, pad};
+    n.attrs.dilation = {1, 1};
+    n.attrs.groups = groups;
+    n.attrs.out_channels = c_out;
+    n.params["weight"] = at::zeros({c_out, c_in / groups, k, k});
+    if (bias) {
+        n.params["bias"] = at::zeros({c_out});
+    }
+    return add(std::move(n));
+}
+
+int Graph::add_bn(const std::string& name, int in, int64_t channels) {
+    Node n;
+    n.name = name;
+    n.op = Op::kBatchNorm2d;
+    n.inputs = {in};
+    n.params["weight"] = at::ones({channels});
+    n.params["bias"] = at::zeros({channels});
+    n.buffers["running_mean"] = at::zeros({channels});
+    n.buffers["running_var"] = at::ones({channels});
+    return add(std::move(n));
+}
+
+int Graph::add_unary(const std::string& name, Op op, int in) {
+    Node n;
+    n.name = name;
+    n.op = op;
+    n.inputs = {in};
+    return add(std::move(n));
+}
+
+int Graph::add_clip(const std::string& name, int in, double lo, double hi) {
+    Node n;
+    n.name = name;
+    n.op = Op::kClip;
+    n.inputs = {in};
+    n.attrs.min = lo;
+    n.attrs.max = hi;
+    return add(std::move(n));
+}
+
+int Graph::add_binary(const std::string& name, Op op, int a, int b) {
+    Node n;
+    n.name = name;
+    n.op = op;
+    n.inputs = {a, b};
+    return add(std::move(n));
+}
+
+int Graph::add_pool(const std::string& name, Op op, int in, int64_t k, int64_t stride, int64_t pad) {
+    Node n;
+    n.name = name;
+    n.op = op;
+    n.inputs = {in};
+    n.attrs.kernel = {k, k};
+    n.attrs.stride = {stride, stride};
+    n.attrs.padding = {pad, pad};
+    n.attrs.dilation = {1, 1};
+    return add(std::move(n));
+}
+
+int Graph::add_linear(const std::string& name, int in, int64_t in_features, int64_t out_features) {
+    Node n;
+    n.name = name;
+    n.op = Op::kLinear;
+    n.inputs = {in};
+    n.attrs.out_channels = out_features;
+    n.params["weight"] = at::zeros({out_features, in_features});
+    n.params["bias"] = at::zeros({out_features});
+    return add(std::move(n));
+}
+
+int Graph::add_dropout(const std::string& name, int in, double p) {
+    Node n;
+    n.name = name;
+    n.op = Op::kDropout;
+    n.inputs = {in};
+    n.attrs.p = p;
+    return add(std::move(n));
+}
+
+int Graph::find(const std::string& name) const {
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+        if (nodes_[i].name == name) {
+            return static_cast<int>(i);
+        }
+    }
+    return -1;
+}
+
+std::vector<std::vector<int64_t>> Graph::infer_shapes() const {
+    std::vector<std::vector<int64_t>> shapes(nodes_.size());
+    PF_CHECK(input_shape_.size() == 3, InputError, "graph input shape {} is not [C, H, W]",
+             shape_str(input_shape_));
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+        const Node& n = nodes_[i];
+        auto fail = [&](const std::string& why) {
+            throw InputError(fmt::format("invalid graph: node {} ({}): {}", n.name, op_name(n.op), why));
+        };
+        auto in = [&](size_t k) -> const std::vector<int64_t>& {
+            if (k >= n.inputs.size()) {
+                fail(fmt::format("expects at least {} inputs", k + 1));
+            }
+            return shapes[static_cast<size_t>(n.inputs[k])];
+        };
+        auto param = [&](const char* key) -> const at::Tensor& {
+            auto it = n.params.find(key);
+            if (it == n.params.end() || !it->second.defined()) {
+                fail(fmt::format("missing parameter '{}'", key));
+            }
+            return it->second;
+        };
+        auto spatial_attrs_ok = [&]() {
+            const Attrs& a = n.attrs;
+            if (a.kernel.size() != 2 || a.stride.size() != 2 || a.padding.size() != 2 ||
+                a.dilation.size() != 2) {
+                fail("kernel, stride, padding and dilation need 2 values each");
+            }
+            for (int d = 0; d < 2; ++d) {
+                if (a.kernel[d] < 1 || a.stride[d] < 1 || a.padding[d] < 0 || a.dilation[d] < 1) {
+                    fail("kernel/stride/dilation must be >= 1 and padding >= 0");
+                }
+            }
+        };
+        std::vector<int64_t> out;
+        switch (n.op) {
+            case Op::kInput:
+                if (i != 0) {
+                    fail("only node 0 can be the input");
+                }
+                out = input_shape_;
+                break;
+            case Op::kConv2d: {
+                const auto& x = in(0);
+                spatial_attrs_ok();
+                const at::Tensor& w = param("weight");
+                const Attrs& a = n.attrs;
+                if (x.size() != 3) {
+                    fail("input is not [C, H, W]: " + shape_str(x));
+                }
+                if (w.dim() != 4 || a.groups < 1 || w.size(0) != a.out_channels ||
+                    w.size(2) != a.kernel[0] || w.size(3) != a.kernel[1] ||
+                    a.out_channels % a.groups != 0) {
+                    fail(fmt::format("weight {} does not match out_channels {}, kernel {}, groups {}",
+                                     shape_str(w.sizes().vec()), a.out_channels, shape_str(a.kernel),
+                                     a.groups));
+                }
+                if (w.size(1) * a.groups != x[0]) {
+                    fail(fmt::format("weight {} with groups {} expects {} input channels, got {}",
+                                     shape_str(w.sizes().vec()), a.groups, w.size(1) * a.groups, x[0]));
+                }
+                auto b = n.params.find("bias");
+                if (b != n.params.end() && (b->second.dim() != 1 || b->second.size(0) != a.out_channels)) {
+                    fail("bias does not have out_channels elements");
+                }
+                int64_t h = pool_out(x[1], a.kernel[0], a.stride[0], a.padding[0], a.dilation[0], false);
+                int64_t wd = pool_out(x[2], a.kernel[1], a.stride[1], a.padding[1], a.dilation[1], false);
+                if (h < 1 || wd < 1) {
+                    fail("input " + shape_str(x) + " is too small for the kernel");
+                }
+                out = {a.out_channels, h, wd};
+                break;
+            }
+            case Op::kBatchNorm2d: {
+                const auto& x = in(0);
+                int64_t c = param("weight").numel();
+                if (x.empty() || x[0] != c || param("bias").numel() != c ||
+                    !n.buffers.count("running_mean") || !n.buffers.count("running_var") ||
+                    n.buffers.at("running_mean").numel() != c || n.buffers.at("running_var").numel() != c) {
+                    fail(fmt::format("parameters do not match {} channels of input {}", c, shape_str(x)));
+                }
+                out = x;
+                break;
+            }
+            case Op::kReLU:
+            case Op::kClip:
+            case Op::kSigmoid:
+            case Op::kHardSwish:
+            case Op::kDropout:
+            case Op::kIdentity:
+                out = in(0);
+                break;
+            case Op::kAdd:
+            case Op::kMul: {
+                const auto& a = in(0);
+                const auto& b = in(1);
+                size_t r = std::max(a.size(), b.size());
+                out.assign(r, 1);
+                for (size_t k = 0; k < r; ++k) {
+                    int64_t da = k < r - a.size() ? 1 : a[k - (r - a.size())];
+                    int64_t db = k < r - b.size() ? 1 : b[k - (r - b.size())];
+                    if (da != db && da != 1 && db != 1) {
+                        fail(fmt::format("shapes {} and {} do not broadcast", shape_str(a), shape_str(b)));
+                    }
+                    out[k] = std::max(da, db);
+                }
+                break;
+            }
+            case Op::kConcat: {
+                out = in(0);
+                int64_t axis = n.attrs.axis - 1;  // attrs.axis counts the batch dimension
+                if (axis < 0 || axis >= static_cast<int64_t>(out.size())) {
+                    fail("axis out of range");
+                }
+                for (size_t k = 1; k < n.inputs.size(); ++k) {
+                    const auto& x = in(k);
+                    if (x.size() != out.size()) {
+                        fail("inputs of different ranks");
+                    }
+                    for (size_t d = 0; d < x.size(); ++d) {
+                        if (static_cast<int64_t>(d) != axis && x[d] != out[d]) {
+                            fail(fmt::format("shapes {} and {} differ off the concat axis",
+                                             shape_str(out), shape_str(x)));
+                        }
+                    }
+                    out[static_cast<size_t>(axis)] += x[static_cast<size_t>(axis)];
+                }
+                break;
+            }
+            case Op::kMaxPool:
+            case Op::kAvgPool: {
+                const auto& x = in(0);
+                spatial_attrs_ok();
+                const Attrs& a = n.attrs;
+                if (x.size() != 3) {
+                    fail("input is not [C, H, W]");
+                }
+                int64_t h = pool_out(x[1], a.kernel[0], a.stride[0], a.padding[0], a.dilation[0], a.ceil_mode);
+                int64_t w = pool_out(x[2], a.kernel[1], a.stride[1], a.padding[1], a.dilation[1], a.ceil_mode);
+                if (h < 1 || w < 1) {
+                    fail("input " + shape_str(x) + " is too small for the pooling window");
+                }
+                out = {x[0], h, w};
+                break;
+            }
+            case Op::kGlobalAvgPool: {
+                const auto& x = in(0);
+                if (x.size() != 3) {
+                    fail("input is not [C, H, W]");
+                }
+                out = {x[0], 1, 1};
+                break;
+            }
+            case Op::kFlatten: {
+                const auto& x = in(0);
+                int64_t axis = n.attrs.axis - 1;
+                if (axis < 0 || axis > static_cast<int64_t>(x.size())) {
+                    fail("axis out of range");
+                }
+                out.assign(x.begin(), x.begin() + axis);
+                out.push_back(numel(std::vector<int64_t>(x.begin() + axis, x.end())));
+                break;
+            }
+            case Op::kReshape: {
+                const auto& x = in(0);
+                out = n.attrs.shape;
+                int64_t known = 1;
+                int unknown = -1;
+                for (size_t k = 0; k < out.size(); ++k) {
+                    if (out[k] == -1) {
+                        if (unknown >= 0) {
+                            fail("more than one -1 in shape");
+                        }
+                        unknown = static_cast<int>(k);
+                    } else if (out[k] < 1) {
+                        fail("shape entries must be >= 1 or -1");
+                    } else {
+                        known *= out[k];
+                    }
+                }
+                if (unknown >= 0) {
+                    out[static_cast<size_t>(unknown)] = numel(x) / known;
+                }
+                if (numel(out) != numel(x)) {
+                    fail(fmt::format("cannot reshape {} to {}", shape_str(x), shape_str(n.attrs.shape)));
+                }
+                break;
+            }
+            case Op::kLinear: {
+                const auto& x = in(0);
+                const at::Tensor& w = param("weight");
+                if (w.dim() != 2 || w.size(0) != n.attrs.out_channels) {
+                    fail("weight is not [out_features, in_features]");
+                }
+                if (x.empty() || x.back() != w.size(1)) {
+                    fail(fmt::format("input {} does not end in {} features", shape_str(x), w.size(1)));
+                }
+                auto b = n.params.find("bias");
+                if (b != n.params.end() && b->second.numel() != w.size(0)) {
+                    fail("bias does not have out_features elements");
+                }
+                out = x;
+                out.back() = w.size(0);
+                break;
+            }
+        }
+        shapes[i] = std::move(out);
+    }
+    return shapes;
+}
+
+void Graph::validate() const {
+    PF_CHECK(!nodes_.empty() && nodes_[0].op == Op::kInput, InputError,
+             "invalid graph: node 0 must be the input");
+    std::set<std::string> names;
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+        const Node& n = nodes_[i];
+        PF_CHECK(!n.name.empty() && n.name.find('.') == std::string::npos, InputError,
+                 "invalid graph: node {} has an empty name or a '.' in it", i);
+        PF_CHECK(names.insert(n.name).second, InputError, "invalid graph: duplicate node name {}",
+                 n.name);
+        for (int in : n.inputs) {
+            PF_CHECK(in >= 0 && static_cast<size_t>(in) < i, InputError,
+                     "invalid graph: node {} reads node {} which does not come before it", n.name, in);
+        }
+        size_t arity = n.op == Op::kInput ? 0 : (n.op == Op::kAdd || n.op == Op::kMul) ? 2 : 1;
+        if (n.op == Op::kConcat) {
+            PF_CHECK(n.inputs.size() >= 2, InputError, "invalid graph: concat {} needs >= 2 inputs",
+                     n.name);
+        } else {
+            PF_CHECK(n.inputs.size() == arity, InputError,
+                     "invalid graph: node {} ({}) has {} inputs, expected {}", n.name, op_name(n.op),
+                     n.inputs.size(), arity);
+        }
+        for (const auto* group : {&n.params, &n.buffers}) {
+            for (const auto& [key, t] : *group) {
+                PF_CHECK(t.defined() && t.scalar_type() == at::kFloat, InputError,
+                         "invalid graph: tensor {}.{} is not float32", n.name, key);
+            }
+        }
+    }
+    PF_CHECK(output_ > 0 && static_cast<size_t>(output_) < nodes_.size(), InputError,
+             "invalid graph: output node {} out of range", output_);
+    auto shapes = infer_shapes();
+    PF_CHECK(shapes[static_cast<size_t>(output_)].size() == 1, InputError,
+             "invalid graph: the output {} must be a vector of class scores, got {} dims",
+             nodes_[static_cast<size_t>(output_)].name, shapes[static_cast<size_t>(output_)].size());
+}
+
+std::vector<LayerStats> Graph::layer_stats() const {
+    auto shapes = infer_shapes();
+    std::vector<LayerStats> stats;
+    stats.reserve(nodes_.size());
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+        const Node& n = nodes_[i];
+        LayerStats s;
+        s.name = n.name;
+        s.op = n.op;
+        s.out_shape = shapes[i];
+        for (const auto& [key, t] : n.params) {
+            s.params += t.numel();
+        }
+        if (n.op == Op::kConv2d) {
+            const at::Tensor& w = n.params.at("weight");
+            s.macs = numel(shapes[i]) * w.size(1) * w.size(2) * w.size(3);
+        } else if (n.op == Op::kLinear) {
+            const at::Tensor& w = n.params.at("weight");
+            s.macs = numel(shapes[i]) / w.size(0) * w.numel();
+        }
+        stats.push_back(std::move(s));
+    }
+    return stats;
+}
+
+int64_t Graph::total_params() const {
+    int64_t total = 0;
+    for (const auto& s : layer_stats()) {
+        total += s.params;
+    }
+    return total;
+}
+
+int64_t Graph::total_macs() const {
+    int64_t total = 0;
+    for (const auto& s : layer_stats()) {
+        total += s.macs;
+    }
+    return total;
+}
+
+int64_t Graph::weight_bytes() const {
+    int64_t bytes = 0;
+    for (const auto& n : nodes_) {
+        for (const auto* group : {&n.params, &n.buffers}) {
+            for (const auto& [key, t] : *group) {
+                bytes += t.numel() * static_cast<int64_t>(t.element_size());
+            }
+        }
+    }
+    return bytes;
+}
+
+int64_t Graph::num_classes() const {
+    auto shapes = infer_shapes();
+    return shapes[static_cast<size_t>(output_)].back();
+}
+
+Graph Graph::clone() const {
+    Graph g = *this;
+    for (auto& n : g.nodes_) {
+        for (auto* group : {&n.params, &n.buffers}) {
+            for (auto& [key, t] : *group) {
+                t = t.detach().clone();
+            }
+        }
+    }
+    return g;
+}
+
+void init_weights(Graph& graph, uint64_t seed) {
+    at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
+    at::NoGradGuard no_grad;
+    for (auto& n : graph.nodes()) {
+        if (n.op == Op::kConv2d) {
+            at::Tensor& w = n.params.at("weight");
+            double fan_out = static_cast<double>(w.size(0) * w.size(2) * w.size(3));
+            w.normal_(0.0, std::sqrt(2.0 / fan_out), gen);
+            if (n.params.count("bias")) {
+                n.params.at("bias").zero_();
+            }
+        } else if (n.op == Op::kLinear) {
+            at::Tensor& w = n.params.at("weight");
+            double bound = 1.0 / std::sqrt(static_cast<double>(w.size(1)));
+            w.uniform_(-bound, bound, gen);
+            if (n.params.count("bias")) {
+                n.params.at("bias").uniform_(-bound, bound, gen);
+            }
+        } else if (n.op == Op::kBatchNorm2d) {
+            n.params.at("weight").fill_(1.0);
+            n.params.at("bias").zero_();
+            n.buffers.at("running_mean").zero_();
+            n.buffers.at("running_var").fill_(1.0);
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Execution
+
+at::Tensor run_node(const Node& n, const std::vector<at::Tensor>& in, bool training) {
+    auto opt = [&](const char* key) -> at::Tensor {
+        auto it = n.params.find(key);
+        return it == n.params.end() ? at::Tensor() : it->second;
+    };
+    const Attrs& a = n.attrs;
+    switch (n.op) {
+        case Op::kInput:
+            return in.at(0);
+        case Op::kConv2d:
+            return at::conv2d(in[0], n.params.at("weight"), opt("bias"), a.stride, a.padding,
+                              a.dilation, a.groups);
+        case Op::kBatchNorm2d:
+            return at::batch_norm(in[0], n.params.at("weight"), n.params.at("bias"),
+                                  n.buffers.at("running_mean"), n.buffers.at("running_var"),
+                                  training, a.momentum, a.eps, true);
+        case Op::kReLU:
+            return at::relu(in[0]);
+        case Op::kClip:
+            if (a.min == 0.0 && a.max == 6.0) {
+                return at::hardtanh(in[0], 0.0, 6.0);
+            }
+            return at::clamp(in[0], a.min, a.max);
+        case Op::kSigmoid:
+            return at::sigmoid(in[0]);
+        case Op::kHardSwish:
+            return at::hardswish(in[0]);
+        case Op::kAdd:
+            return at::add(in[0], in[1]);
+        case Op::kMul:
+            return at::mul(in[0], in[1]);
+        case Op::kConcat:
+            return at::cat(in, a.axis);
+        case Op::kMaxPool:
+            return at::max_pool2d(in[0], a.kernel, a.stride, a.padding, a.dilation, a.ceil_mode);
+        case Op::kAvgPool:
+            return at::avg_pool2d(in[0], a.kernel, a.stride, a.padding, a.ceil_mode,
+                                  a.count_include_pad);
+        case Op::kGlobalAvgPool:
+            return at::adaptive_avg_pool2d(in[0], {1, 1});
+        case Op::kFlatten:
+            return at::flatten(in[0], a.axis);
+        case Op::kReshape: {
+            std::vector<int64_t> shape = {in[0].size(0)};
+            shape.insert(shape.end(), a.shape.begin(), a.shape.end());
+            return at::reshape(in[0], shape);
+        }
+        case Op::kLinear:
+            return at::linear(in[0], n.params.at("weight"), opt("bias"));
+        case Op::kDropout:
+            return at::dropout(in[0], a.p, training);
+        case Op::kIdentity:
+            return in[0];
+    }
+    throw Error(fmt::format("node {}: unsupported op", n.name));
+}
+
+Model::Model(Graph graph, ModelMeta meta) : graph_(std::move(graph)), meta_(std::move(meta)) {
+    graph_.validate();
+    for (auto& n : graph_.nodes()) {
+        if (n.params.empty() && n.buffers.empty()) {
+            continue;
+        }
+        auto holder = register_module(n.name, std::make_shared<torch::nn::Module>());
+        for (auto& [key, t] : n.params) {
+            holder->register_parameter(key, t);
+        }
+        for (auto& [key, t] : n.buffers) {
+            holder->register_buffer(key, t);
+        }
+    }
+    const auto& nodes = graph_.nodes();
+    last_use_.assign(nodes.size(), -1);
+    for (size_t i = 0; i < nodes.size(); ++i) {
+        for (int in : nodes[i].inputs) {
+            last_use_[static_cast<size_t>(in)] = static_cast<int>(i);
+        }
+    }
+    last_use_[static_cast<size_t>(graph_.output())] = static_cast<int>(nodes.size());
+}
+
+at::Tensor Model::forward(const at::Tensor& input) {
+    std::vector<at::Tensor> none;
+    return forward_capture(input, {}, none);
+}
+
+at::Tensor Model::forward_capture(const at::Tensor& input, const std::vector<int>& capture,
+                                  std::vector<at::Tensor>& captured) {
+    const auto& nodes = graph_.nodes();
+    const auto& shape = graph_.input_shape();
+    PF_CHECK(input.dim() == 4 && input.size(1) == shape[0] && input.size(2) == shape[1] &&
+                 input.size(3) == shape[2],
+             InputError, "model expects input [N, {}, {}, {}], got [{}]", shape[0], shape[1], shape[2],
+             fmt::join(input.sizes().vec(), ", "));
+    std::vector<at::Tensor> values(nodes.size());
+    std::vector<at::Tensor> args;
+    captured.assign(capture.size(), at::Tensor());
+    const bool training = is_training();
+    values[0] = input;
+    for (size_t i = 1; i < nodes.size(); ++i) {
+        const Node& n = nodes[i];
+        args.clear();
+        for (int in : n.inputs) {
+            args.push_back(values[static_cast<size_t>(in)]);
+        }
+        values[i] = run_node(n, args, training);
+        for (size_t c = 0; c < capture.size(); ++c) {
+            if (capture[c] == static_cast<int>(i)) {
+                captured[c] = values[i];
+            }
+        }
+        // Drop values no later node reads, so peak memory follows the live set, not the graph.
+        for (int in : n.inputs) {
+            if (last_use_[static_cast<size_t>(in)] == static_cast<int>(i)) {
+                values[static_cast<size_t>(in)].reset();
+            }
+        }
+    }
+    return values[static_cast<size_t>(graph_.output())];
+}
+
+}  // namespace pocketflow

@@ -1,0 +1,313 @@
+// SPDX-License-Identifier: Apache-2.0
+// Runs a job: run directory, model, pipeline of learner stages, final evaluation and outputs.
+#include <ATen/Parallel.h>
+#include <dlfcn.h>
+#include <link.h>
+#include <spdlog/sinks/basic_file_sink.h>
+#include <spdlog/spdlog.h>
+
+#include <chrono>
+#include <filesystem>
+#include <mutex>
+
+#include "pocketflow/error.h"
+#include "pocketflow/learner.h"
+#include "pocketflow/pfm.h"
+#include "pocketflow/util.h"
+#include "pocketflow/zoo.h"
+
+namespace pocketflow {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+RunDir::RunDir(fs::path path) : path_(std::move(path)) {
+    std::error_code ec;
+    fs::create_directories(path_ / "checkpoints", ec);
+    PF_CHECK(!ec, IoError, "failed to create run directory {}: {}", path_.string(), ec.message());
+    metrics_.open(path_ / "metrics.jsonl", std::ios::app);
+    PF_CHECK(metrics_.good(), IoError, "failed to open {}", (path_ / "metrics.jsonl").string());
+}
+
+fs::path RunDir::checkpoint(const std::string& tag) const { return path_ / "checkpoints" / (tag + ".ckpt"); }
+
+void RunDir::log_metrics(const json& row) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    metrics_ << row.dump() << '\n';
+    metrics_.flush();
+}
+
+void LearnerRegistry::add(LearnerInfo info) {
+    PF_CHECK(!info.name.empty() && info.create, Error, "learner registration needs a name and a factory");
+    PF_CHECK(learners_.count(info.name) == 0, Error, "learner '{}' registered twice", info.name);
+    learners_.emplace(info.name, std::move(info));
+}
+
+const LearnerInfo& LearnerRegistry::get(const std::string& name) const {
+    auto it = learners_.find(name);
+    if (it == learners_.end()) {
+        std::string hint = nearest_match(name, names());
+        throw ConfigError(fmt::format("unknown learner '{}'{}; available: {}", name,
+                                      hint.empty() ? "" : fmt::format("; did you mean '{}'?", hint),
+                                      join(names(), ", ")));
+    }
+    return it->second;
+}
+
+std::vector<std::string> LearnerRegistry::names() const {
+    std::vector<std::string> out;
+    for (const auto& [name, info] : learners_) {
+        out.push_back(name);
+    }
+    return out;
+}
+
+const LearnerRegistry& builtin_registry() {
+    static const LearnerRegistry registry = [] {
+        LearnerRegistry r;
+        register_builtin_learners(r);
+        return r;
+    }();
+    return registry;
+}
+
+int configure_threads(int64_t requested) {
+    int n = resolve_threads(static_cast<int>(requested));
+    at::set_num_threads(n);
+    return n;
+}
+
+void check_blas() {
+    static std::once_flag once;
+    std::call_once(once, [] {
+        std::string found;
+        dl_iterate_phdr(
+            [](dl_phdr_info* info, size_t, void* data) {
+                std::string name = info->dlpi_name ? info->dlpi_name : "";
+                if (name.find("blas") != std::string::npos || name.find("mkl") != std::string::npos) {
+                    std::error_code ec;
+                    auto real = fs::canonical(name, ec);
+                    *static_cast<std::string*>(data) += (ec ? name : real.string()) + ";";
+                }
+                return 0;
+            },
+            &found);
+        bool fast = found.find("openblas") != std::string::npos || found.find("mkl") != std::string::npos ||
+                    found.find("blis") != std::string::npos;
+        if (!fast) {
+            spdlog::warn("LibTorch is not using OpenBLAS (BLAS libraries loaded: {}); matrix products may "
+                         "be ~25x slower. Install libopenblas0-pthread (tools/setup.sh does).",
+                         found.empty() ? "none found" : found);
+        }
+    });
+}
+
+std::shared_ptr<Model> make_model(const Job& job, const std::vector<int64_t>& input_shape, int64_t num_classes,
+                                  const std::vector<double>& mean, const std::vector<double>& std) {
+    const ModelConfig& m = job.model;
+    ModelMeta meta{m.arch, job.data.dataset, mean, std};
+    std::vector<int64_t> shape = input_shape;
+    if (m.in_channels > 0) {
+        shape[0] = m.in_channels;
+    }
+    int64_t classes = m.num_classes > 0 ? m.num_classes : num_classes;
+    PF_CHECK(shape == input_shape, ConfigError,
+             "{}: failed to build the model with model.in_channels {}: the data has {} channels",
+             job.source.file, m.in_channels, input_shape[0]);
+    PF_CHECK(classes >= num_classes, ConfigError,
+             "{}: failed to build the model with model.num_classes {}: the data has {} classes",
+             job.source.file, classes, num_classes);
+    if (!m.path.empty()) {
+        ModelFile file = load_model(m.path);
+        PF_CHECK(file.graph.input_shape() == input_shape, ConfigError,
+                 "failed to use model {}: it takes input [{}], the data gives [{}]", m.path,
+                 fmt::join(file.graph.input_shape(), ", "), fmt::join(input_shape, ", "));
+        PF_CHECK(file.graph.num_classes() >= num_classes, ConfigError,
+                 "failed to use model {}: it has {} outputs, the data has {} classes", m.path,
+                 file.graph.num_classes(), num_classes);
+        file.meta.dataset = job.data.dataset;
+        file.meta.mean = mean;
+        file.meta.std = std;
+        return std::make_shared<Model>(std::move(file.graph), file.meta);
+    }
+    Graph g = build_zoo_model(m.arch, classes, shape, job.seed);
+    if (!m.init.empty()) {
+        ModelFile init = load_model(m.init);
+        const auto& a = g.nodes();
+        const auto& b = init.graph.nodes();
+        bool same = a.size() == b.size();
+        for (size_t i = 0; same && i < a.size(); ++i) {
+            same = a[i].name == b[i].name && a[i].op == b[i].op && a[i].params.size() == b[i].params.size() &&
+                   a[i].buffers.size() == b[i].buffers.size();
+            for (const auto& [key, t] : a[i].params) {
+                same = same && b[i].params.count(key) && b[i].params.at(key).sizes() == t.sizes();
+            }
+        }
+        PF_CHECK(same, ConfigError, "failed to initialise {} from {}: the file holds a different graph "
+                                    "(use model.path to start from a model with its own graph)",
+                 m.arch, m.init);
+        g = std::move(init.graph);
+    }
+    return std::make_shared<Model>(std::move(g), meta);
+}
+
+std::shared_ptr<Model> make_teacher(const RunContext& ctx) {
+    const DistillationConfig& d = ctx.job.distillation;
+    if (!d.enabled) {
+        return nullptr;
+    }
+    std::shared_ptr<Model> teacher;
+    if (!d.teacher.empty()) {
+        ModelFile file = load_model(d.teacher);
+        PF_CHECK(file.graph.input_shape() == ctx.model->graph().input_shape() &&
+                     file.graph.num_classes() == ctx.model->graph().num_classes(),
+                 ConfigError, "failed to use teacher {}: its input/classes differ from the student's", d.teacher);
+        teacher = std::make_shared<Model>(std::move(file.graph), file.meta);
+    } else {
+        teacher = std::make_shared<Model>(ctx.model->graph().clone(), ctx.model->meta());
+    }
+    teacher->eval();
+    return teacher;
+}
+
+Trainer make_trainer(RunContext& ctx, const TrainConfig& config, const std::string& suffix) {
+    Trainer trainer(config, &ctx.run, fmt::format("stage{}_{}{}", ctx.stage_index, ctx.stage.learner, suffix));
+    trainer.set_resume(ctx.resume);
+    trainer.set_stop_after_steps(ctx.stop_after_steps);
+    if (auto teacher = make_teacher(ctx)) {
+        trainer.set_teacher(teacher, ctx.job.distillation);
+    }
+    return trainer;
+}
+
+namespace {
+
+fs::path choose_run_dir(const Job& job, bool resume) {
+    if (!job.output_dir.empty()) {
+        return job.output_dir;
+    }
+    fs::path base = fs::path("runs") / job.name;
+    if (resume) {
+        std::vector<fs::path> runs;
+        if (fs::is_directory(base)) {
+            for (const auto& e : fs::directory_iterator(base)) {
+                if (e.is_directory() && fs::exists(e.path() / "resolved_config.yaml")) {
+                    runs.push_back(e.path());
+                }
+            }
+        }
+        PF_CHECK(!runs.empty(), InputError, "failed to resume job {}: no earlier run under {}", job.name,
+                 base.string());
+        std::sort(runs.begin(), runs.end());
+        return runs.back();
+    }
+    fs::path dir = base / timestamp_now();
+    for (int k = 2; fs::exists(dir); ++k) {
+        dir = base / fmt::format("{}-{}", timestamp_now(), k);
+    }
+    return dir;
+}
+
+std::string emit(const YAML::Node& node) {
+    YAML::Emitter out;
+    out << node;
+    return std::string(out.c_str()) + "\n";
+}
+
+}  // namespace
+
+json run_job(const Job& job, const RunOptions& options) {
+    auto start = std::chrono::steady_clock::now();
+    int threads = configure_threads(job.threads);
+    check_blas();
+    // Validate every stage before any work starts.
+    std::vector<std::unique_ptr<Learner>> learners;
+    for (const auto& stage : job.pipeline) {
+        learners.push_back(builtin_registry().get(stage.learner).create(stage, job));
+    }
+    fs::path dir = choose_run_dir(job, options.resume);
+    std::string config_text = emit(job.resolved);
+    fs::path config_path = dir / "resolved_config.yaml";
+    if (options.resume && fs::exists(config_path)) {
+        PF_CHECK(read_file(config_path) == config_text, ConfigError,
+                 "failed to resume in {}: the job differs from the run's resolved_config.yaml; resume with the "
+                 "same job and overrides, or start a new run",
+                 dir.string());
+    }
+    RunDir run(dir);
+    write_file_atomic(config_path, config_text);
+    auto file_sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>((dir / "log.txt").string());
+    spdlog::default_logger()->sinks().push_back(file_sink);
+    struct SinkGuard {
+        std::shared_ptr<spdlog::sinks::sink> sink;
+        ~SinkGuard() {
+            auto& sinks = spdlog::default_logger()->sinks();
+            sinks.erase(std::remove(sinks.begin(), sinks.end(), sink), sinks.end());
+        }
+    } guard{file_sink};
+    spdlog::info("run directory {} ({} threads{})", dir.string(), threads, options.resume ? ", resuming" : "");
+
+    DataBundle data = load_data(job.data, job.seed);
+    spdlog::info("data {}: {} train, {} validation, {} test images of [{}], {} classes", job.data.dataset,
+                 data.train_indices.size(), data.val_indices.size(), data.test_indices.size(),
+                 fmt::join(data.input_shape, ", "), data.num_classes);
+    auto model = make_model(job, data.input_shape, data.num_classes, data.mean, data.std);
+    const int64_t macs_before = model->graph().total_macs();
+    const int64_t params_before = model->graph().total_params();
+    spdlog::info("model {}: {} params, {} MACs", model->meta().arch, human_count(static_cast<double>(params_before)),
+                 human_count(static_cast<double>(macs_before)));
+
+    json stages = json::array();
+    for (size_t i = 0; i < job.pipeline.size(); ++i) {
+        const StageConfig& stage = job.pipeline[i];
+        fs::path stage_model = dir / fmt::format("stage{}_{}.pfm", i, stage.learner);
+        fs::path stage_summary = dir / fmt::format("stage{}_{}.json", i, stage.learner);
+        if (options.resume && fs::exists(stage_model) && fs::exists(stage_summary)) {
+            ModelFile file = load_model(stage_model.string());
+            model = std::make_shared<Model>(std::move(file.graph), file.meta);
+            stages.push_back(json::parse(read_file(stage_summary)));
+            spdlog::info("stage {} ({}) already done: loaded {}", i, stage.learner, stage_model.string());
+            continue;
+        }
+        spdlog::info("stage {} of {}: {}", i + 1, job.pipeline.size(), stage.learner);
+        RunContext ctx{job, stage, static_cast<int>(i), model, data, run, options.resume, options.stop_after_steps};
+        auto stage_start = std::chrono::steady_clock::now();
+        json summary = learners[i]->run(ctx);
+        model = ctx.model;
+        summary["learner"] = stage.learner;
+        summary["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - stage_start).count();
+        summary["params"] = model->graph().total_params();
+        summary["macs"] = model->graph().total_macs();
+        save_model(stage_model.string(), model->graph(), model->meta());
+        write_file_atomic(stage_summary, summary.dump(2));
+        stages.push_back(summary);
+    }
+
+    auto test_loader = data.test_loader(job.data);
+    EvalResult test = evaluate(*model, *test_loader);
+    fs::path model_path = dir / "model.pfm";
+    save_model(model_path.string(), model->graph(), model->meta());
+    json summary = {{"run_dir", dir.string()},
+                    {"model", model_path.string()},
+                    {"arch", model->meta().arch},
+                    {"dataset", job.data.dataset},
+                    {"top1", test.top1},
+                    {"top5", test.top5},
+                    {"loss", test.loss},
+                    {"samples", test.samples},
+                    {"params", model->graph().total_params()},
+                    {"macs", model->graph().total_macs()},
+                    {"params_before", params_before},
+                    {"macs_before", macs_before},
+                    {"weight_bytes", model->graph().weight_bytes()},
+                    {"file_bytes", fs::file_size(model_path)},
+                    {"threads", threads},
+                    {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()},
+                    {"stages", stages}};
+    write_file_atomic(dir / "summary.json", summary.dump(2));
+    spdlog::info("test top-1 {:.2f}% top-5 {:.2f}% loss {:.4f} on {} images; wrote {}", test.top1, test.top5,
+                 test.loss, test.samples, model_path.string());
+    return summary;
+}
+
+}  // namespace pocketflow

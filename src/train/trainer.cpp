@@ -1,0 +1,356 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "pocketflow/trainer.h"
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
+#include <spdlog/spdlog.h>
+#include <torch/nn/utils/clip_grad.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/adamw.h>
+#include <torch/optim/sgd.h>
+#include <torch/serialize/input-archive.h>
+#include <torch/serialize/output-archive.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <sstream>
+
+#include "pocketflow/error.h"
+#include "pocketflow/learner.h"
+#include "pocketflow/util.h"
+
+namespace pocketflow {
+
+namespace fs = std::filesystem;
+using Clock = std::chrono::steady_clock;
+
+at::Tensor cross_entropy(const at::Tensor& logits, const at::Tensor& labels, double smoothing) {
+    at::Tensor logp = at::log_softmax(logits, 1);
+    at::Tensor nll = -logp.gather(1, labels.unsqueeze(1)).squeeze(1).mean();
+    if (smoothing <= 0) {
+        return nll;
+    }
+    at::Tensor uniform = -logp.mean(1).mean();
+    return (1.0 - smoothing) * nll + smoothing * uniform;
+}
+
+at::Tensor distillation_loss(const at::Tensor& student_logits, const at::Tensor& teacher_logits,
+                             double temperature) {
+    at::Tensor log_p_student = at::log_softmax(student_logits / temperature, 1);
+    at::Tensor log_p_teacher = at::log_softmax(teacher_logits / temperature, 1);
+    // KL(t || s) = sum t * (log t - log s), averaged over the batch; T² keeps gradient scale.
+    at::Tensor kl = (log_p_teacher.exp() * (log_p_teacher - log_p_student)).sum(1).mean();
+    return kl * (temperature * temperature);
+}
+
+double learning_rate_at(const ScheduleConfig& s, double base_lr, double epoch, int64_t total_epochs) {
+    double total = static_cast<double>(total_epochs);
+    if (s.warmup_epochs > 0 && epoch < s.warmup_epochs) {
+        return base_lr * epoch / s.warmup_epochs;
+    }
+    if (s.name == "cosine") {
+        double span = std::max(total - s.warmup_epochs, 1e-9);
+        double progress = std::clamp((epoch - s.warmup_epochs) / span, 0.0, 1.0);
+        return s.lr_min + (base_lr - s.lr_min) * 0.5 * (1.0 + std::cos(M_PI * progress));
+    }
+    if (s.name == "step") {
+        return base_lr * std::pow(s.gamma, std::floor(epoch / static_cast<double>(s.step_size)));
+    }
+    if (s.name == "multistep") {
+        int passed = 0;
+        for (int64_t m : s.milestones) {
+            passed += epoch >= static_cast<double>(m) ? 1 : 0;
+        }
+        return base_lr * std::pow(s.gamma, passed);
+    }
+    return base_lr;
+}
+
+EvalResult evaluate(Model& model, Loader& loader) {
+    bool was_training = model.is_training();
+    model.eval();
+    at::NoGradGuard no_grad;
+    EvalResult r;
+    double loss_sum = 0, top1 = 0, top5 = 0;
+    loader.start_epoch(0);
+    while (auto batch = loader.next()) {
+        at::Tensor logits = model.forward(batch->images);
+        const int64_t n = batch->labels.size(0);
+        loss_sum += at::cross_entropy_loss(logits, batch->labels, {}, at::Reduction::Sum).item<double>();
+        int64_t k = std::min<int64_t>(5, logits.size(1));
+        at::Tensor topk = std::get<1>(logits.topk(k, 1));
+        at::Tensor hits = topk.eq(batch->labels.unsqueeze(1));
+        top1 += hits.narrow(1, 0, 1).sum().item<double>();
+        top5 += hits.sum().item<double>();
+        r.samples += n;
+    }
+    if (was_training) {
+        model.train();
+    }
+    if (r.samples > 0) {
+        r.loss = loss_sum / static_cast<double>(r.samples);
+        r.top1 = 100.0 * top1 / static_cast<double>(r.samples);
+        r.top5 = 100.0 * top5 / static_cast<double>(r.samples);
+    }
+    return r;
+}
+
+namespace {
+
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerConfig& c, Model& model) {
+    auto params = model.parameters();
+    if (c.name == "sgd") {
+        return std::make_unique<torch::optim::SGD>(
+            params, torch::optim::SGDOptions(c.lr).momentum(c.momentum).nesterov(c.nesterov).weight_decay(
+                        c.weight_decay));
+    }
+    if (c.name == "adam") {
+        return std::make_unique<torch::optim::Adam>(
+            params, torch::optim::AdamOptions(c.lr).betas({c.beta1, c.beta2}).weight_decay(c.weight_decay));
+    }
+    return std::make_unique<torch::optim::AdamW>(
+        params, torch::optim::AdamWOptions(c.lr).betas({c.beta1, c.beta2}).weight_decay(c.weight_decay));
+}
+
+/// Where a training is: the epoch/batch to run next plus the running sums of the current epoch.
+struct Position {
+    int64_t epoch = 0, batch = 0, step = 0;
+    double loss_sum = 0, correct = 0, seen = 0;
+};
+
+void save_checkpoint(const fs::path& path, Model& model, torch::optim::Optimizer& opt, const Position& pos) {
+    torch::serialize::OutputArchive archive, model_ar, opt_ar;
+    model.save(model_ar);
+    opt.save(opt_ar);
+    archive.write("model", model_ar);
+    archive.write("optimizer", opt_ar);
+    archive.write("position", at::tensor({pos.epoch, pos.batch, pos.step}, at::kLong));
+    archive.write("sums", at::tensor({pos.loss_sum, pos.correct, pos.seen}, at::kDouble));
+    {
+        at::Generator gen = at::detail::getDefaultCPUGenerator();
+        std::lock_guard<std::mutex> lock(gen.mutex());
+        archive.write("rng", gen.get_state());
+    }
+    std::ostringstream out;
+    archive.save_to(out);
+    write_file_atomic(path, out.str());
+}
+
+Position load_checkpoint(const fs::path& path, Model& model, torch::optim::Optimizer& opt) {
+    Position pos;
+    try {
+        torch::serialize::InputArchive archive, model_ar, opt_ar;
+        archive.load_from(path.string());
+        archive.read("model", model_ar);
+        archive.read("optimizer", opt_ar);
+        model.load(model_ar);
+        opt.load(opt_ar);
+        at::Tensor p, s, rng;
+        archive.read("position", p);
+        archive.read("sums", s);
+        archive.read("rng", rng);
+        pos.epoch = p[0].item<int64_t>();
+        pos.batch = p[1].item<int64_t>();
+        pos.step = p[2].item<int64_t>();
+        pos.loss_sum = s[0].item<double>();
+        pos.correct = s[1].item<double>();
+        pos.seen = s[2].item<double>();
+        at::Generator gen = at::detail::getDefaultCPUGenerator();
+        std::lock_guard<std::mutex> lock(gen.mutex());
+        gen.set_state(rng);
+    } catch (const c10::Error& e) {
+        throw InputError(fmt::format("failed to resume from checkpoint {}: {}", path.string(),
+                                     e.what_without_backtrace()));
+    }
+    return pos;
+}
+
+std::string format_eta(double seconds) {
+    auto s = static_cast<int64_t>(seconds);
+    return s >= 3600 ? fmt::format("{}h{:02}m", s / 3600, (s % 3600) / 60)
+                     : fmt::format("{}m{:02}s", s / 60, s % 60);
+}
+
+}  // namespace
+
+Trainer::Trainer(TrainConfig config, RunDir* run, std::string tag)
+    : config_(std::move(config)), run_(run), tag_(std::move(tag)) {}
+
+void Trainer::set_teacher(std::shared_ptr<Model> teacher, const DistillationConfig& config) {
+    teacher_ = std::move(teacher);
+    distillation_ = config;
+    if (teacher_) {
+        teacher_->eval();
+        for (auto& p : teacher_->parameters()) {
+            p.set_requires_grad(false);
+        }
+    }
+}
+
+TrainResult Trainer::fit(Model& model, const DataBundle& data, const DataConfig& data_config, uint64_t seed) {
+    TrainResult result;
+    auto loader = data.train_loader(data_config, seed);
+    std::unique_ptr<Loader> val_loader;
+    if (!data.val_indices.empty()) {
+        val_loader = data.val_loader(data_config);
+    }
+    int64_t per_epoch = loader->num_batches();
+    if (config_.steps_per_epoch > 0) {
+        per_epoch = std::min(per_epoch, config_.steps_per_epoch);
+    }
+    PF_CHECK(per_epoch > 0, ConfigError, "failed to train: no full batch of {} in {} training images",
+             data_config.batch_size, loader->num_samples());
+    const int64_t total_steps = per_epoch * config_.epochs;
+    auto optimizer = make_optimizer(config_.optimizer, model);
+    Position pos;
+    const fs::path ckpt = run_ ? run_->checkpoint(tag_) : fs::path();
+    if (resume_ && run_ && fs::exists(ckpt)) {
+        pos = load_checkpoint(ckpt, model, *optimizer);
+        spdlog::info("[{}] resumed from {} at epoch {} step {}", tag_, ckpt.string(), pos.epoch + 1, pos.step);
+    }
+    const bool tty = ::isatty(STDERR_FILENO) == 1;
+    model.train();
+    auto save = [&]() {
+        if (run_) {
+            save_checkpoint(ckpt, model, *optimizer, pos);
+        }
+    };
+    double train_seconds = 0;
+    int64_t train_images = 0, steps_this_process = 0;
+    auto fit_start = Clock::now();
+    for (; pos.epoch < config_.epochs; ++pos.epoch) {
+        loader->start_epoch(pos.epoch, pos.batch);
+        auto window_start = Clock::now();
+        int64_t window_images = 0;
+        while (pos.batch < per_epoch) {
+            auto step_start = Clock::now();
+            auto batch = loader->next();
+            if (!batch) {
+                break;
+            }
+            double lr = learning_rate_at(config_.schedule, config_.optimizer.lr,
+                                         static_cast<double>(pos.epoch) +
+                                             static_cast<double>(pos.batch) / static_cast<double>(per_epoch),
+                                         config_.epochs);
+            for (auto& group : optimizer->param_groups()) {
+                group.options().set_lr(lr);
+            }
+            optimizer->zero_grad();
+            at::Tensor logits = model.forward(batch->images);
+            at::Tensor loss = cross_entropy(logits, batch->labels, config_.label_smoothing);
+            if (teacher_ && distillation_.enabled) {
+                at::Tensor teacher_logits;
+                {
+                    at::NoGradGuard no_grad;
+                    teacher_logits = teacher_->forward(batch->images);
+                }
+                loss = (1.0 - distillation_.weight) * loss +
+                       distillation_.weight * distillation_loss(logits, teacher_logits, distillation_.temperature);
+            }
+            for (const auto& term : loss_terms_) {
+                loss = loss + term(batch->images, logits, batch->labels);
+            }
+            double loss_value = loss.item<double>();
+            if (!std::isfinite(loss_value)) {
+                throw NumericError(fmt::format(
+                    "[{}] loss became {} at epoch {} step {} (lr {:.4g}); stopped without overwriting "
+                    "the last good checkpoint{}. Lower train.optimizer.lr or set train.grad_clip",
+                    tag_, loss_value, pos.epoch + 1, pos.step, lr,
+                    run_ && fs::exists(ckpt) ? " " + ckpt.string() : ""));
+            }
+            loss.backward();
+            if (config_.grad_clip > 0) {
+                torch::nn::utils::clip_grad_norm_(model.parameters(), config_.grad_clip);
+            }
+            optimizer->step();
+            for (const auto& hook : after_step_) {
+                hook(model, pos.step);
+            }
+            const int64_t n = batch->labels.size(0);
+            pos.loss_sum += loss_value * static_cast<double>(n);
+            pos.correct += logits.detach().argmax(1).eq(batch->labels).sum().item<double>();
+            pos.seen += static_cast<double>(n);
+            ++pos.batch;
+            ++pos.step;
+            ++steps_this_process;
+            train_images += n;
+            window_images += n;
+            train_seconds += std::chrono::duration<double>(Clock::now() - step_start).count();
+
+            const bool log_now = pos.step % config_.log_every == 0 || pos.batch == per_epoch;
+            if (log_now || tty) {
+                double window = std::chrono::duration<double>(Clock::now() - window_start).count();
+                double ips = window > 0 ? static_cast<double>(window_images) / window : 0;
+                double eta = ips > 0 ? static_cast<double>(total_steps - pos.step) * data_config.batch_size / ips : 0;
+                std::string line = fmt::format(
+                    "[{}] epoch {}/{} step {}/{} loss {:.4f} acc {:.2f}% lr {:.4g} {:.0f} img/s ETA {}", tag_,
+                    pos.epoch + 1, config_.epochs, pos.batch, per_epoch, pos.loss_sum / pos.seen,
+                    100.0 * pos.correct / pos.seen, lr, ips, format_eta(eta));
+                if (tty) {
+                    fmt::print(stderr, "\r\033[K{}", line);
+                    if (pos.batch == per_epoch) {
+                        fmt::print(stderr, "\n");
+                    }
+                } else if (log_now) {
+                    spdlog::info("{}", line);
+                }
+                if (log_now && run_) {
+                    run_->log_metrics({{"stage", tag_}, {"kind", "step"}, {"epoch", pos.epoch + 1},
+                                       {"step", pos.step}, {"lr", lr}, {"loss", pos.loss_sum / pos.seen},
+                                       {"top1", 100.0 * pos.correct / pos.seen}, {"images_per_s", ips}});
+                }
+                if (log_now) {
+                    window_start = Clock::now();
+                    window_images = 0;
+                }
+            }
+            const bool interrupted =
+                stop_requested() || (stop_after_steps_ > 0 && steps_this_process >= stop_after_steps_);
+            if (interrupted || (config_.checkpoint_every > 0 && pos.step % config_.checkpoint_every == 0)) {
+                save();
+            }
+            if (interrupted) {
+                if (tty) {
+                    fmt::print(stderr, "\n");
+                }
+                throw Interrupted(fmt::format("[{}] interrupted at epoch {} step {}; checkpoint saved{}; "
+                                              "continue with --resume",
+                                              tag_, pos.epoch + 1, pos.step,
+                                              run_ ? " to " + ckpt.string() : ""));
+            }
+        }
+        result.train_loss = pos.seen > 0 ? pos.loss_sum / pos.seen : 0;
+        result.train_top1 = pos.seen > 0 ? 100.0 * pos.correct / pos.seen : 0;
+        nlohmann::json row = {{"stage", tag_},          {"kind", "epoch"},
+                              {"epoch", pos.epoch + 1}, {"train_loss", result.train_loss},
+                              {"train_top1", result.train_top1}};
+        if (val_loader) {
+            result.val = evaluate(model, *val_loader);
+            row["val_loss"] = result.val.loss;
+            row["val_top1"] = result.val.top1;
+            spdlog::info("[{}] epoch {}/{}: train loss {:.4f} acc {:.2f}% | val loss {:.4f} top-1 {:.2f}%", tag_,
+                         pos.epoch + 1, config_.epochs, result.train_loss, result.train_top1, result.val.loss,
+                         result.val.top1);
+        } else {
+            spdlog::info("[{}] epoch {}/{}: train loss {:.4f} acc {:.2f}%", tag_, pos.epoch + 1, config_.epochs,
+                         result.train_loss, result.train_top1);
+        }
+        if (run_) {
+            run_->log_metrics(row);
+        }
+        pos.batch = 0;
+        pos.loss_sum = pos.correct = pos.seen = 0;
+        // The position saved is the start of the next epoch.
+        ++pos.epoch;
+        save();
+        --pos.epoch;
+    }
+    result.steps = pos.step;
+    result.seconds = std::chrono::duration<double>(Clock::now() - fit_start).count();
+    result.images_per_second = train_seconds > 0 ? static_cast<double>(train_images) / train_seconds : 0;
+    return result;
+}
+
+}  // namespace pocketflow
