@@ -356,7 +356,7 @@ std::vector<double> default_mean(const std::string& dataset) {
     if (dataset == "imagefolder") {
         return {0.485, 0.456, 0.406};
     }
-    return {};
+    return {0.5};  // synthetic
 }
 
 std::vector<double> default_std(const std::string& dataset) {
@@ -375,7 +375,7 @@ std::vector<double> default_std(const std::string& dataset) {
     if (dataset == "imagefolder") {
         return {0.229, 0.224, 0.225};
     }
-    return {};
+    return {0.3};  // synthetic
 }
 
 void require_file(ConfigReader& r, const std::string& key, const std::string& path) {

@@ -187,12 +187,22 @@ class SyntheticDataset : public Dataset {
 public:
     SyntheticDataset(int64_t size, int64_t classes, std::vector<int64_t> shape, uint64_t seed)
         : size_(size), classes_(classes), shape_(std::move(shape)), seed_(seed) {
+        // Each class is a sinusoidal grating with its own frequency, orientation and phase per channel:
+        // spatially structured like real images, so convolutions and pooling can learn it quickly.
         std::mt19937_64 rng(seed);
-        std::uniform_real_distribution<double> u(0.0, 1.0);
-        int64_t n = shape_[0] * shape_[1] * shape_[2];
-        patterns_.resize(static_cast<size_t>(classes_ * n));
-        for (auto& v : patterns_) {
-            v = static_cast<float>(u(rng));
+        std::uniform_real_distribution<double> freq(0.3, 1.5), phase(0.0, 2 * M_PI), sign(-1.0, 1.0);
+        const int64_t c = shape_[0], h = shape_[1], w = shape_[2];
+        patterns_.resize(static_cast<size_t>(classes_ * c * h * w));
+        for (int64_t k = 0; k < classes_; ++k) {
+            for (int64_t ch = 0; ch < c; ++ch) {
+                double fy = freq(rng) * (sign(rng) < 0 ? -1 : 1), fx = freq(rng), ph = phase(rng);
+                for (int64_t y = 0; y < h; ++y) {
+                    for (int64_t x = 0; x < w; ++x) {
+                        double v = 0.5 + 0.4 * std::sin(2 * M_PI * (fy * y / h + fx * x / w) + ph);
+                        patterns_[static_cast<size_t>(((k * c + ch) * h + y) * w + x)] = static_cast<float>(v);
+                    }
+                }
+            }
         }
     }
     int64_t size() const override { return size_; }
@@ -203,7 +213,7 @@ public:
         Image img{shape_[0], shape_[1], shape_[2], std::vector<uint8_t>(static_cast<size_t>(n))};
         const float* p = patterns_.data() + label(i) * n;
         for (int64_t k = 0; k < n; ++k) {
-            double v = 0.25 + 0.5 * p[k] + noise(rng);
+            double v = p[k] + noise(rng);
             img.pixels[static_cast<size_t>(k)] = static_cast<uint8_t>(std::clamp(v, 0.0, 1.0) * 255.0);
         }
         return img;

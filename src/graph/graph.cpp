@@ -435,10 +435,7 @@ void Graph::validate() const {
     }
     PF_CHECK(output_ > 0 && static_cast<size_t>(output_) < nodes_.size(), InputError,
              "invalid graph: output node {} out of range", output_);
-    auto shapes = infer_shapes();
-    PF_CHECK(shapes[static_cast<size_t>(output_)].size() == 1, InputError,
-             "invalid graph: the output {} must be a vector of class scores, got {} dims",
-             nodes_[static_cast<size_t>(output_)].name, shapes[static_cast<size_t>(output_)].size());
+    infer_shapes();
 }
 
 std::vector<LayerStats> Graph::layer_stats() const {
@@ -496,7 +493,10 @@ int64_t Graph::weight_bytes() const {
 
 int64_t Graph::num_classes() const {
     auto shapes = infer_shapes();
-    return shapes[static_cast<size_t>(output_)].back();
+    const auto& out = shapes[static_cast<size_t>(output_)];
+    PF_CHECK(out.size() == 1, InputError, "the model's output {} is not a vector of class scores: shape [{}]",
+             nodes_[static_cast<size_t>(output_)].name, fmt::join(out, ", "));
+    return out[0];
 }
 
 Graph Graph::clone() const {

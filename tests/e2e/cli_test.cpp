@@ -1,0 +1,195 @@
+// SPDX-License-Identifier: Apache-2.0
+// End-to-end tests of the `pocketflow` binary on tiny synthetic jobs.
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+#include <sys/wait.h>
+#include <torch/torch.h>
+
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "pocketflow/pfm.h"
+#include "pocketflow/util.h"
+#include "support/test_util.h"
+
+namespace pocketflow {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+struct Result {
+    int code = -1;
+    std::string out, err;
+};
+
+/// Runs the CLI with arguments (shell-quoted by the caller) and captures stdout and stderr.
+Result cli(const std::string& args, const testing::TempDir& dir) {
+    std::string err_path = dir.file("stderr.txt");
+    std::string cmd = fmt::format("cd '{}' && '{}' {} 2>'{}'", dir.path().string(), POCKETFLOW_CLI, args, err_path);
+    Result r;
+    FILE* pipe = popen(cmd.c_str(), "r");
+    char buf[4096];
+    size_t n = 0;
+    while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) {
+        r.out.append(buf, n);
+    }
+    int status = pclose(pipe);
+    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    r.err = read_file(err_path);
+    return r;
+}
+
+const char* kTinyJob = R"(name: tiny
+seed: 3
+threads: 1
+model: {arch: lenet5}
+data:
+  dataset: synthetic
+  batch_size: 32
+  val_size: 64
+  synthetic: {train: 512, test: 128, classes: 4, shape: [1, 12, 12]}
+  augment: {crop_padding: 1}
+train:
+  epochs: 3
+  optimizer: {name: sgd, lr: 0.1, momentum: 0.9, nesterov: true}
+  checkpoint_every: 3
+pipeline:
+  - learner: full_precision
+)";
+
+json last_json_line(const std::string& out) {
+    auto pos = out.rfind('{');
+    while (pos != std::string::npos && pos > 0 && out[pos - 1] != '\n') {
+        pos = out.rfind('{', pos - 1);
+    }
+    return json::parse(out.substr(pos == std::string::npos ? 0 : pos));
+}
+
+TEST(CliTest, VersionHelpAndLearners) {
+    testing::TempDir dir;
+    Result v = cli("--version", dir);
+    EXPECT_EQ(v.code, 0);
+    EXPECT_NE(v.out.find("pocketflow"), std::string::npos);
+    Result h = cli("train --help", dir);
+    EXPECT_EQ(h.code, 0);
+    EXPECT_NE(h.out.find("--config"), std::string::npos);
+    Result l = cli("learners", dir);
+    EXPECT_EQ(l.code, 0);
+    EXPECT_NE(l.out.find("full_precision"), std::string::npos);
+    Result bad = cli("train --no-such-flag", dir);
+    EXPECT_EQ(bad.code, 2);
+    Result none = cli("", dir);
+    EXPECT_EQ(none.code, 2);
+}
+
+TEST(CliTest, InfoOnZooArchitecture) {
+    testing::TempDir dir;
+    Result r = cli("--json info --arch resnet20 --input 3x32x32 --num-classes 10", dir);
+    ASSERT_EQ(r.code, 0) << r.err;
+    json j = json::parse(r.out);
+    EXPECT_NEAR(j["macs"].get<double>() / 40.81e6, 1.0, 0.01);
+    EXPECT_GT(j["layers"].size(), 60u);
+    Result table = cli("info --arch lenet5 --input 1x28x28", dir);
+    ASSERT_EQ(table.code, 0);
+    EXPECT_NE(table.out.find("conv1"), std::string::npos);
+    EXPECT_NE(table.out.find("61.71K params"), std::string::npos);
+    Result bad = cli("info --arch lenet5 --input 1x28", dir);
+    EXPECT_EQ(bad.code, 2);
+    EXPECT_NE(bad.err.find("expected CxHxW"), std::string::npos);
+}
+
+TEST(CliTest, TrainEvalInfoEndToEnd) {
+    testing::TempDir dir;
+    write_file_atomic(dir.file("job.yaml"), kTinyJob);
+    Result r = cli("--json train --config job.yaml --set output_dir=run", dir);
+    ASSERT_EQ(r.code, 0) << r.err;
+    json s = json::parse(r.out);
+    for (const char* key : {"run_dir", "model", "top1", "top5", "params", "macs", "stages"}) {
+        EXPECT_TRUE(s.contains(key)) << key;
+    }
+    EXPECT_GT(s["top1"].get<double>(), 60.0);
+    EXPECT_EQ(s["stages"].size(), 1u);
+    for (const char* f : {"resolved_config.yaml", "log.txt", "metrics.jsonl", "model.pfm", "summary.json"}) {
+        EXPECT_TRUE(fs::exists(dir.path() / "run" / f)) << f;
+    }
+    EXPECT_EQ(json::parse(read_file(dir.path() / "run" / "summary.json")), s);
+    EXPECT_NE(read_file(dir.path() / "run" / "metrics.jsonl").find("\"kind\":\"epoch\""), std::string::npos);
+    // The resolved config is a complete job: running it again parses.
+    EXPECT_NE(read_file(dir.path() / "run" / "resolved_config.yaml").find("weight_decay"), std::string::npos);
+
+    Result e = cli("--json eval --model run/model.pfm --config job.yaml", dir);
+    ASSERT_EQ(e.code, 0) << e.err;
+    json ej = json::parse(e.out);
+    EXPECT_DOUBLE_EQ(ej["top1"].get<double>(), s["top1"].get<double>());
+    EXPECT_EQ(ej["samples"].get<int64_t>(), 128);
+    for (const char* key : {"top1", "top5", "loss", "samples"}) {
+        EXPECT_TRUE(ej.contains(key)) << key;
+    }
+
+    Result i = cli("--json info --model run/model.pfm", dir);
+    ASSERT_EQ(i.code, 0) << i.err;
+    EXPECT_EQ(json::parse(i.out)["params"], s["params"]);
+
+    Result text = cli("train --config job.yaml --set output_dir=run2 --set train.epochs=1", dir);
+    ASSERT_EQ(text.code, 0) << text.err;
+    EXPECT_NE(text.out.find("top-1"), std::string::npos);
+    EXPECT_NE(text.out.find("full_precision"), std::string::npos);
+}
+
+TEST(CliTest, BadInputExitsWithTwoAndAClearMessage) {
+    testing::TempDir dir;
+    write_file_atomic(dir.file("bad.yaml"), "model: {arch: lenet5}\ntrain:\n  epochs: -3\n");
+    Result r = cli("train --config bad.yaml", dir);
+    EXPECT_EQ(r.code, 2);
+    EXPECT_NE(r.err.find("bad.yaml:3:11: failed to read train.epochs with '-3'"), std::string::npos) << r.err;
+    EXPECT_EQ(r.err.find("backtrace"), std::string::npos);
+    EXPECT_FALSE(fs::exists(dir.path() / "runs"));  // nothing started
+
+    Result missing = cli("train --config nope.yaml", dir);
+    EXPECT_EQ(missing.code, 2);
+    EXPECT_NE(missing.err.find("no such file"), std::string::npos);
+
+    write_file_atomic(dir.file("junk.pfm"), "garbage");
+    Result e = cli("eval --model junk.pfm --set data.dataset=synthetic", dir);
+    EXPECT_EQ(e.code, 2);
+    EXPECT_NE(e.err.find("junk.pfm"), std::string::npos);
+
+    write_file_atomic(dir.file("learner.yaml"), std::string(kTinyJob) + "  - learner: chanel_pruning\n");
+    Result l = cli("compress --config learner.yaml", dir);
+    EXPECT_EQ(l.code, 2);
+    EXPECT_NE(l.err.find("unknown learner 'chanel_pruning'"), std::string::npos) << l.err;
+}
+
+TEST(CliTest, ResumeAfterInterruptionMatchesUninterruptedRun) {
+    testing::TempDir dir;
+    write_file_atomic(dir.file("job.yaml"), kTinyJob);
+    Result full = cli("--json train --config job.yaml --set output_dir=full", dir);
+    ASSERT_EQ(full.code, 0) << full.err;
+
+    Result stopped = cli("train --config job.yaml --set output_dir=part --stop-after-steps 5", dir);
+    EXPECT_EQ(stopped.code, 130) << stopped.err;
+    EXPECT_NE(stopped.err.find("--resume"), std::string::npos);
+    EXPECT_FALSE(fs::exists(dir.path() / "part" / "model.pfm"));
+    Result changed = cli("train --config job.yaml --set output_dir=part --set train.epochs=5 --resume", dir);
+    EXPECT_EQ(changed.code, 2);
+    EXPECT_NE(changed.err.find("differs from the run's resolved_config.yaml"), std::string::npos);
+    Result resumed = cli("--json train --config job.yaml --set output_dir=part --resume", dir);
+    ASSERT_EQ(resumed.code, 0) << resumed.err;
+    EXPECT_NE(resumed.err.find("resumed from"), std::string::npos);
+
+    ModelFile a = load_model((dir.path() / "full" / "model.pfm").string());
+    ModelFile b = load_model((dir.path() / "part" / "model.pfm").string());
+    ASSERT_EQ(a.graph.nodes().size(), b.graph.nodes().size());
+    for (size_t i = 0; i < a.graph.nodes().size(); ++i) {
+        for (const auto& [k, t] : a.graph.nodes()[i].params) {
+            EXPECT_TRUE(torch::equal(t, b.graph.nodes()[i].params.at(k))) << a.graph.nodes()[i].name << "." << k;
+        }
+    }
+    EXPECT_DOUBLE_EQ(json::parse(full.out)["top1"].get<double>(), json::parse(resumed.out)["top1"].get<double>());
+}
+
+}  // namespace
+}  // namespace pocketflow

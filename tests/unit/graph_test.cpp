@@ -1,0 +1,316 @@
+// SPDX-License-Identifier: Apache-2.0
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <fstream>
+
+#include "pocketflow/error.h"
+#include "pocketflow/graph.h"
+#include "pocketflow/model.h"
+#include "pocketflow/pfm.h"
+#include "pocketflow/util.h"
+#include "pocketflow/zoo.h"
+#include "support/test_util.h"
+
+namespace pocketflow {
+namespace {
+
+namespace F = torch::nn::functional;
+using testing::expect_error;
+
+class SeededTest : public ::testing::Test {
+protected:
+    void SetUp() override { torch::manual_seed(0); }
+};
+
+/// Runs `graph` and a reference function on the same input; compares outputs and the gradients of
+/// the input and of every parameter.
+void check_against_reference(Graph graph, const std::vector<int64_t>& input_shape,
+                             const std::function<torch::Tensor(const torch::Tensor&, const Graph&)>& reference,
+                             bool training = true) {
+    torch::Tensor x = torch::randn(input_shape);
+    Model model(graph.clone(), {});
+    if (training) {
+        model.train();
+    } else {
+        model.eval();
+    }
+    Graph ref_graph = graph.clone();
+    for (auto& n : ref_graph.nodes()) {
+        for (auto& [k, t] : n.params) {
+            t.set_requires_grad(true);
+        }
+    }
+    torch::Tensor x1 = x.clone().set_requires_grad(true);
+    torch::Tensor x2 = x.clone().set_requires_grad(true);
+    torch::Tensor y1 = model.forward(x1);
+    torch::Tensor y2 = reference(x2, ref_graph);
+    ASSERT_EQ(y1.sizes(), y2.sizes());
+    EXPECT_TRUE(torch::allclose(y1, y2, 1e-5, 1e-5)) << (y1 - y2).abs().max();
+    torch::Tensor w = torch::randn(y1.sizes());
+    (y1 * w).sum().backward();
+    (y2 * w).sum().backward();
+    EXPECT_TRUE(torch::allclose(x1.grad(), x2.grad(), 1e-4, 1e-5)) << (x1.grad() - x2.grad()).abs().max();
+    for (size_t i = 0; i < graph.nodes().size(); ++i) {
+        for (const auto& [k, t] : model.graph().nodes()[i].params) {
+            const auto& ref = ref_graph.nodes()[i].params.at(k);
+            ASSERT_TRUE(t.grad().defined()) << graph.nodes()[i].name << "." << k;
+            EXPECT_TRUE(torch::allclose(t.grad(), ref.grad(), 1e-4, 1e-5))
+                << graph.nodes()[i].name << "." << k;
+        }
+    }
+}
+
+/// A graph input → op → flatten → linear so that every op's output is a class vector.
+Graph single_op(const std::function<int(Graph&)>& add_op, const std::vector<int64_t>& shape) {
+    Graph g(shape);
+    int x = add_op(g);
+    g.set_output(x);
+    init_weights(g, 3);
+    return g;
+}
+
+TEST_F(SeededTest, Conv2dMatchesReference) {
+    for (int64_t groups : {1, 2, 4}) {
+        Graph g = single_op([&](Graph& gr) { return gr.add_conv("conv", 0, 4, 8, 3, 2, 1, groups, true); }, {4, 9, 9});
+        g.nodes()[1].params["bias"].normal_();
+        g.nodes()[1].attrs.dilation = {2, 1};
+        check_against_reference(g, {2, 4, 9, 9}, [&](const torch::Tensor& x, const Graph& r) {
+            const auto& p = r.nodes()[1].params;
+            return F::conv2d(x, p.at("weight"),
+                             F::Conv2dFuncOptions().bias(p.at("bias")).stride(2).padding(1).dilation({2, 1}).groups(groups));
+        });
+    }
+}
+
+TEST_F(SeededTest, BatchNormTrainAndEvalMatchReference) {
+    for (bool training : {true, false}) {
+        Graph g = single_op([](Graph& gr) { return gr.add_bn("bn", 0, 3); }, {3, 5, 5});
+        g.nodes()[1].params["weight"].uniform_(0.5, 1.5);
+        g.nodes()[1].params["bias"].normal_();
+        g.nodes()[1].buffers["running_mean"].normal_();
+        g.nodes()[1].buffers["running_var"].uniform_(0.5, 2);
+        check_against_reference(
+            g, {4, 3, 5, 5},
+            [&](const torch::Tensor& x, const Graph& r) {
+                const auto& n = r.nodes()[1];
+                auto rm = n.buffers.at("running_mean").clone();
+                auto rv = n.buffers.at("running_var").clone();
+                return F::batch_norm(x, rm, rv,
+                                     F::BatchNormFuncOptions().weight(n.params.at("weight")).bias(n.params.at("bias"))
+                                         .training(training).momentum(0.1).eps(1e-5));
+            },
+            training);
+    }
+}
+
+TEST_F(SeededTest, ElementwiseOpsMatchReference) {
+    struct Case {
+        Op op;
+        std::function<torch::Tensor(const torch::Tensor&)> ref;
+    };
+    std::vector<Case> cases = {
+        {Op::kReLU, [](const torch::Tensor& x) { return torch::relu(x); }},
+        {Op::kSigmoid, [](const torch::Tensor& x) { return torch::sigmoid(x); }},
+        {Op::kHardSwish, [](const torch::Tensor& x) { return x * F::relu6(x + 3) / 6; }},
+        {Op::kIdentity, [](const torch::Tensor& x) { return x; }},
+        {Op::kGlobalAvgPool, [](const torch::Tensor& x) { return F::adaptive_avg_pool2d(x, F::AdaptiveAvgPool2dFuncOptions(1)); }},
+        {Op::kFlatten, [](const torch::Tensor& x) { return torch::flatten(x, 1); }},
+    };
+    for (const auto& c : cases) {
+        SCOPED_TRACE(op_name(c.op));
+        Graph g = single_op([&](Graph& gr) { return gr.add_unary("op", c.op, 0); }, {3, 4, 4});
+        check_against_reference(g, {2, 3, 4, 4}, [&](const torch::Tensor& x, const Graph&) { return c.ref(x); },
+                                true);
+    }
+}
+
+TEST_F(SeededTest, ClipAndRelu6MatchReference) {
+    Graph g = single_op([](Graph& gr) { return gr.add_clip("relu6", 0, 0.0, 6.0); }, {2, 3, 3});
+    check_against_reference(g, {2, 2, 3, 3}, [](const torch::Tensor& x, const Graph&) { return F::relu6(x); });
+    Graph h = single_op([](Graph& gr) { return gr.add_clip("clip", 0, -0.5, 0.5); }, {2, 3, 3});
+    check_against_reference(h, {2, 2, 3, 3}, [](const torch::Tensor& x, const Graph&) { return torch::clamp(x, -0.5, 0.5); });
+}
+
+TEST_F(SeededTest, BinaryOpsAndConcatMatchReference) {
+    Graph g({4, 3, 3});
+    int a = g.add_conv("a", 0, 4, 4, 1, 1, 0);
+    int b = g.add_conv("b", 0, 4, 4, 1, 1, 0);
+    int s = g.add_binary("sum", Op::kAdd, a, b);
+    int m = g.add_binary("prod", Op::kMul, s, a);
+    Node cat;
+    cat.name = "cat";
+    cat.op = Op::kConcat;
+    cat.inputs = {m, b};
+    g.add(cat);
+    init_weights(g, 1);
+    check_against_reference(g, {2, 4, 3, 3}, [](const torch::Tensor& x, const Graph& r) {
+        auto ya = F::conv2d(x, r.nodes()[1].params.at("weight"));
+        auto yb = F::conv2d(x, r.nodes()[2].params.at("weight"));
+        return torch::cat({(ya + yb) * ya, yb}, 1);
+    });
+}
+
+TEST_F(SeededTest, PoolsMatchReference) {
+    Graph g = single_op([](Graph& gr) { return gr.add_pool("max", Op::kMaxPool, 0, 3, 2, 1); }, {2, 7, 7});
+    check_against_reference(g, {2, 2, 7, 7}, [](const torch::Tensor& x, const Graph&) {
+        return F::max_pool2d(x, F::MaxPool2dFuncOptions(3).stride(2).padding(1));
+    });
+    Graph h = single_op([](Graph& gr) { return gr.add_pool("avg", Op::kAvgPool, 0, 2, 2, 0); }, {2, 7, 7});
+    h.nodes()[1].attrs.ceil_mode = true;
+    check_against_reference(h, {2, 2, 7, 7}, [](const torch::Tensor& x, const Graph&) {
+        return F::avg_pool2d(x, F::AvgPool2dFuncOptions(2).stride(2).ceil_mode(true));
+    });
+    EXPECT_EQ(h.infer_shapes()[1], (std::vector<int64_t>{2, 4, 4}));
+}
+
+TEST_F(SeededTest, LinearReshapeDropoutMatchReference) {
+    Graph g({2, 3, 4});
+    Node r;
+    r.name = "reshape";
+    r.op = Op::kReshape;
+    r.inputs = {0};
+    r.attrs.shape = {-1};
+    int x = g.add(r);
+    x = g.add_linear("fc", x, 24, 5);
+    g.add_dropout("drop", x, 0.3);
+    init_weights(g, 2);
+    // Dropout in eval mode is the identity; in training, its mask is random (checked separately).
+    check_against_reference(
+        g, {3, 2, 3, 4},
+        [](const torch::Tensor& in, const Graph& ref) {
+            return F::linear(in.reshape({3, 24}), ref.nodes()[2].params.at("weight"), ref.nodes()[2].params.at("bias"));
+        },
+        false);
+    Model m(g.clone(), {});
+    m.train();
+    auto y = m.forward(torch::ones({64, 2, 3, 4}));
+    double zero_fraction = (y == 0).to(torch::kFloat).mean().item<double>();
+    EXPECT_NEAR(zero_fraction, 0.3, 0.08);
+}
+
+TEST(ZooTest, MacsMatchPublishedCounts) {
+    struct Case {
+        const char* arch;
+        std::vector<int64_t> shape;
+        int64_t classes;
+        double macs;
+    };
+    const Case cases[] = {
+        {"resnet20", {3, 32, 32}, 10, 40.81e6},      {"resnet56", {3, 32, 32}, 10, 125.75e6},
+        {"resnet18", {3, 224, 224}, 1000, 1.814e9},  {"resnet50", {3, 224, 224}, 1000, 4.089e9},
+        {"mobilenet_v1", {3, 224, 224}, 1000, 569e6}, {"mobilenet_v2", {3, 224, 224}, 1000, 300.77e6},
+        {"vgg16", {3, 224, 224}, 1000, 15.47e9},
+    };
+    for (const auto& c : cases) {
+        SCOPED_TRACE(c.arch);
+        Graph g = build_zoo_model(c.arch, c.classes, c.shape);
+        EXPECT_NEAR(static_cast<double>(g.total_macs()) / c.macs, 1.0, 0.01) << g.total_macs();
+    }
+}
+
+TEST(ZooTest, EveryModelRunsOnSmallInputs) {
+    torch::manual_seed(0);
+    for (const auto& arch : zoo_names()) {
+        SCOPED_TRACE(arch);
+        std::vector<int64_t> shape = {3, 32, 32};
+        Graph g = build_zoo_model(arch, 7, shape);
+        EXPECT_EQ(g.num_classes(), 7);
+        Model m(std::move(g), {});
+        m.eval();
+        torch::NoGradGuard no_grad;
+        auto y = m.forward(torch::randn({2, 3, 32, 32}));
+        EXPECT_EQ(y.sizes(), (std::vector<int64_t>{2, 7}));
+        EXPECT_TRUE(torch::isfinite(y).all().item<bool>());
+    }
+    // Layer and parameter counts of the CIFAR ResNets follow 6n+2.
+    EXPECT_EQ(build_zoo_model("resnet32", 10, {3, 32, 32}).total_params(),
+              build_zoo_model("resnet32", 10, {3, 32, 32}).total_params());
+    EXPECT_LT(build_zoo_model("resnet20", 10, {3, 32, 32}).total_params(),
+              build_zoo_model("resnet44", 10, {3, 32, 32}).total_params());
+}
+
+TEST(ZooTest, ErrorsAreClear) {
+    expect_error<ConfigError>([] { build_zoo_model("resnet21", 10, {3, 32, 32}); }, "did you mean 'resnet20'?");
+    expect_error<ConfigError>([] { build_zoo_model("vgg16", 10, {3, 8, 8}); }, "too small");
+}
+
+TEST(ZooTest, SeededInitIsDeterministic) {
+    Graph a = build_zoo_model("lenet5", 10, {1, 28, 28}, 5);
+    Graph b = build_zoo_model("lenet5", 10, {1, 28, 28}, 5);
+    Graph c = build_zoo_model("lenet5", 10, {1, 28, 28}, 6);
+    EXPECT_TRUE(torch::equal(a.nodes()[1].params.at("weight"), b.nodes()[1].params.at("weight")));
+    EXPECT_FALSE(torch::equal(a.nodes()[1].params.at("weight"), c.nodes()[1].params.at("weight")));
+}
+
+TEST(GraphTest, ValidationCatchesShapeMismatches) {
+    Graph g({3, 8, 8});
+    g.add_conv("conv", 0, 4, 8, 3);  // expects 4 input channels, gets 3
+    expect_error<InputError>([&] { g.validate(); }, "expects 4 input channels, got 3");
+    Graph h({3, 8, 8});
+    int x = h.add_unary("flat", Op::kFlatten, 0);
+    h.add_linear("fc", x, 100, 10);
+    expect_error<InputError>([&] { h.validate(); }, "does not end in 100 features");
+}
+
+TEST(GraphTest, LayerStatsCountParamsAndMacs) {
+    Graph g = build_zoo_model("lenet5", 10, {1, 28, 28});
+    auto stats = g.layer_stats();
+    const auto& conv1 = stats[static_cast<size_t>(g.find("conv1"))];
+    EXPECT_EQ(conv1.out_shape, (std::vector<int64_t>{6, 28, 28}));
+    EXPECT_EQ(conv1.params, 6 * 25 + 6);
+    EXPECT_EQ(conv1.macs, 6 * 28 * 28 * 25);
+    EXPECT_EQ(g.total_params(), 61706);
+}
+
+class PfmTest : public SeededTest {};
+
+TEST_F(PfmTest, RoundTripKeepsGraphWeightsAndOutputs) {
+    testing::TempDir dir;
+    Graph g = build_zoo_model("mobilenet_v2", 5, {3, 32, 32}, 1);
+    for (auto& n : g.nodes()) {
+        for (auto& [k, t] : n.buffers) {
+            t.uniform_(0.5, 1.5);
+        }
+    }
+    ModelMeta meta{"mobilenet_v2", "cifar10", {0.1, 0.2, 0.3}, {0.4, 0.5, 0.6}};
+    save_model(dir.file("m.pfm"), g, meta);
+    ModelFile f = load_model(dir.file("m.pfm"));
+    EXPECT_EQ(f.meta.arch, "mobilenet_v2");
+    EXPECT_EQ(f.meta.std, meta.std);
+    EXPECT_EQ(f.graph.nodes().size(), g.nodes().size());
+    Model a(g.clone(), meta), b(std::move(f.graph), f.meta);
+    a.eval();
+    b.eval();
+    torch::NoGradGuard no_grad;
+    auto x = torch::randn({2, 3, 32, 32});
+    EXPECT_TRUE(torch::equal(a.forward(x), b.forward(x)));
+}
+
+TEST_F(PfmTest, CorruptionAndTruncationAreClearErrors) {
+    testing::TempDir dir;
+    Graph g = build_zoo_model("lenet5", 10, {1, 28, 28});
+    save_model(dir.file("m.pfm"), g, {});
+    std::string bytes = read_file(dir.file("m.pfm"));
+
+    write_file_atomic(dir.file("trunc.pfm"), bytes.substr(0, bytes.size() / 2));
+    expect_error<InputError>([&] { load_model(dir.file("trunc.pfm")); }, "truncated or corrupted");
+    std::string flipped = bytes;
+    flipped[flipped.size() - 100] ^= 0x40;
+    write_file_atomic(dir.file("flip.pfm"), flipped);
+    expect_error<InputError>([&] { load_model(dir.file("flip.pfm")); }, "checksum mismatch");
+    write_file_atomic(dir.file("junk.pfm"), "hello world, not a model at all");
+    expect_error<InputError>([&] { load_model(dir.file("junk.pfm")); }, "bad magic");
+    write_file_atomic(dir.file("tiny.pfm"), "PF");
+    expect_error<InputError>([&] { load_model(dir.file("tiny.pfm")); }, "too short");
+    expect_error<InputError>([&] { load_model(dir.file("absent.pfm")); }, "no such file");
+    // Every prefix of the file is rejected cleanly (never a crash).
+    for (size_t len = 0; len < bytes.size(); len += 997) {
+        write_file_atomic(dir.file("p.pfm"), bytes.substr(0, len));
+        EXPECT_THROW(load_model(dir.file("p.pfm")), InputError) << len;
+    }
+}
+
+}  // namespace
+}  // namespace pocketflow
