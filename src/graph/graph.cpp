@@ -604,6 +604,13 @@ Model::Model(Graph graph, ModelMeta meta) : graph_(std::move(graph)), meta_(std:
         if (n.params.empty() && n.buffers.empty()) {
             continue;
         }
+        if (n.op == Op::kConv2d) {
+            // Channels-last (NHWC) lets oneDNN run convolutions without layout reorders: about 1.3x
+            // faster training on CPU (docs/performance.md). set_data keeps the tensor's identity, so
+            // the graph and the module still share it.
+            at::Tensor& w = n.params.at("weight");
+            w.set_data(w.contiguous(at::MemoryFormat::ChannelsLast));
+        }
         auto holder = register_module(n.name, std::make_shared<torch::nn::Module>());
         for (auto& [key, t] : n.params) {
             holder->register_parameter(key, t);
@@ -639,7 +646,7 @@ at::Tensor Model::forward_capture(const at::Tensor& input, const std::vector<int
     std::vector<at::Tensor> args;
     captured.assign(capture.size(), at::Tensor());
     const bool training = is_training();
-    values[0] = input;
+    values[0] = input.contiguous(at::MemoryFormat::ChannelsLast);
     for (size_t i = 1; i < nodes.size(); ++i) {
         const Node& n = nodes[i];
         args.clear();

@@ -167,6 +167,8 @@ Position load_checkpoint(const fs::path& path, Model& model, torch::optim::Optim
     return pos;
 }
 
+constexpr int64_t kWarmupSteps = 5;
+
 std::string format_eta(double seconds) {
     auto s = static_cast<int64_t>(seconds);
     return s >= 3600 ? fmt::format("{}h{:02}m", s / 3600, (s % 3600) / 60)
@@ -275,9 +277,12 @@ TrainResult Trainer::fit(Model& model, const DataBundle& data, const DataConfig&
             ++pos.batch;
             ++pos.step;
             ++steps_this_process;
-            train_images += n;
             window_images += n;
-            train_seconds += std::chrono::duration<double>(Clock::now() - step_start).count();
+            // Throughput leaves out this process's first steps, where oneDNN builds its kernels.
+            if (steps_this_process > kWarmupSteps || per_epoch * config_.epochs <= 2 * kWarmupSteps) {
+                train_images += n;
+                train_seconds += std::chrono::duration<double>(Clock::now() - step_start).count();
+            }
 
             const bool log_now = pos.step % config_.log_every == 0 || pos.batch == per_epoch;
             if (log_now || tty) {
