@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // The one list of built-in learners. Keep it sorted; each learner lives in learners/<name>/.
-#include "full_precision/full_precision.h"
 #include "pocketflow/learner.h"
+
+#include "full_precision/full_precision.h"
 
 namespace pocketflow {
 

@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
-# Installs what pocketflow needs from Debian's packages, only what is missing. Idempotent; run as root
-# (or with sudo available) on Debian 12.
+# Installs what pocketflow needs, only what is missing. Idempotent; run as root (or with sudo) on
+# Debian 12. Everything comes from Debian's packages, except ONNX Runtime (npm's onnxruntime-node,
+# installed with --ignore-scripts so that its post-install does not try to download GPU binaries).
 #   tools/setup.sh            build + runtime dependencies
-#   tools/setup.sh --bench    also python3-torch (for tools/bench comparisons only)
+#   tools/setup.sh --ort      also ONNX Runtime for Node.js under tools/ort (the tests use it)
+#   tools/setup.sh --bench    also python3-torch and python3-torchvision (tools/bench comparisons only)
 set -euo pipefail
+cd "$(dirname "$0")/.."
 
 packages=(
     build-essential cmake ninja-build ccache pkg-config
@@ -14,8 +17,16 @@ packages=(
     libonnx-dev libprotobuf-dev protobuf-compiler
     dataset-fashion-mnist
 )
-if [[ "${1:-}" == "--bench" ]]; then
-    packages+=(python3-torch)
+want_ort=0
+for arg in "$@"; do
+    case "$arg" in
+        --ort) want_ort=1 ;;
+        --bench) packages+=(python3-torch python3-torchvision) ;;
+        *) echo "setup: unknown option $arg (expected --ort or --bench)" >&2; exit 2 ;;
+    esac
+done
+if ((want_ort)) && ! command -v node >/dev/null; then
+    packages+=(nodejs npm)
 fi
 
 missing=()
@@ -25,16 +36,24 @@ for p in "${packages[@]}"; do
     fi
 done
 
-if ((${#missing[@]} == 0)); then
-    echo "setup: all ${#packages[@]} packages already installed"
-    exit 0
-fi
-
-echo "setup: installing ${missing[*]}"
 sudo_cmd=()
 if [[ $(id -u) -ne 0 ]]; then
     sudo_cmd=(sudo)
 fi
-export DEBIAN_FRONTEND=noninteractive
-"${sudo_cmd[@]}" apt-get update -qq
-"${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+if ((${#missing[@]} > 0)); then
+    echo "setup: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    "${sudo_cmd[@]}" apt-get update -qq
+    "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+else
+    echo "setup: all ${#packages[@]} Debian packages already installed"
+fi
+
+if ((want_ort)); then
+    if [[ -f tools/ort/node_modules/onnxruntime-node/package.json ]]; then
+        echo "setup: onnxruntime-node already installed"
+    else
+        echo "setup: installing onnxruntime-node into tools/ort"
+        (cd tools/ort && npm install --ignore-scripts --no-audit --no-fund --loglevel=error)
+    fi
+fi

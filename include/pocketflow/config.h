@@ -1,14 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
-#include <yaml-cpp/yaml.h>
-
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <set>
 #include <string>
 #include <vector>
+
+#include <yaml-cpp/yaml.h>
 
 namespace pocketflow {
 
@@ -30,19 +30,29 @@ public:
 
     ConfigReader(const YAML::Node& node, std::string path, const Source& source);
 
-    void read(const std::string& key, std::string& out, const std::string& doc,
+    void read(const std::string& key,
+              std::string& out,
+              const std::string& doc,
               const std::vector<std::string>& choices = {});
     void read(const std::string& key, bool& out, const std::string& doc);
-    void read(const std::string& key, int64_t& out, const std::string& doc, const Check& check = {});
+    void read(const std::string& key,
+              int64_t& out,
+              const std::string& doc,
+              const Check& check = {});
     void read(const std::string& key, int& out, const std::string& doc, const Check& check = {});
     void read(const std::string& key, uint64_t& out, const std::string& doc);
     void read(const std::string& key, double& out, const std::string& doc, const Check& check = {});
-    void read(const std::string& key, std::vector<double>& out, const std::string& doc,
+    void read(const std::string& key,
+              std::vector<double>& out,
+              const std::string& doc,
               const Check& check = {});
-    void read(const std::string& key, std::vector<int64_t>& out, const std::string& doc,
+    void read(const std::string& key,
+              std::vector<int64_t>& out,
+              const std::string& doc,
               const Check& check = {});
     /// A nested mapping (possibly absent: then an empty map node is passed to `fn`).
-    void section(const std::string& key, const std::string& doc,
+    void section(const std::string& key,
+                 const std::string& doc,
                  const std::function<void(ConfigReader&)>& fn);
     /// The raw node of a key, marking it as known (for lists of sections).
     YAML::Node raw(const std::string& key, const std::string& doc);
@@ -79,11 +89,14 @@ private:
 };
 
 struct ModelConfig {
-    std::string arch;          ///< zoo name (lenet5, resnet20, ...), or empty when `path` is given
-    std::string path;          ///< a .pfm model to start from (graph + weights)
-    std::string init;          ///< a .pfm whose weights initialise `arch` (same graph)
-    int64_t num_classes = 0;   ///< 0: from the dataset
-    int64_t in_channels = 0;   ///< 0: from the dataset
+    std::string arch;  ///< zoo name (lenet5, resnet20, ...), or empty when `path` is given
+    std::string path;  ///< a .pfm model to start from (graph + weights)
+    std::string onnx;  ///< an ONNX model to import (graph + weights)
+    std::vector<int64_t>
+        input;         ///< [C, H, W] for ONNX files with symbolic sizes (empty: from the file)
+    std::string init;  ///< a .pfm whose weights initialise `arch` (same graph)
+    int64_t num_classes = 0;  ///< 0: from the dataset
+    int64_t in_channels = 0;  ///< 0: from the dataset
 };
 
 struct AugmentConfig {
@@ -94,17 +107,18 @@ struct AugmentConfig {
 };
 
 struct DataConfig {
-    std::string dataset = "fashion_mnist";  ///< fashion_mnist | mnist | cifar10 | cifar100 | imagefolder | synthetic
-    std::string root;                       ///< default: /usr/share/datasets/fashion-mnist for fashion_mnist
+    std::string dataset =
+        "fashion_mnist";  ///< fashion_mnist | mnist | cifar10 | cifar100 | imagefolder | synthetic
+    std::string root;     ///< default: /usr/share/datasets/fashion-mnist for fashion_mnist
     int64_t batch_size = 128;
     int64_t eval_batch_size = 256;
-    int64_t val_size = 0;                   ///< images carved from the training set (seeded)
-    int64_t workers = 1;                    ///< background threads preparing batches
-    int64_t train_limit = 0;                ///< use only the first N training images (0: all)
-    int64_t test_limit = 0;                 ///< use only the first N test images (0: all)
-    int64_t image_size = 224;               ///< imagefolder: crop size
-    int64_t resize = 256;                   ///< imagefolder: shorter side before the centre crop
-    std::vector<double> mean;               ///< per-channel normalisation (default: the dataset's)
+    int64_t val_size = 0;      ///< images carved from the training set (seeded)
+    int64_t workers = 1;       ///< background threads preparing batches
+    int64_t train_limit = 0;   ///< use only the first N training images (0: all)
+    int64_t test_limit = 0;    ///< use only the first N test images (0: all)
+    int64_t image_size = 224;  ///< imagefolder: crop size
+    int64_t resize = 256;      ///< imagefolder: shorter side before the centre crop
+    std::vector<double> mean;  ///< per-channel normalisation (default: the dataset's)
     std::vector<double> std;
     AugmentConfig augment;
     // synthetic data (tests, smoke runs)
@@ -125,12 +139,12 @@ struct OptimizerConfig {
 };
 
 struct ScheduleConfig {
-    std::string name = "cosine";       ///< cosine | step | multistep | constant
-    double warmup_epochs = 0;          ///< linear warm-up from 0 over this many epochs
-    double lr_min = 0;                 ///< cosine floor
-    double gamma = 0.1;                ///< step/multistep factor
-    int64_t step_size = 30;            ///< step: epochs between decays
-    std::vector<int64_t> milestones;   ///< multistep: epochs where lr *= gamma
+    std::string name = "cosine";      ///< cosine | step | multistep | constant
+    double warmup_epochs = 0;         ///< linear warm-up from 0 over this many epochs
+    double lr_min = 0;                ///< cosine floor
+    double gamma = 0.1;               ///< step/multistep factor
+    int64_t step_size = 30;           ///< step: epochs between decays
+    std::vector<int64_t> milestones;  ///< multistep: epochs where lr *= gamma
 };
 
 struct TrainConfig {
@@ -138,17 +152,23 @@ struct TrainConfig {
     OptimizerConfig optimizer;
     ScheduleConfig schedule;
     double label_smoothing = 0;
-    double grad_clip = 0;              ///< max global gradient norm (0: off)
-    int64_t log_every = 50;            ///< steps between log lines / metrics rows
-    int64_t checkpoint_every = 0;      ///< steps between checkpoints (0: epoch ends only)
-    int64_t steps_per_epoch = 0;       ///< cap on steps per epoch (0: the whole training set)
+    double grad_clip = 0;          ///< max global gradient norm (0: off)
+    int64_t log_every = 50;        ///< steps between log lines / metrics rows
+    int64_t checkpoint_every = 0;  ///< steps between checkpoints (0: epoch ends only)
+    int64_t steps_per_epoch = 0;   ///< cap on steps per epoch (0: the whole training set)
 };
 
 struct DistillationConfig {
     bool enabled = false;
-    std::string teacher;        ///< .pfm path; empty: the stage's input model
+    std::string teacher;  ///< .pfm path; empty: the stage's input model
     double temperature = 4.0;
     double weight = 0.5;
+};
+
+struct ExportConfig {
+    bool onnx = false;          ///< write model.onnx into the run directory
+    int64_t opset = 13;         ///< ONNX opset 11–17
+    bool dynamic_batch = true;  ///< symbolic batch dimension
 };
 
 /// One stage of the pipeline: the learner's name and its own section, validated by the learner.
@@ -162,25 +182,28 @@ struct StageConfig {
 struct Job {
     std::string name = "job";
     uint64_t seed = 0;
-    int64_t threads = 0;       ///< 0: all cores
-    std::string output_dir;    ///< default: runs/<name>/<timestamp>
+    int64_t threads = 0;     ///< 0: all cores
+    std::string output_dir;  ///< default: runs/<name>/<timestamp>
     ModelConfig model;
     DataConfig data;
     TrainConfig train;
     DistillationConfig distillation;
+    ExportConfig export_;  ///< YAML key `export`
     std::vector<StageConfig> pipeline;
 
-    YAML::Node resolved;               ///< the tree after overrides, written as resolved_config.yaml
+    YAML::Node resolved;  ///< the tree after overrides, written as resolved_config.yaml
     ConfigReader::Source source;
 };
 
 /// Applies `key.path=value` overrides (value parsed as YAML) to a tree; pipeline entries are
 /// addressed by index (pipeline.0.learner). Records the overridden paths in `source`.
-void apply_overrides(YAML::Node& root, const std::vector<std::string>& overrides,
+void apply_overrides(YAML::Node& root,
+                     const std::vector<std::string>& overrides,
                      ConfigReader::Source& source);
 
 /// Parses and validates a job from YAML text. `file` names it in messages.
-Job parse_job(const std::string& yaml_text, const std::string& file,
+Job parse_job(const std::string& yaml_text,
+              const std::string& file,
               const std::vector<std::string>& overrides = {});
 
 /// Loads a job file (InputError if it cannot be read, ConfigError if invalid).

@@ -1,8 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
 #include <condition_variable>
 #include <cstdint>
 #include <map>
@@ -12,6 +10,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <ATen/core/Tensor.h>
 
 #include "pocketflow/config.h"
 
@@ -38,19 +38,25 @@ public:
 
 /// Reads IDX image and label files (gzip-compressed or raw). Throws InputError for missing,
 /// truncated or inconsistent files.
-std::shared_ptr<Dataset> load_idx(const std::string& images_path, const std::string& labels_path,
+std::shared_ptr<Dataset> load_idx(const std::string& images_path,
+                                  const std::string& labels_path,
                                   int64_t limit = 0);
 /// Reads CIFAR-10 (`data_batch_{1..5}.bin` / `test_batch.bin`) or CIFAR-100 (`train.bin` /
 /// `test.bin`, fine labels) binary files from `root`.
-std::shared_ptr<Dataset> load_cifar(const std::string& root, bool cifar100, bool train,
+std::shared_ptr<Dataset> load_cifar(const std::string& root,
+                                    bool cifar100,
+                                    bool train,
                                     int64_t limit = 0);
-/// An ImageNet-style tree `root/<class>/*.{jpg,jpeg,png}`; classes sorted by name. Images are decoded
-/// on access, resized so the shorter side is `resize`, and exposed at that size.
-std::shared_ptr<Dataset> load_image_folder(const std::string& root, int64_t resize,
+/// An ImageNet-style tree `root/<class>/*.{jpg,jpeg,png}`; classes sorted by name. Images are
+/// decoded on access, resized so the shorter side is `resize`, and exposed at that size.
+std::shared_ptr<Dataset> load_image_folder(const std::string& root,
+                                           int64_t resize,
                                            int64_t limit = 0);
 /// Deterministic synthetic images: each class has its own pattern plus noise, so it is learnable.
-std::shared_ptr<Dataset> make_synthetic(int64_t size, int64_t num_classes,
-                                        const std::vector<int64_t>& shape, uint64_t seed);
+std::shared_ptr<Dataset> make_synthetic(int64_t size,
+                                        int64_t num_classes,
+                                        const std::vector<int64_t>& shape,
+                                        uint64_t seed);
 
 /// A batch: images [N, C, H, W] float32 normalised, labels [N] int64.
 struct Batch {
@@ -72,8 +78,8 @@ struct LoaderOptions {
 };
 
 /// Batches a subset of a dataset with seeded shuffling, augmentation, normalisation and background
-/// prefetch threads. The order and augmentation of epoch e depend only on (seed, e), so a resumed run
-/// sees the same batches as an uninterrupted one.
+/// prefetch threads. The order and augmentation of epoch e depend only on (seed, e), so a resumed
+/// run sees the same batches as an uninterrupted one.
 ///
 /// Example:
 ///   Loader loader(ds, indices, opts);
@@ -81,7 +87,9 @@ struct LoaderOptions {
 ///   while (auto batch = loader.next()) { ... }
 class Loader {
 public:
-    Loader(std::shared_ptr<const Dataset> dataset, std::vector<int64_t> indices, LoaderOptions options);
+    Loader(std::shared_ptr<const Dataset> dataset,
+           std::vector<int64_t> indices,
+           LoaderOptions options);
     ~Loader();
     Loader(const Loader&) = delete;
     Loader& operator=(const Loader&) = delete;
@@ -122,7 +130,9 @@ struct DataBundle {
     int64_t num_classes = 0;
     std::vector<double> mean, std;
 
-    std::unique_ptr<Loader> train_loader(const DataConfig& cfg, uint64_t seed, int64_t rank = 0,
+    std::unique_ptr<Loader> train_loader(const DataConfig& cfg,
+                                         uint64_t seed,
+                                         int64_t rank = 0,
                                          int64_t world = 1) const;
     std::unique_ptr<Loader> val_loader(const DataConfig& cfg) const;
     std::unique_ptr<Loader> test_loader(const DataConfig& cfg) const;

@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
-#include <fmt/format.h>
-
 #include <stdexcept>
 #include <string>
+
+#include <fmt/format.h>
 
 namespace pocketflow {
 
@@ -57,9 +57,9 @@ public:
 }  // namespace pocketflow
 
 /// Throws `type` with a formatted message when `cond` is false; for user-facing preconditions.
-#define PF_CHECK(cond, type, ...)                            \
-    do {                                                     \
-        if (!(cond)) {                                       \
+#define PF_CHECK(cond, type, ...)                               \
+    do {                                                        \
+        if (!(cond)) {                                          \
             throw ::pocketflow::type(fmt::format(__VA_ARGS__)); \
-        }                                                    \
+        }                                                       \
     } while (false)

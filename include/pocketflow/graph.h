@@ -1,17 +1,17 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
 #include <cstdint>
 #include <map>
 #include <string>
 #include <vector>
 
+#include <ATen/core/Tensor.h>
+
 namespace pocketflow {
 
-/// The operations the graph IR can represent. Every builder (zoo, ONNX import) emits these and every
-/// pass (analysis, surgery, export) reads them.
+/// The operations the graph IR can represent. Every builder (zoo, ONNX import) emits these and
+/// every pass (analysis, surgery, export) reads them.
 enum class Op {
     kInput,
     kConv2d,
@@ -19,6 +19,7 @@ enum class Op {
     kReLU,
     kClip,  ///< clamp(min, max); ReLU6 is Clip(0, 6)
     kSigmoid,
+    kHardSigmoid,  ///< clamp(alpha * x + beta, 0, 1)
     kHardSwish,
     kAdd,
     kMul,
@@ -51,6 +52,8 @@ struct Attrs {
     bool count_include_pad = true;  ///< AvgPool
     // Clip
     double min = 0, max = 6;
+    // HardSigmoid
+    double alpha = 1.0 / 6.0, beta = 0.5;
     // BatchNorm2d
     double eps = 1e-5, momentum = 0.1;
     // Dropout
@@ -101,15 +104,24 @@ public:
     int output() const { return output_; }
     void set_output(int node) { output_ = node; }
 
-    /// Appends a node (inputs must be earlier nodes; the name must be unique) and returns its index.
+    /// Appends a node (inputs must be earlier nodes; the name must be unique) and returns its
+    /// index.
     int add(Node node);
-    int add_conv(const std::string& name, int in, int64_t c_in, int64_t c_out, int64_t k,
-                 int64_t stride = 1, int64_t pad = 0, int64_t groups = 1, bool bias = false);
+    int add_conv(const std::string& name,
+                 int in,
+                 int64_t c_in,
+                 int64_t c_out,
+                 int64_t k,
+                 int64_t stride = 1,
+                 int64_t pad = 0,
+                 int64_t groups = 1,
+                 bool bias = false);
     int add_bn(const std::string& name, int in, int64_t channels);
     int add_unary(const std::string& name, Op op, int in);
     int add_clip(const std::string& name, int in, double lo, double hi);
     int add_binary(const std::string& name, Op op, int a, int b);
-    int add_pool(const std::string& name, Op op, int in, int64_t k, int64_t stride, int64_t pad = 0);
+    int add_pool(
+        const std::string& name, Op op, int in, int64_t k, int64_t stride, int64_t pad = 0);
     int add_linear(const std::string& name, int in, int64_t in_features, int64_t out_features);
     int add_dropout(const std::string& name, int in, double p);
 
@@ -138,8 +150,8 @@ private:
 };
 
 /// Initialises weights the way PyTorch's modules do by default for training from scratch:
-/// Kaiming-normal (fan_out, ReLU) for convs, U(±1/√fan_in) for linear weights and biases, BN gamma 1
-/// and beta 0, zero running mean and unit running variance.
+/// Kaiming-normal (fan_out, ReLU) for convs, U(±1/√fan_in) for linear weights and biases, BN gamma
+/// 1 and beta 0, zero running mean and unit running variance.
 void init_weights(Graph& graph, uint64_t seed);
 
 }  // namespace pocketflow

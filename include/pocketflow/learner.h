@@ -1,8 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
-#include <nlohmann/json.hpp>
-
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -11,6 +9,8 @@
 #include <mutex>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "pocketflow/config.h"
 #include "pocketflow/data.h"
@@ -36,8 +36,8 @@ private:
     std::mutex mutex_;
 };
 
-/// What a learner works with: the job, the current model (replace it to hand a new graph to the next
-/// stage), the data, the run directory and this stage's settings.
+/// What a learner works with: the job, the current model (replace it to hand a new graph to the
+/// next stage), the data, the run directory and this stage's settings.
 struct RunContext {
     const Job& job;
     const StageConfig& stage;
@@ -62,8 +62,9 @@ public:
     virtual nlohmann::json run(RunContext& ctx) = 0;
 };
 
-/// A learner's registration: name (= folder = YAML `learner:`), one-line summary, and a factory that
-/// validates the stage's YAML section and builds the learner (throwing ConfigError on bad options).
+/// A learner's registration: name (= folder = YAML `learner:`), one-line summary, and a factory
+/// that validates the stage's YAML section and builds the learner (throwing ConfigError on bad
+/// options).
 struct LearnerInfo {
     std::string name;
     std::string summary;
@@ -74,7 +75,8 @@ struct LearnerInfo {
 class LearnerRegistry {
 public:
     void add(LearnerInfo info);
-    /// The learner of this name, or ConfigError "unknown learner 'x'; did you mean 'y'? available: …".
+    /// The learner of this name, or ConfigError "unknown learner 'x'; did you mean 'y'? available:
+    /// …".
     const LearnerInfo& get(const std::string& name) const;
     std::vector<std::string> names() const;
 
@@ -87,8 +89,8 @@ void register_builtin_learners(LearnerRegistry& registry);
 /// The process-wide registry with the built-ins registered.
 const LearnerRegistry& builtin_registry();
 
-/// A Trainer for this stage: checkpoint tag `stage<i>_<learner><suffix>`, resume and stop hooks from
-/// the context, and the distillation teacher when the job enables distillation.
+/// A Trainer for this stage: checkpoint tag `stage<i>_<learner><suffix>`, resume and stop hooks
+/// from the context, and the distillation teacher when the job enables distillation.
 Trainer make_trainer(RunContext& ctx, const TrainConfig& config, const std::string& suffix = "");
 
 /// The stage's teacher for distillation: `distillation.teacher` when set, else a frozen copy of the
@@ -101,13 +103,15 @@ struct RunOptions {
     int64_t stop_after_steps = 0;  ///< hidden test hook: simulate an interruption
 };
 
-/// Runs a job end to end: data, model, pipeline stages, final test evaluation, model.pfm, summary.json.
-/// Returns the summary (also written to summary.json).
+/// Runs a job end to end: data, model, pipeline stages, final test evaluation, model.pfm,
+/// summary.json. Returns the summary (also written to summary.json).
 nlohmann::json run_job(const Job& job, const RunOptions& options);
 
 /// Builds or loads the job's starting model for data of `input_shape` / `num_classes`.
-std::shared_ptr<Model> make_model(const Job& job, const std::vector<int64_t>& input_shape,
-                                  int64_t num_classes, const std::vector<double>& mean,
+std::shared_ptr<Model> make_model(const Job& job,
+                                  const std::vector<int64_t>& input_shape,
+                                  int64_t num_classes,
+                                  const std::vector<double>& mean,
                                   const std::vector<double>& std);
 
 /// Sets LibTorch's intra-op threads (0: all cores) and returns the number set.

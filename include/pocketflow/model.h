@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
-#include <torch/nn/module.h>
-
 #include <string>
 #include <vector>
+
+#include <torch/nn/module.h>
 
 #include "pocketflow/graph.h"
 
@@ -12,15 +12,15 @@ namespace pocketflow {
 
 /// What travels with a model besides its graph: where it came from and how inputs are normalised.
 struct ModelMeta {
-    std::string arch;             ///< zoo name or "onnx"/"custom"
-    std::string dataset;          ///< dataset it was trained on, if known
-    std::vector<double> mean;     ///< per-channel input normalisation
+    std::string arch;          ///< zoo name or "onnx"/"custom"
+    std::string dataset;       ///< dataset it was trained on, if known
+    std::vector<double> mean;  ///< per-channel input normalisation
     std::vector<double> std;
 };
 
 /// A torch::nn::Module that owns a Graph's tensors (registered as parameters and buffers named
-/// `<node>.<tensor>`, so optimizers, serialization and data-parallel code work as usual) and runs the
-/// graph with LibTorch functional ops. Autograd, train() and eval() behave as for any module.
+/// `<node>.<tensor>`, so optimizers, serialization and data-parallel code work as usual) and runs
+/// the graph with LibTorch functional ops. Autograd, train() and eval() behave as for any module.
 ///
 /// Example:
 ///   auto model = std::make_shared<Model>(build_zoo_model("lenet5", 10, {1, 28, 28}), meta);
@@ -32,7 +32,8 @@ public:
     /// Runs the graph on a batch [N, C, H, W].
     at::Tensor forward(const at::Tensor& input);
     /// Runs the graph and also returns the values of the named nodes (feature maps).
-    at::Tensor forward_capture(const at::Tensor& input, const std::vector<int>& capture,
+    at::Tensor forward_capture(const at::Tensor& input,
+                               const std::vector<int>& capture,
                                std::vector<at::Tensor>& captured);
 
     const Graph& graph() const { return graph_; }

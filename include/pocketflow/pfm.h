@@ -18,8 +18,8 @@ struct ModelFile {
 };
 
 /// Writes a .pfm file atomically. Layout: magic "PFMODEL\0", u32 version, u64 header length,
-/// JSON header (graph, metadata, tensor table), raw little-endian float32 tensor data, u32 CRC-32 of
-/// everything before it.
+/// JSON header (graph, metadata, tensor table), raw little-endian float32 tensor data, u32 CRC-32
+/// of everything before it.
 void save_model(const std::string& path, const Graph& graph, const ModelMeta& meta);
 
 /// Reads and validates a .pfm file; a missing, truncated or corrupted file is an InputError naming

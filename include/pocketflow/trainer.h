@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
-#include <ATen/core/Tensor.h>
-
 #include <functional>
 #include <memory>
 #include <string>
 #include <vector>
+
+#include <ATen/core/Tensor.h>
 
 #include "pocketflow/config.h"
 #include "pocketflow/data.h"
@@ -36,11 +36,14 @@ struct TrainResult {
 at::Tensor cross_entropy(const at::Tensor& logits, const at::Tensor& labels, double smoothing);
 
 /// Knowledge-distillation loss T²·KL(softmax(t/T) ‖ softmax(s/T)), batch mean.
-at::Tensor distillation_loss(const at::Tensor& student_logits, const at::Tensor& teacher_logits,
+at::Tensor distillation_loss(const at::Tensor& student_logits,
+                             const at::Tensor& teacher_logits,
                              double temperature);
 
 /// Learning rate at fractional epoch `epoch` (0 ≤ epoch ≤ total) for a schedule.
-double learning_rate_at(const ScheduleConfig& schedule, double base_lr, double epoch,
+double learning_rate_at(const ScheduleConfig& schedule,
+                        double base_lr,
+                        double epoch,
                         int64_t total_epochs);
 
 /// Trains a Model with SGD/Adam, a LR schedule, label smoothing, gradient clipping, optional
@@ -55,8 +58,8 @@ double learning_rate_at(const ScheduleConfig& schedule, double base_lr, double e
 ///   TrainResult r = trainer.fit(model, data, job.data, job.seed);
 class Trainer {
 public:
-    using LossTerm = std::function<at::Tensor(const at::Tensor& images, const at::Tensor& logits,
-                                              const at::Tensor& labels)>;
+    using LossTerm = std::function<at::Tensor(
+        const at::Tensor& images, const at::Tensor& logits, const at::Tensor& labels)>;
     using AfterStep = std::function<void(Model& model, int64_t step)>;
 
     /// `tag` names this training's checkpoint inside the run directory (one per pipeline stage).
@@ -71,7 +74,9 @@ public:
     /// Test hook: stop (as if interrupted) after this many steps of this process (0: never).
     void set_stop_after_steps(int64_t steps) { stop_after_steps_ = steps; }
 
-    TrainResult fit(Model& model, const DataBundle& data, const DataConfig& data_config,
+    TrainResult fit(Model& model,
+                    const DataBundle& data,
+                    const DataConfig& data_config,
                     uint64_t seed);
 
 private:

@@ -9,8 +9,8 @@
 
 namespace pocketflow {
 
-/// Writes `data` to `path` atomically: a temporary file beside it, fsync, then rename. A reader sees
-/// the old file or the new one, never a torn one. Throws IoError.
+/// Writes `data` to `path` atomically: a temporary file beside it, fsync, then rename. A reader
+/// sees the old file or the new one, never a torn one. Throws IoError.
 void write_file_atomic(const std::filesystem::path& path, std::string_view data);
 
 /// Reads a whole file; throws InputError naming the path when it cannot.
@@ -40,8 +40,8 @@ std::string human_count(double value);
 /// Human-readable bytes: 1.2 MiB.
 std::string human_bytes(double bytes);
 
-/// Installs SIGINT/SIGTERM handlers that set a flag instead of killing the process, so long work can
-/// save a checkpoint and stop cleanly. A second signal restores the default and kills.
+/// Installs SIGINT/SIGTERM handlers that set a flag instead of killing the process, so long work
+/// can save a checkpoint and stop cleanly. A second signal restores the default and kills.
 void install_stop_handlers();
 /// True once a stop was requested by a signal.
 bool stop_requested();

@@ -13,10 +13,12 @@ namespace pocketflow {
 /// mobilenet_v1, mobilenet_v2, vgg16.
 std::vector<std::string> zoo_names();
 
-/// Builds a zoo architecture for inputs of `input_shape` ({C, H, W}) and `num_classes` outputs, with
-/// freshly initialised weights (seeded). Throws ConfigError for an unknown name (with a suggestion)
-/// or an input too small for the architecture.
-Graph build_zoo_model(const std::string& arch, int64_t num_classes,
-                      const std::vector<int64_t>& input_shape, uint64_t seed = 0);
+/// Builds a zoo architecture for inputs of `input_shape` ({C, H, W}) and `num_classes` outputs,
+/// with freshly initialised weights (seeded). Throws ConfigError for an unknown name (with a
+/// suggestion) or an input too small for the architecture.
+Graph build_zoo_model(const std::string& arch,
+                      int64_t num_classes,
+                      const std::vector<int64_t>& input_shape,
+                      uint64_t seed = 0);
 
 }  // namespace pocketflow

@@ -14,7 +14,8 @@ FullPrecision::FullPrecision(FullPrecisionOptions options, TrainConfig train)
 
 nlohmann::json FullPrecision::run(RunContext& ctx) {
     Trainer trainer = make_trainer(ctx, train_);
-    TrainResult r = trainer.fit(*ctx.model, ctx.data, ctx.job.data, ctx.job.seed + static_cast<uint64_t>(ctx.stage_index));
+    TrainResult r = trainer.fit(*ctx.model, ctx.data, ctx.job.data,
+                                ctx.job.seed + static_cast<uint64_t>(ctx.stage_index));
     nlohmann::json out = {{"epochs", train_.epochs},
                           {"steps", r.steps},
                           {"train_loss", r.train_loss},

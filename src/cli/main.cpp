@@ -2,17 +2,22 @@
 // The `pocketflow` command line: train | compress | eval | info | learners.
 // The only top-level try/catch of the project lives here: exceptions become one-line messages and
 // exit codes (0 ok, 2 bad input, 1 other failure, 130 interrupted after saving a checkpoint).
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <iostream>
+
+#include <ATen/ATen.h>
 #include <CLI/CLI.hpp>
 #include <c10/util/Exception.h>
 #include <spdlog/cfg/env.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
-
-#include <filesystem>
-#include <iostream>
+#include <unistd.h>
 
 #include "pocketflow/error.h"
 #include "pocketflow/learner.h"
+#include "pocketflow/onnx.h"
 #include "pocketflow/pfm.h"
 #include "pocketflow/trainer.h"
 #include "pocketflow/util.h"
@@ -64,16 +69,18 @@ void print_summary(const json& s) {
     fmt::print("{:<14}top-1 {:.2f}%  top-5 {:.2f}%  loss {:.4f}  ({} images)\n", "test",
                s["top1"].get<double>(), s["top5"].get<double>(), s["loss"].get<double>(),
                s["samples"].get<int64_t>());
-    fmt::print("\n{:<6}{:<24}{:>10}{:>12}{:>12}{:>12}{:>10}\n", "stage", "learner", "seconds", "params", "MACs",
-               "val top-1", "img/s");
+    fmt::print("\n{:<6}{:<24}{:>10}{:>12}{:>12}{:>12}{:>10}\n", "stage", "learner", "seconds",
+               "params", "MACs", "val top-1", "img/s");
     int i = 0;
     for (const auto& st : s["stages"]) {
-        fmt::print("{:<6}{:<24}{:>10.1f}{:>12}{:>12}{:>12}{:>10}\n", i++, st["learner"].get<std::string>(),
-                   st["seconds"].get<double>(), pf::human_count(st["params"].get<double>()),
-                   pf::human_count(st["macs"].get<double>()),
-                   st.contains("val_top1") ? fmt::format("{:.2f}%", st["val_top1"].get<double>()) : "-",
-                   st.contains("images_per_second") ? fmt::format("{:.0f}", st["images_per_second"].get<double>())
-                                                    : "-");
+        fmt::print(
+            "{:<6}{:<24}{:>10.1f}{:>12}{:>12}{:>12}{:>10}\n", i++, st["learner"].get<std::string>(),
+            st["seconds"].get<double>(), pf::human_count(st["params"].get<double>()),
+            pf::human_count(st["macs"].get<double>()),
+            st.contains("val_top1") ? fmt::format("{:.2f}%", st["val_top1"].get<double>()) : "-",
+            st.contains("images_per_second")
+                ? fmt::format("{:.0f}", st["images_per_second"].get<double>())
+                : "-");
     }
     fmt::print("\n");
 }
@@ -98,15 +105,17 @@ int cmd_eval(const std::string& model_path, const JobOptions& o, const GlobalOpt
     pf::Job job = load(o, g);
     pf::configure_threads(job.threads);
     pf::check_blas();
-    pf::ModelFile file = pf::load_model(model_path);
+    pf::ModelFile file = pf::load_any_model(model_path);
     pf::DataBundle data = pf::load_data(job.data, job.seed);
     PF_CHECK(file.graph.input_shape() == data.input_shape, ConfigError,
              "failed to evaluate {}: it takes input [{}] but {} gives [{}]", model_path,
-             fmt::join(file.graph.input_shape(), ", "), job.data.dataset, fmt::join(data.input_shape, ", "));
+             fmt::join(file.graph.input_shape(), ", "), job.data.dataset,
+             fmt::join(data.input_shape, ", "));
     PF_CHECK(file.graph.num_classes() >= data.num_classes, ConfigError,
              "failed to evaluate {}: it has {} outputs but {} has {} classes", model_path,
              file.graph.num_classes(), job.data.dataset, data.num_classes);
-    if (!file.meta.mean.empty() && (job.source.overridden.count("data.mean") == 0 && job.source.file == "<defaults>")) {
+    if (!file.meta.mean.empty() &&
+        (job.source.overridden.count("data.mean") == 0 && job.source.file == "<defaults>")) {
         data.mean = file.meta.mean;  // without a job, normalise as the model was trained
         data.std = file.meta.std;
     }
@@ -114,13 +123,14 @@ int cmd_eval(const std::string& model_path, const JobOptions& o, const GlobalOpt
     auto loader = data.test_loader(job.data);
     pf::EvalResult r = pf::evaluate(model, *loader);
     if (g.json) {
-        std::cout << json{{"model", model_path}, {"dataset", job.data.dataset}, {"top1", r.top1},
-                          {"top5", r.top5},      {"loss", r.loss},              {"samples", r.samples}}
+        std::cout << json{{"model", model_path}, {"dataset", job.data.dataset},
+                          {"top1", r.top1},      {"top5", r.top5},
+                          {"loss", r.loss},      {"samples", r.samples}}
                          .dump()
                   << std::endl;
     } else {
-        fmt::print("{}: top-1 {:.2f}%  top-5 {:.2f}%  loss {:.4f}  on {} {} test images\n", model_path, r.top1,
-                   r.top5, r.loss, r.samples, job.data.dataset);
+        fmt::print("{}: top-1 {:.2f}%  top-5 {:.2f}%  loss {:.4f}  on {} {} test images\n",
+                   model_path, r.top1, r.top5, r.loss, r.samples, job.data.dataset);
     }
     return 0;
 }
@@ -130,11 +140,14 @@ std::vector<int64_t> parse_shape(const std::string& text) {
     size_t start = 0;
     while (start <= text.size()) {
         size_t x = text.find('x', start);
-        std::string part = text.substr(start, x == std::string::npos ? std::string::npos : x - start);
+        std::string part =
+            text.substr(start, x == std::string::npos ? std::string::npos : x - start);
         char* end = nullptr;
         long v = std::strtol(part.c_str(), &end, 10);
         PF_CHECK(!part.empty() && *end == '\0' && v > 0, ConfigError,
-                 "--input {}: failed to parse shape: expected CxHxW with positive integers, e.g. 3x32x32", text);
+                 "--input {}: failed to parse shape: expected CxHxW with positive integers, e.g. "
+                 "3x32x32",
+                 text);
         shape.push_back(v);
         if (x == std::string::npos) {
             break;
@@ -145,41 +158,234 @@ std::vector<int64_t> parse_shape(const std::string& text) {
     return shape;
 }
 
-int cmd_info(const std::string& model_path, const std::string& arch, const std::string& input, int64_t classes,
+int cmd_info(const std::string& model_path,
+             const std::string& arch,
+             const std::string& input,
+             int64_t classes,
              const GlobalOptions& g) {
-    PF_CHECK(model_path.empty() != arch.empty(), ConfigError, "info: give exactly one of --model or --arch");
+    PF_CHECK(model_path.empty() != arch.empty(), ConfigError,
+             "info: give exactly one of --model or --arch");
     pf::Graph graph;
     std::string title;
     if (!model_path.empty()) {
-        graph = pf::load_model(model_path).graph;
+        graph = pf::load_any_model(model_path).graph;
         title = model_path;
     } else {
-        PF_CHECK(!input.empty(), ConfigError, "info --arch needs --input CxHxW, e.g. --input 3x32x32");
+        PF_CHECK(!input.empty(), ConfigError,
+                 "info --arch needs --input CxHxW, e.g. --input 3x32x32");
         graph = pf::build_zoo_model(arch, classes, parse_shape(input));
         title = fmt::format("{} [{}] {} classes", arch, input, classes);
     }
     auto stats = graph.layer_stats();
     json layers = json::array();
     for (const auto& s : stats) {
-        layers.push_back({{"name", s.name}, {"op", pf::op_name(s.op)}, {"shape", s.out_shape},
-                          {"params", s.params}, {"macs", s.macs}});
+        layers.push_back({{"name", s.name},
+                          {"op", pf::op_name(s.op)},
+                          {"shape", s.out_shape},
+                          {"params", s.params},
+                          {"macs", s.macs}});
     }
     int64_t params = graph.total_params(), macs = graph.total_macs();
     if (g.json) {
-        std::cout << json{{"params", params}, {"macs", macs}, {"weight_bytes", graph.weight_bytes()},
-                          {"input", graph.input_shape()}, {"layers", layers}}
+        std::cout << json{{"params", params},
+                          {"macs", macs},
+                          {"weight_bytes", graph.weight_bytes()},
+                          {"input", graph.input_shape()},
+                          {"layers", layers}}
                          .dump()
                   << std::endl;
         return 0;
     }
-    fmt::print("{}\n{:<28}{:<14}{:<18}{:>12}{:>14}\n", title, "layer", "op", "output", "params", "MACs");
+    fmt::print("{}\n{:<28}{:<14}{:<18}{:>12}{:>14}\n", title, "layer", "op", "output", "params",
+               "MACs");
     for (const auto& s : stats) {
         fmt::print("{:<28}{:<14}{:<18}{:>12}{:>14}\n", s.name, pf::op_name(s.op),
                    fmt::format("{}", fmt::join(s.out_shape, "x")), s.params, s.macs);
     }
-    fmt::print("{:<60}{:>12}{:>14}\ntotal: {} params, {} MACs, {} of weights\n", "total", params, macs,
-               pf::human_count(static_cast<double>(params)), pf::human_count(static_cast<double>(macs)),
+    fmt::print("{:<60}{:>12}{:>14}\ntotal: {} params, {} MACs, {} of weights\n", "total", params,
+               macs, pf::human_count(static_cast<double>(params)),
+               pf::human_count(static_cast<double>(macs)),
                pf::human_bytes(static_cast<double>(graph.weight_bytes())));
+    return 0;
+}
+
+int cmd_export(const std::string& model_path,
+               const std::string& format,
+               const std::string& out,
+               int64_t opset,
+               const std::string& batch,
+               const GlobalOptions& g) {
+    PF_CHECK(format == "onnx", ConfigError, "--format {}: only onnx is supported", format);
+    PF_CHECK(batch == "dynamic" || batch == "1", ConfigError, "--batch {}: expected dynamic or 1",
+             batch);
+    pf::ModelFile file = pf::load_any_model(model_path);
+    std::string target =
+        out.empty() ? std::filesystem::path(model_path).replace_extension(".onnx").string() : out;
+    PF_CHECK(std::filesystem::absolute(target) != std::filesystem::absolute(model_path),
+             ConfigError, "failed to export {}: the output would overwrite the input; give -o",
+             model_path);
+    pf::export_onnx(target, file.graph, file.meta, {opset, batch == "dynamic", true});
+    auto bytes = std::filesystem::file_size(target);
+    if (g.json) {
+        std::cout << json{{"model", model_path},
+                          {"onnx", target},
+                          {"bytes", bytes},
+                          {"opset", opset}}
+                         .dump()
+                  << std::endl;
+    } else {
+        fmt::print("wrote {} ({}, opset {}, {} batch)\n", target,
+                   pf::human_bytes(static_cast<double>(bytes)), opset, batch);
+    }
+    return 0;
+}
+
+struct Timing {
+    double median_ms = 0, p90_ms = 0;
+};
+
+Timing summarize(std::vector<double> times) {
+    std::sort(times.begin(), times.end());
+    auto pick = [&](double q) {
+        return times[std::min(times.size() - 1,
+                              static_cast<size_t>(q * static_cast<double>(times.size())))];
+    };
+    return {pick(0.5), pick(0.9)};
+}
+
+std::vector<int64_t> parse_list(const std::string& text, const char* what) {
+    std::vector<int64_t> out;
+    size_t start = 0;
+    while (start <= text.size()) {
+        size_t comma = text.find(',', start);
+        std::string part =
+            text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+        char* end = nullptr;
+        long v = std::strtol(part.c_str(), &end, 10);
+        PF_CHECK(!part.empty() && *end == '\0' && v > 0 && v <= 4096, ConfigError,
+                 "{} {}: expected a comma-separated list of sizes in [1, 4096], e.g. 1,64", what,
+                 text);
+        out.push_back(v);
+        if (comma == std::string::npos) {
+            break;
+        }
+        start = comma + 1;
+    }
+    return out;
+}
+
+int cmd_bench(const std::vector<std::string>& models,
+              const std::string& batches_text,
+              const std::string& runtimes_text,
+              int64_t warmup,
+              int64_t repeat,
+              const GlobalOptions& g) {
+    namespace fs = std::filesystem;
+    int threads = pf::configure_threads(g.threads < 0 ? 0 : g.threads);
+    pf::check_blas();
+    std::vector<int64_t> batches = parse_list(batches_text, "--batch");
+    std::vector<std::string> runtimes;
+    for (const auto& r : {std::string("libtorch"), std::string("onnxruntime")}) {
+        if (runtimes_text.find(r) != std::string::npos) {
+            runtimes.push_back(r);
+        }
+    }
+    PF_CHECK(!runtimes.empty(), ConfigError, "--runtime {}: expected libtorch, onnxruntime or both",
+             runtimes_text);
+    fs::path tmp = fs::temp_directory_path() / fmt::format("pocketflow-bench-{}", ::getpid());
+    fs::create_directories(tmp);
+    struct Cleanup {
+        fs::path dir;
+        ~Cleanup() {
+            std::error_code ec;
+            fs::remove_all(dir, ec);
+        }
+    } cleanup{tmp};
+    json rows = json::array();
+    std::map<std::string, double> first;  // runtime/batch -> median of the first model
+    for (size_t m = 0; m < models.size(); ++m) {
+        const std::string& path = models[m];
+        pf::ModelFile file = pf::load_any_model(path);
+        std::string onnx_path = path;
+        bool is_onnx = fs::path(path).extension() == ".onnx";
+        if (!is_onnx &&
+            std::find(runtimes.begin(), runtimes.end(), "onnxruntime") != runtimes.end()) {
+            onnx_path = (tmp / fmt::format("model{}.onnx", m)).string();
+            pf::export_onnx(onnx_path, file.graph, file.meta);
+        }
+        const auto& shape = file.graph.input_shape();
+        int64_t params = file.graph.total_params(), macs = file.graph.total_macs();
+        auto bytes = fs::file_size(path);
+        pf::Model model(file.graph.clone(), file.meta);
+        model.eval();
+        for (const auto& runtime : runtimes) {
+            for (int64_t b : batches) {
+                spdlog::info("bench {} on {} at batch {}", path, runtime, b);
+                at::Tensor x = at::randn({b, shape[0], shape[1], shape[2]});
+                Timing t;
+                if (runtime == "libtorch") {
+                    at::NoGradGuard no_grad;
+                    std::vector<double> times;
+                    for (int64_t i = 0; i < warmup + repeat; ++i) {
+                        auto start = std::chrono::steady_clock::now();
+                        at::Tensor y = model.forward(x);
+                        double ms = std::chrono::duration<double, std::milli>(
+                                        std::chrono::steady_clock::now() - start)
+                                        .count();
+                        if (i >= warmup) {
+                            times.push_back(ms);
+                        }
+                    }
+                    t = summarize(times);
+                } else {
+                    pf::OrtRun r = pf::run_onnxruntime(onnx_path, x, warmup, repeat, threads);
+                    t = {r.median_ms, r.p90_ms};
+                }
+                std::string key = fmt::format("{}/{}", runtime, b);
+                if (m == 0) {
+                    first[key] = t.median_ms;
+                }
+                rows.push_back(
+                    {{"model", path},
+                     {"runtime", runtime},
+                     {"batch", b},
+                     {"params", params},
+                     {"macs", macs},
+                     {"file_bytes", bytes},
+                     {"median_ms", t.median_ms},
+                     {"p90_ms", t.p90_ms},
+                     {"images_per_second", 1000.0 * static_cast<double>(b) / t.median_ms},
+                     {"speedup", first[key] / t.median_ms}});
+            }
+        }
+    }
+    if (g.json) {
+        std::cout << json{{"threads", threads},
+                          {"warmup", warmup},
+                          {"repeat", repeat},
+                          {"results", rows}}
+                         .dump()
+                  << std::endl;
+        return 0;
+    }
+    fmt::print("{:<36}{:>10}{:>10}{:>11}{:<13}{:>7}{:>11}{:>11}{:>9}\n", "model", "params", "MACs",
+               "bytes", "  runtime", "batch", "median ms", "p90 ms", "speedup");
+    for (const auto& r : rows) {
+        std::string name = r["model"].get<std::string>();
+        if (name.size() > 35) {
+            name = "..." + name.substr(name.size() - 32);
+        }
+        fmt::print("{:<36}{:>10}{:>10}{:>11}  {:<11}{:>7}{:>11.3f}{:>11.3f}{:>8.2f}x\n", name,
+                   pf::human_count(r["params"].get<double>()),
+                   pf::human_count(r["macs"].get<double>()),
+                   pf::human_bytes(r["file_bytes"].get<double>()), r["runtime"].get<std::string>(),
+                   r["batch"].get<int64_t>(), r["median_ms"].get<double>(),
+                   r["p90_ms"].get<double>(), r["speedup"].get<double>());
+    }
+    fmt::print(
+        "({} threads, {} warm-up and {} timed runs per row; speed-up relative to the first "
+        "model)\n",
+        threads, warmup, repeat);
     return 0;
 }
 
@@ -204,38 +410,72 @@ int run_cli(int argc, char** argv) {
     app.require_subcommand(1);
     app.set_version_flag("--version", std::string("pocketflow ") + POCKETFLOW_VERSION);
     GlobalOptions g;
-    app.add_flag("--json", g.json, "print the result as one JSON object on stdout (logs go to stderr)");
-    app.add_option("--threads", g.threads, "LibTorch threads (0: all cores; default: the job's `threads`)")
+    app.add_flag("--json", g.json,
+                 "print the result as one JSON object on stdout (logs go to stderr)");
+    app.add_option("--threads", g.threads,
+                   "LibTorch threads (0: all cores; default: the job's `threads`)")
         ->check(CLI::Range(0, 1024));
     app.add_option("--log-level", g.log_level, "trace | debug | info | warn | error | off")
         ->check(CLI::IsMember({"trace", "debug", "info", "warn", "error", "off"}));
     app.fallthrough();
 
     JobOptions train_opts, compress_opts, eval_opts;
-    auto* train = app.add_subcommand("train", "train a model at full precision (compress with one full_precision stage)");
+    auto* train = app.add_subcommand(
+        "train", "train a model at full precision (compress with one full_precision stage)");
     add_job_options(train, train_opts, false);
-    train->add_flag("--resume", train_opts.resume, "continue the job's last run from its checkpoints");
+    train->add_flag("--resume", train_opts.resume,
+                    "continue the job's last run from its checkpoints");
     train->add_option("--stop-after-steps", train_opts.stop_after_steps)->group("");
 
     auto* compress = app.add_subcommand("compress", "run a job's pipeline of learners");
     add_job_options(compress, compress_opts, true);
-    compress->add_flag("--resume", compress_opts.resume, "continue the job's last run from its checkpoints");
+    compress->add_flag("--resume", compress_opts.resume,
+                       "continue the job's last run from its checkpoints");
     compress->add_option("--stop-after-steps", compress_opts.stop_after_steps)->group("");
 
     std::string eval_model;
     auto* eval = app.add_subcommand("eval", "test accuracy (top-1, top-5) and loss of a model");
-    eval->add_option("-m,--model", eval_model, "model file (.pfm)")->required();
+    eval->add_option("-m,--model", eval_model, "model file (.pfm or .onnx)")->required();
     add_job_options(eval, eval_opts, false);
 
     std::string info_model, info_arch, info_input;
     int64_t info_classes = 10;
     auto* info = app.add_subcommand("info", "per-layer table: output shapes, params, MACs");
-    info->add_option("-m,--model", info_model, "model file (.pfm)");
+    info->add_option("-m,--model", info_model, "model file (.pfm or .onnx)");
     info->add_option("--arch", info_arch, "zoo architecture: " + pf::join(pf::zoo_names(), ", "));
     info->add_option("--input", info_input, "input shape CxHxW for --arch, e.g. 3x32x32");
-    info->add_option("--num-classes", info_classes, "classes for --arch")->check(CLI::Range(1, 1000000));
+    info->add_option("--num-classes", info_classes, "classes for --arch")
+        ->check(CLI::Range(1, 1000000));
 
     auto* learners = app.add_subcommand("learners", "list the registered learners");
+
+    std::string export_model, export_format = "onnx", export_out, export_batch = "dynamic";
+    int64_t export_opset = 13;
+    auto* exporter = app.add_subcommand("export", "write a model as ONNX (BN folded, real shapes)");
+    exporter->add_option("-m,--model", export_model, "model file (.pfm or .onnx)")->required();
+    exporter->add_option("--format", export_format, "output format")
+        ->check(CLI::IsMember({"onnx"}));
+    exporter->add_option("-o,--output", export_out,
+                         "output file (default: the model's name with .onnx)");
+    exporter->add_option("--opset", export_opset, "ONNX opset")->check(CLI::Range(11, 17));
+    exporter->add_option("--batch", export_batch, "dynamic or 1")
+        ->check(CLI::IsMember({"dynamic", "1"}));
+
+    std::vector<std::string> bench_models;
+    std::string bench_batches = "1,64", bench_runtimes = "libtorch,onnxruntime";
+    int64_t bench_warmup = 5, bench_repeat = 30;
+    auto* bench = app.add_subcommand("bench", "latency, size and MACs of models side by side");
+    bench
+        ->add_option("-m,--model", bench_models,
+                     "model files (.pfm or .onnx); the first is the reference")
+        ->required()
+        ->take_all()
+        ->allow_extra_args(false);
+    bench->add_option("--batch", bench_batches, "comma-separated batch sizes");
+    bench->add_option("--runtime", bench_runtimes,
+                      "libtorch, onnxruntime, or both (comma-separated)");
+    bench->add_option("--warmup", bench_warmup, "untimed runs first")->check(CLI::Range(0, 1000));
+    bench->add_option("--repeat", bench_repeat, "timed runs")->check(CLI::Range(1, 100000));
 
     try {
         app.parse(argc, argv);
@@ -266,6 +506,13 @@ int run_cli(int argc, char** argv) {
     }
     if (learners->parsed()) {
         return cmd_learners(g);
+    }
+    if (exporter->parsed()) {
+        return cmd_export(export_model, export_format, export_out, export_opset, export_batch, g);
+    }
+    if (bench->parsed()) {
+        return cmd_bench(bench_models, bench_batches, bench_runtimes, bench_warmup, bench_repeat,
+                         g);
     }
     return 2;
 }

@@ -41,7 +41,9 @@ const YAML::Node* ConfigReader::find(const std::string& key) const {
     return nullptr;
 }
 
-bool ConfigReader::has(const std::string& key) const { return find(key) != nullptr; }
+bool ConfigReader::has(const std::string& key) const {
+    return find(key) != nullptr;
+}
 
 std::string ConfigReader::location(const std::string& key) const {
     std::string kp = key_path(key);
@@ -80,8 +82,11 @@ YAML::Node ConfigReader::value_node(const std::string& key, const std::string& d
 }
 
 namespace {
-/// True when a key is given with a non-null value (absent and `key: ~` both mean "use the default").
-bool present(const YAML::Node& n) { return n.IsDefined() && !n.IsNull(); }
+/// True when a key is given with a non-null value (absent and `key: ~` both mean "use the
+/// default").
+bool present(const YAML::Node& n) {
+    return n.IsDefined() && !n.IsNull();
+}
 
 bool as_double(const YAML::Node& n, double& out) {
     if (!n.IsScalar()) {
@@ -96,7 +101,9 @@ bool as_double(const YAML::Node& n, double& out) {
 }
 }  // namespace
 
-void ConfigReader::read(const std::string& key, std::string& out, const std::string& doc,
+void ConfigReader::read(const std::string& key,
+                        std::string& out,
+                        const std::string& doc,
                         const std::vector<std::string>& choices) {
     YAML::Node n = value_node(key, doc);
     if (present(n)) {
@@ -128,7 +135,9 @@ void ConfigReader::read(const std::string& key, bool& out, const std::string& do
     resolved_[key] = out;
 }
 
-void ConfigReader::read(const std::string& key, int64_t& out, const std::string& doc,
+void ConfigReader::read(const std::string& key,
+                        int64_t& out,
+                        const std::string& doc,
                         const Check& check) {
     YAML::Node n = value_node(key, doc);
     if (present(n)) {
@@ -147,7 +156,9 @@ void ConfigReader::read(const std::string& key, int64_t& out, const std::string&
     resolved_[key] = out;
 }
 
-void ConfigReader::read(const std::string& key, int& out, const std::string& doc,
+void ConfigReader::read(const std::string& key,
+                        int& out,
+                        const std::string& doc,
                         const Check& check) {
     int64_t v = out;
     read(key, v, doc, check);
@@ -160,7 +171,9 @@ void ConfigReader::read(const std::string& key, uint64_t& out, const std::string
     out = static_cast<uint64_t>(v);
 }
 
-void ConfigReader::read(const std::string& key, double& out, const std::string& doc,
+void ConfigReader::read(const std::string& key,
+                        double& out,
+                        const std::string& doc,
                         const Check& check) {
     YAML::Node n = value_node(key, doc);
     if (present(n) && !as_double(n, out)) {
@@ -176,8 +189,12 @@ void ConfigReader::read(const std::string& key, double& out, const std::string& 
 }
 
 template <typename T>
-static void read_list(ConfigReader& r, const YAML::Node& n, const std::string& key,
-                      std::vector<T>& out, const ConfigReader::Check& check, bool integer) {
+static void read_list(ConfigReader& r,
+                      const YAML::Node& n,
+                      const std::string& key,
+                      std::vector<T>& out,
+                      const ConfigReader::Check& check,
+                      bool integer) {
     if (!present(n)) {
         return;
     }
@@ -200,13 +217,17 @@ static void read_list(ConfigReader& r, const YAML::Node& n, const std::string& k
     }
 }
 
-void ConfigReader::read(const std::string& key, std::vector<double>& out, const std::string& doc,
+void ConfigReader::read(const std::string& key,
+                        std::vector<double>& out,
+                        const std::string& doc,
                         const Check& check) {
     read_list(*this, value_node(key, doc), key, out, check, false);
     resolved_[key] = out;
 }
 
-void ConfigReader::read(const std::string& key, std::vector<int64_t>& out, const std::string& doc,
+void ConfigReader::read(const std::string& key,
+                        std::vector<int64_t>& out,
+                        const std::string& doc,
                         const Check& check) {
     read_list(*this, value_node(key, doc), key, out, check, true);
     YAML::Node seq(YAML::NodeType::Sequence);
@@ -216,7 +237,8 @@ void ConfigReader::read(const std::string& key, std::vector<int64_t>& out, const
     resolved_[key] = seq;
 }
 
-void ConfigReader::section(const std::string& key, const std::string& doc,
+void ConfigReader::section(const std::string& key,
+                           const std::string& doc,
                            const std::function<void(ConfigReader&)>& fn) {
     YAML::Node n = value_node(key, doc);
     ConfigReader sub(present(n) ? n : YAML::Node(YAML::NodeType::Map), key_path(key), source_);
@@ -243,10 +265,9 @@ void ConfigReader::finish() {
                               ? "--set " + key_path(key)
                               : fmt::format("{}:{}:{}", source_.file, it->first.Mark().line + 1,
                                             it->first.Mark().column + 1);
-        throw ConfigError(fmt::format("{}: unknown key {}{}; known keys here: {}", loc,
-                                      key_path(key),
-                                      hint.empty() ? "" : fmt::format(" (did you mean '{}'?)", hint),
-                                      join(known_, ", ")));
+        throw ConfigError(fmt::format(
+            "{}: unknown key {}{}; known keys here: {}", loc, key_path(key),
+            hint.empty() ? "" : fmt::format(" (did you mean '{}'?)", hint), join(known_, ", ")));
     }
 }
 
@@ -268,7 +289,8 @@ ConfigReader::Check ConfigReader::in_open_range(double lo, double hi) {
 
 // ---------------------------------------------------------------------------------------------------
 
-void apply_overrides(YAML::Node& root, const std::vector<std::string>& overrides,
+void apply_overrides(YAML::Node& root,
+                     const std::vector<std::string>& overrides,
                      ConfigReader::Source& source) {
     for (const auto& text : overrides) {
         auto eq = text.find('=');
@@ -280,8 +302,8 @@ void apply_overrides(YAML::Node& root, const std::vector<std::string>& overrides
         try {
             parsed = YAML::Load(value);
         } catch (const YAML::Exception& e) {
-            throw ConfigError(fmt::format("--set {}: failed to parse value '{}': {}", path, value,
-                                          e.msg));
+            throw ConfigError(
+                fmt::format("--set {}: failed to parse value '{}': {}", path, value, e.msg));
         }
         std::vector<std::string> parts;
         size_t start = 0;
@@ -388,12 +410,19 @@ void parse_model(ConfigReader& r, ModelConfig& m) {
     std::vector<std::string> archs = zoo_names();
     r.read("arch", m.arch, "zoo architecture: " + join(archs, ", "));
     r.read("path", m.path, "a .pfm model to start from (graph and weights)");
+    r.read("onnx", m.onnx, "an ONNX model to import (graph and weights)");
     r.read("init", m.init, "a .pfm whose weights initialise `arch`");
-    r.read("num_classes", m.num_classes, "classes (0: from the dataset)", ConfigReader::at_least(0));
+    r.read("num_classes", m.num_classes, "classes (0: from the dataset)",
+           ConfigReader::at_least(0));
     r.read("in_channels", m.in_channels, "input channels (0: from the dataset)",
            ConfigReader::at_least(0));
-    if (m.arch.empty() == m.path.empty()) {
-        r.fail(m.arch.empty() ? "" : "path", "give exactly one of model.arch or model.path");
+    r.read("input", m.input, "[C, H, W] for ONNX files with symbolic sizes",
+           ConfigReader::in_range(1, 100000));
+    int sources = static_cast<int>(!m.arch.empty()) + static_cast<int>(!m.path.empty()) +
+                  static_cast<int>(!m.onnx.empty());
+    if (sources != 1) {
+        r.fail(sources == 0 ? "" : (m.onnx.empty() ? "path" : "onnx"),
+               "give exactly one of model.arch, model.path or model.onnx");
     }
     if (!m.arch.empty() && std::find(archs.begin(), archs.end(), m.arch) == archs.end()) {
         std::string hint = nearest_match(m.arch, archs);
@@ -402,9 +431,13 @@ void parse_model(ConfigReader& r, ModelConfig& m) {
                                    join(archs, ", ")));
     }
     require_file(r, "path", m.path);
+    require_file(r, "onnx", m.onnx);
     require_file(r, "init", m.init);
     if (!m.init.empty() && m.arch.empty()) {
-        r.fail("init", "init needs model.arch (model.path already carries weights)");
+        r.fail("init", "init needs model.arch (model.path and model.onnx already carry weights)");
+    }
+    if (!m.input.empty() && m.input.size() != 3) {
+        r.fail("input", "expected [C, H, W]");
     }
 }
 
@@ -500,7 +533,8 @@ void parse_train(ConfigReader& r, TrainConfig& t) {
     });
     r.read("label_smoothing", t.label_smoothing, "label smoothing epsilon",
            ConfigReader::in_range(0, 0.999));
-    r.read("grad_clip", t.grad_clip, "max global gradient norm (0: off)", ConfigReader::at_least(0));
+    r.read("grad_clip", t.grad_clip, "max global gradient norm (0: off)",
+           ConfigReader::at_least(0));
     r.read("log_every", t.log_every, "steps between log lines", ConfigReader::at_least(1));
     r.read("checkpoint_every", t.checkpoint_every, "steps between checkpoints (0: epoch ends)",
            ConfigReader::at_least(0));
@@ -511,7 +545,8 @@ void parse_train(ConfigReader& r, TrainConfig& t) {
 void parse_distillation(ConfigReader& r, DistillationConfig& d) {
     r.read("enabled", d.enabled, "add the distillation loss to training");
     r.read("teacher", d.teacher, "teacher .pfm (default: the stage's input model)");
-    r.read("temperature", d.temperature, "softmax temperature T", ConfigReader::in_open_range(0, 100));
+    r.read("temperature", d.temperature, "softmax temperature T",
+           ConfigReader::in_open_range(0, 100));
     r.read("weight", d.weight, "weight w of the distillation term", ConfigReader::in_range(0, 1));
     require_file(r, "teacher", d.teacher);
 }
@@ -529,13 +564,20 @@ Job parse_tree(YAML::Node root, ConfigReader::Source source) {
         r.fail("name", "must be a non-empty name without '/'");
     }
     r.read("seed", job.seed, "seed of every random choice");
-    r.read("threads", job.threads, "LibTorch threads (0: all cores)", ConfigReader::in_range(0, 1024));
+    r.read("threads", job.threads, "LibTorch threads (0: all cores)",
+           ConfigReader::in_range(0, 1024));
     r.read("output_dir", job.output_dir, "run directory (default runs/<name>/<timestamp>)");
-    r.section("model", "model to train or compress", [&](ConfigReader& s) { parse_model(s, job.model); });
+    r.section("model", "model to train or compress",
+              [&](ConfigReader& s) { parse_model(s, job.model); });
     r.section("data", "data set and loading", [&](ConfigReader& s) { parse_data(s, job.data); });
     r.section("train", "training recipe", [&](ConfigReader& s) { parse_train(s, job.train); });
     r.section("distillation", "knowledge distillation loss",
               [&](ConfigReader& s) { parse_distillation(s, job.distillation); });
+    r.section("export", "exported files", [&](ConfigReader& s) {
+        s.read("onnx", job.export_.onnx, "write model.onnx into the run directory");
+        s.read("opset", job.export_.opset, "ONNX opset", ConfigReader::in_range(11, 17));
+        s.read("dynamic_batch", job.export_.dynamic_batch, "symbolic batch dimension");
+    });
     YAML::Node pipeline = r.raw("pipeline", "ordered learner stages");
     YAML::Node resolved_pipeline(YAML::NodeType::Sequence);
     if (!present(pipeline)) {
@@ -567,7 +609,8 @@ Job parse_tree(YAML::Node root, ConfigReader::Source source) {
 
 }  // namespace
 
-Job parse_job(const std::string& yaml_text, const std::string& file,
+Job parse_job(const std::string& yaml_text,
+              const std::string& file,
               const std::vector<std::string>& overrides) {
     YAML::Node root;
     try {
@@ -577,8 +620,8 @@ Job parse_job(const std::string& yaml_text, const std::string& file,
                                       e.mark.column + 1, e.msg));
     }
     if (root && !root.IsNull() && !root.IsMap()) {
-        throw ConfigError(fmt::format("{}: failed to read job: expected a mapping at the top level",
-                                      file));
+        throw ConfigError(
+            fmt::format("{}: failed to read job: expected a mapping at the top level", file));
     }
     ConfigReader::Source source{file, {}};
     apply_overrides(root, overrides, source);

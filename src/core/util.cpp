@@ -1,10 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "pocketflow/util.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-#include <zlib.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
@@ -14,6 +10,10 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
+
+#include <fcntl.h>
+#include <unistd.h>
+#include <zlib.h>
 
 #include "pocketflow/error.h"
 
@@ -173,6 +173,8 @@ void install_stop_handlers() {
     std::signal(SIGTERM, on_signal);
 }
 
-bool stop_requested() { return g_stop.load(); }
+bool stop_requested() {
+    return g_stop.load();
+}
 
 }  // namespace pocketflow

@@ -1,17 +1,17 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "pocketflow/data.h"
 
-#include <ATen/ATen.h>
-#include <png.h>
-#include <turbojpeg.h>
-#include <zlib.h>
-
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <filesystem>
 #include <numeric>
 #include <random>
+
+#include <ATen/ATen.h>
+#include <png.h>
+#include <turbojpeg.h>
+#include <zlib.h>
 
 #include "pocketflow/error.h"
 #include "pocketflow/util.h"
@@ -53,10 +53,15 @@ uint32_t big_endian(const uint8_t* p) {
 /// Dataset whose images all have one shape and live in memory as uint8 CHW.
 class MemoryDataset : public Dataset {
 public:
-    MemoryDataset(std::vector<uint8_t> pixels, std::vector<int64_t> labels, std::vector<int64_t> shape,
+    MemoryDataset(std::vector<uint8_t> pixels,
+                  std::vector<int64_t> labels,
+                  std::vector<int64_t> shape,
                   int64_t classes)
-        : pixels_(std::move(pixels)), labels_(std::move(labels)), shape_(std::move(shape)),
-          classes_(classes), stride_(shape_[0] * shape_[1] * shape_[2]) {}
+        : pixels_(std::move(pixels)),
+          labels_(std::move(labels)),
+          shape_(std::move(shape)),
+          classes_(classes),
+          stride_(shape_[0] * shape_[1] * shape_[2]) {}
     int64_t size() const override { return static_cast<int64_t>(labels_.size()); }
     Image get(int64_t i) const override {
         Image img{shape_[0], shape_[1], shape_[2], {}};
@@ -90,7 +95,8 @@ Image decode_jpeg(const std::string& path, const std::string& bytes) {
         throw InputError(fmt::format("failed to decode {}: {}", path, msg));
     }
     std::vector<uint8_t> hwc(static_cast<size_t>(w) * h * 3);
-    int rc = tjDecompress2(tj, src, bytes.size(), hwc.data(), w, 0, h, TJPF_RGB, TJFLAG_ACCURATEDCT);
+    int rc =
+        tjDecompress2(tj, src, bytes.size(), hwc.data(), w, 0, h, TJPF_RGB, TJFLAG_ACCURATEDCT);
     std::string msg = rc != 0 ? tjGetErrorStr2(tj) : "";
     tjDestroy(tj);
     PF_CHECK(rc == 0, InputError, "failed to decode {}: {}", path, msg);
@@ -98,7 +104,8 @@ Image decode_jpeg(const std::string& path, const std::string& bytes) {
     for (int64_t y = 0; y < h; ++y) {
         for (int64_t x = 0; x < w; ++x) {
             for (int64_t c = 0; c < 3; ++c) {
-                img.pixels[static_cast<size_t>((c * h + y) * w + x)] = hwc[static_cast<size_t>((y * w + x) * 3 + c)];
+                img.pixels[static_cast<size_t>((c * h + y) * w + x)] =
+                    hwc[static_cast<size_t>((y * w + x) * 3 + c)];
             }
         }
     }
@@ -122,7 +129,8 @@ Image decode_png(const std::string& path, const std::string& bytes) {
     for (int64_t y = 0; y < h; ++y) {
         for (int64_t x = 0; x < w; ++x) {
             for (int64_t c = 0; c < 3; ++c) {
-                img.pixels[static_cast<size_t>((c * h + y) * w + x)] = hwc[static_cast<size_t>((y * w + x) * 3 + c)];
+                img.pixels[static_cast<size_t>((c * h + y) * w + x)] =
+                    hwc[static_cast<size_t>((y * w + x) * 3 + c)];
             }
         }
     }
@@ -130,23 +138,27 @@ Image decode_png(const std::string& path, const std::string& bytes) {
 }
 
 /// Bilinear sample of the source box [x0, x0+bw) × [y0, y0+bh) into an out_h × out_w image.
-Image resample(const Image& src, double y0, double x0, double bh, double bw, int64_t out_h,
-               int64_t out_w) {
-    Image out{src.channels, out_h, out_w, std::vector<uint8_t>(static_cast<size_t>(src.channels * out_h * out_w))};
+Image resample(
+    const Image& src, double y0, double x0, double bh, double bw, int64_t out_h, int64_t out_w) {
+    Image out{src.channels, out_h, out_w,
+              std::vector<uint8_t>(static_cast<size_t>(src.channels * out_h * out_w))};
     for (int64_t y = 0; y < out_h; ++y) {
-        double sy = std::clamp(y0 + (y + 0.5) * bh / out_h - 0.5, 0.0, static_cast<double>(src.height - 1));
+        double sy =
+            std::clamp(y0 + (y + 0.5) * bh / out_h - 0.5, 0.0, static_cast<double>(src.height - 1));
         auto iy = static_cast<int64_t>(sy);
         int64_t iy1 = std::min(iy + 1, src.height - 1);
         double fy = sy - iy;
         for (int64_t x = 0; x < out_w; ++x) {
-            double sx = std::clamp(x0 + (x + 0.5) * bw / out_w - 0.5, 0.0, static_cast<double>(src.width - 1));
+            double sx = std::clamp(x0 + (x + 0.5) * bw / out_w - 0.5, 0.0,
+                                   static_cast<double>(src.width - 1));
             auto ix = static_cast<int64_t>(sx);
             int64_t ix1 = std::min(ix + 1, src.width - 1);
             double fx = sx - ix;
             for (int64_t c = 0; c < src.channels; ++c) {
                 const uint8_t* p = src.pixels.data() + c * src.height * src.width;
-                double v = (1 - fy) * ((1 - fx) * p[iy * src.width + ix] + fx * p[iy * src.width + ix1]) +
-                           fy * ((1 - fx) * p[iy1 * src.width + ix] + fx * p[iy1 * src.width + ix1]);
+                double v =
+                    (1 - fy) * ((1 - fx) * p[iy * src.width + ix] + fx * p[iy * src.width + ix1]) +
+                    fy * ((1 - fx) * p[iy1 * src.width + ix] + fx * p[iy1 * src.width + ix1]);
                 out.pixels[static_cast<size_t>((c * out_h + y) * out_w + x)] =
                     static_cast<uint8_t>(std::clamp(std::lround(v), 0L, 255L));
             }
@@ -157,9 +169,14 @@ Image resample(const Image& src, double y0, double x0, double bh, double bw, int
 
 class ImageFolderDataset : public Dataset {
 public:
-    ImageFolderDataset(std::vector<std::string> files, std::vector<int64_t> labels, int64_t classes,
+    ImageFolderDataset(std::vector<std::string> files,
+                       std::vector<int64_t> labels,
+                       int64_t classes,
                        int64_t resize)
-        : files_(std::move(files)), labels_(std::move(labels)), classes_(classes), resize_(resize) {}
+        : files_(std::move(files)),
+          labels_(std::move(labels)),
+          classes_(classes),
+          resize_(resize) {}
     int64_t size() const override { return static_cast<int64_t>(files_.size()); }
     Image get(int64_t i) const override {
         const std::string& path = files_[static_cast<size_t>(i)];
@@ -167,10 +184,12 @@ public:
         std::string ext = fs::path(path).extension().string();
         std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
         Image img = ext == ".png" ? decode_png(path, bytes) : decode_jpeg(path, bytes);
-        double scale = static_cast<double>(resize_) / static_cast<double>(std::min(img.height, img.width));
+        double scale =
+            static_cast<double>(resize_) / static_cast<double>(std::min(img.height, img.width));
         int64_t h = std::max<int64_t>(resize_, std::lround(img.height * scale));
         int64_t w = std::max<int64_t>(resize_, std::lround(img.width * scale));
-        return resample(img, 0, 0, static_cast<double>(img.height), static_cast<double>(img.width), h, w);
+        return resample(img, 0, 0, static_cast<double>(img.height), static_cast<double>(img.width),
+                        h, w);
     }
     int64_t label(int64_t i) const override { return labels_[static_cast<size_t>(i)]; }
     int64_t num_classes() const override { return classes_; }
@@ -187,10 +206,12 @@ class SyntheticDataset : public Dataset {
 public:
     SyntheticDataset(int64_t size, int64_t classes, std::vector<int64_t> shape, uint64_t seed)
         : size_(size), classes_(classes), shape_(std::move(shape)), seed_(seed) {
-        // Each class is a sinusoidal grating with its own frequency, orientation and phase per channel:
-        // spatially structured like real images, so convolutions and pooling can learn it quickly.
+        // Each class is a sinusoidal grating with its own frequency, orientation and phase per
+        // channel: spatially structured like real images, so convolutions and pooling can learn it
+        // quickly.
         std::mt19937_64 rng(seed);
-        std::uniform_real_distribution<double> freq(0.3, 1.5), phase(0.0, 2 * M_PI), sign(-1.0, 1.0);
+        std::uniform_real_distribution<double> freq(0.3, 1.5), phase(0.0, 2 * M_PI),
+            sign(-1.0, 1.0);
         const int64_t c = shape_[0], h = shape_[1], w = shape_[2];
         patterns_.resize(static_cast<size_t>(classes_ * c * h * w));
         for (int64_t k = 0; k < classes_; ++k) {
@@ -199,7 +220,8 @@ public:
                 for (int64_t y = 0; y < h; ++y) {
                     for (int64_t x = 0; x < w; ++x) {
                         double v = 0.5 + 0.4 * std::sin(2 * M_PI * (fy * y / h + fx * x / w) + ph);
-                        patterns_[static_cast<size_t>(((k * c + ch) * h + y) * w + x)] = static_cast<float>(v);
+                        patterns_[static_cast<size_t>(((k * c + ch) * h + y) * w + x)] =
+                            static_cast<float>(v);
                     }
                 }
             }
@@ -214,12 +236,14 @@ public:
         const float* p = patterns_.data() + label(i) * n;
         for (int64_t k = 0; k < n; ++k) {
             double v = p[k] + noise(rng);
-            img.pixels[static_cast<size_t>(k)] = static_cast<uint8_t>(std::clamp(v, 0.0, 1.0) * 255.0);
+            img.pixels[static_cast<size_t>(k)] =
+                static_cast<uint8_t>(std::clamp(v, 0.0, 1.0) * 255.0);
         }
         return img;
     }
     int64_t label(int64_t i) const override {
-        return static_cast<int64_t>((static_cast<uint64_t>(i) * 2654435761ULL + seed_) % static_cast<uint64_t>(classes_));
+        return static_cast<int64_t>((static_cast<uint64_t>(i) * 2654435761ULL + seed_) %
+                                    static_cast<uint64_t>(classes_));
     }
     int64_t num_classes() const override { return classes_; }
     std::vector<int64_t> shape() const override { return shape_; }
@@ -241,24 +265,27 @@ uint64_t mix(uint64_t a, uint64_t b) {
 
 }  // namespace
 
-std::shared_ptr<Dataset> load_idx(const std::string& images_path, const std::string& labels_path,
+std::shared_ptr<Dataset> load_idx(const std::string& images_path,
+                                  const std::string& labels_path,
                                   int64_t limit) {
     std::vector<uint8_t> images = read_maybe_gz(images_path);
     std::vector<uint8_t> labels = read_maybe_gz(labels_path);
     PF_CHECK(images.size() >= 16 && big_endian(images.data()) == 0x803, InputError,
-             "failed to read {}: not an IDX image file (magic 0x00000803, 3 dimensions)", images_path);
+             "failed to read {}: not an IDX image file (magic 0x00000803, 3 dimensions)",
+             images_path);
     PF_CHECK(labels.size() >= 8 && big_endian(labels.data()) == 0x801, InputError,
              "failed to read {}: not an IDX label file (magic 0x00000801)", labels_path);
     int64_t n = big_endian(images.data() + 4), h = big_endian(images.data() + 8),
             w = big_endian(images.data() + 12);
     int64_t nl = big_endian(labels.data() + 4);
-    PF_CHECK(n == nl, InputError, "failed to read {}: {} images but {} labels in {}", images_path, n,
-             nl, labels_path);
+    PF_CHECK(n == nl, InputError, "failed to read {}: {} images but {} labels in {}", images_path,
+             n, nl, labels_path);
     PF_CHECK(static_cast<int64_t>(images.size()) == 16 + n * h * w, InputError,
              "failed to read {}: truncated ({} bytes, expected {})", images_path, images.size(),
              16 + n * h * w);
     PF_CHECK(static_cast<int64_t>(labels.size()) == 8 + n, InputError,
-             "failed to read {}: truncated ({} bytes, expected {})", labels_path, labels.size(), 8 + n);
+             "failed to read {}: truncated ({} bytes, expected {})", labels_path, labels.size(),
+             8 + n);
     if (limit > 0 && limit < n) {
         n = limit;
     }
@@ -269,11 +296,14 @@ std::shared_ptr<Dataset> load_idx(const std::string& images_path, const std::str
         y[static_cast<size_t>(i)] = labels[static_cast<size_t>(8 + i)];
         classes = std::max(classes, y[static_cast<size_t>(i)] + 1);
     }
-    return std::make_shared<MemoryDataset>(std::move(pixels), std::move(y), std::vector<int64_t>{1, h, w},
-                                           classes);
+    return std::make_shared<MemoryDataset>(std::move(pixels), std::move(y),
+                                           std::vector<int64_t>{1, h, w}, classes);
 }
 
-std::shared_ptr<Dataset> load_cifar(const std::string& root, bool cifar100, bool train, int64_t limit) {
+std::shared_ptr<Dataset> load_cifar(const std::string& root,
+                                    bool cifar100,
+                                    bool train,
+                                    int64_t limit) {
     std::vector<std::string> files;
     if (cifar100) {
         files = {train ? "train.bin" : "test.bin"};
@@ -294,8 +324,8 @@ std::shared_ptr<Dataset> load_cifar(const std::string& root, bool cifar100, bool
                  bytes.size(), record);
         for (size_t off = 0; off < bytes.size(); off += static_cast<size_t>(record)) {
             int64_t label = cifar100 ? bytes[off + 1] : bytes[off];
-            PF_CHECK(label < (cifar100 ? 100 : 10), InputError, "failed to read {}: label {} out of range",
-                     path, label);
+            PF_CHECK(label < (cifar100 ? 100 : 10), InputError,
+                     "failed to read {}: label {} out of range", path, label);
             labels.push_back(label);
             size_t start = off + (cifar100 ? 2 : 1);
             pixels.insert(pixels.end(), bytes.begin() + static_cast<std::ptrdiff_t>(start),
@@ -313,7 +343,8 @@ std::shared_ptr<Dataset> load_cifar(const std::string& root, bool cifar100, bool
 }
 
 std::shared_ptr<Dataset> load_image_folder(const std::string& root, int64_t resize, int64_t limit) {
-    PF_CHECK(fs::is_directory(root), InputError, "failed to read image folder {}: no such directory", root);
+    PF_CHECK(fs::is_directory(root), InputError,
+             "failed to read image folder {}: no such directory", root);
     std::vector<std::string> classes;
     for (const auto& entry : fs::directory_iterator(root)) {
         if (entry.is_directory()) {
@@ -321,7 +352,8 @@ std::shared_ptr<Dataset> load_image_folder(const std::string& root, int64_t resi
         }
     }
     std::sort(classes.begin(), classes.end());
-    PF_CHECK(!classes.empty(), InputError, "failed to read image folder {}: no class sub-folders", root);
+    PF_CHECK(!classes.empty(), InputError, "failed to read image folder {}: no class sub-folders",
+             root);
     std::vector<std::string> files;
     std::vector<int64_t> labels;
     for (size_t c = 0; c < classes.size(); ++c) {
@@ -339,7 +371,8 @@ std::shared_ptr<Dataset> load_image_folder(const std::string& root, int64_t resi
             labels.push_back(static_cast<int64_t>(c));
         }
     }
-    PF_CHECK(!files.empty(), InputError, "failed to read image folder {}: no .jpg/.jpeg/.png files", root);
+    PF_CHECK(!files.empty(), InputError, "failed to read image folder {}: no .jpg/.jpeg/.png files",
+             root);
     if (limit > 0 && static_cast<int64_t>(files.size()) > limit) {
         // Keep every class represented: take a seeded, stable subset rather than the first files.
         std::vector<size_t> idx(files.size());
@@ -360,8 +393,10 @@ std::shared_ptr<Dataset> load_image_folder(const std::string& root, int64_t resi
                                                 static_cast<int64_t>(classes.size()), resize);
 }
 
-std::shared_ptr<Dataset> make_synthetic(int64_t size, int64_t num_classes,
-                                        const std::vector<int64_t>& shape, uint64_t seed) {
+std::shared_ptr<Dataset> make_synthetic(int64_t size,
+                                        int64_t num_classes,
+                                        const std::vector<int64_t>& shape,
+                                        uint64_t seed) {
     PF_CHECK(shape.size() == 3, ConfigError, "synthetic shape must be [C, H, W]");
     return std::make_shared<SyntheticDataset>(size, num_classes, shape, seed);
 }
@@ -369,14 +404,18 @@ std::shared_ptr<Dataset> make_synthetic(int64_t size, int64_t num_classes,
 // ------------------------------------------------------------------------------------------------
 // Loader
 
-Loader::Loader(std::shared_ptr<const Dataset> dataset, std::vector<int64_t> indices, LoaderOptions options)
+Loader::Loader(std::shared_ptr<const Dataset> dataset,
+               std::vector<int64_t> indices,
+               LoaderOptions options)
     : dataset_(std::move(dataset)), indices_(std::move(indices)), options_(std::move(options)) {
     PF_CHECK(options_.batch_size >= 1, ConfigError, "batch size must be >= 1");
     PF_CHECK(options_.world_size >= 1 && options_.rank >= 0 && options_.rank < options_.world_size,
              ConfigError, "rank {} is not in [0, {})", options_.rank, options_.world_size);
 }
 
-Loader::~Loader() { stop_workers(); }
+Loader::~Loader() {
+    stop_workers();
+}
 
 int64_t Loader::num_batches() const {
     int64_t n = static_cast<int64_t>(indices_.size());
@@ -413,9 +452,11 @@ void Loader::start_epoch(int64_t epoch, int64_t first_batch) {
         std::shuffle(order.begin(), order.end(), rng);
     }
     if (options_.world_size > 1) {
-        // Like DistributedSampler: pad by wrapping to a multiple of world_size, then stride by rank.
+        // Like DistributedSampler: pad by wrapping to a multiple of world_size, then stride by
+        // rank.
         size_t total = (order.size() + static_cast<size_t>(options_.world_size) - 1) /
-                       static_cast<size_t>(options_.world_size) * static_cast<size_t>(options_.world_size);
+                       static_cast<size_t>(options_.world_size) *
+                       static_cast<size_t>(options_.world_size);
         for (size_t i = 0; order.size() < total; ++i) {
             order.push_back(order[i]);
         }
@@ -481,7 +522,8 @@ std::optional<Batch> Loader::next() {
 
 Batch Loader::make_batch(int64_t b) const {
     int64_t begin = b * options_.batch_size;
-    int64_t end = std::min<int64_t>(begin + options_.batch_size, static_cast<int64_t>(order_.size()));
+    int64_t end =
+        std::min<int64_t>(begin + options_.batch_size, static_cast<int64_t>(order_.size()));
     int64_t n = end - begin;
     std::vector<int64_t> shape = dataset_->shape();
     int64_t c = shape[0];
@@ -493,8 +535,11 @@ Batch Loader::make_batch(int64_t b) const {
     int64_t* lab = labels.data_ptr<int64_t>();
     std::vector<float> scale(static_cast<size_t>(c)), shift(static_cast<size_t>(c));
     for (int64_t k = 0; k < c; ++k) {
-        double m = options_.mean.empty() ? 0.0 : options_.mean[static_cast<size_t>(k) % options_.mean.size()];
-        double s = options_.std.empty() ? 1.0 : options_.std[static_cast<size_t>(k) % options_.std.size()];
+        double m = options_.mean.empty()
+                       ? 0.0
+                       : options_.mean[static_cast<size_t>(k) % options_.mean.size()];
+        double s =
+            options_.std.empty() ? 1.0 : options_.std[static_cast<size_t>(k) % options_.std.size()];
         scale[static_cast<size_t>(k)] = static_cast<float>(1.0 / (255.0 * s));
         shift[static_cast<size_t>(k)] = static_cast<float>(-m / s);
     }
@@ -505,14 +550,16 @@ Batch Loader::make_batch(int64_t b) const {
         PF_CHECK(img.channels == c, InputError, "image {} has {} channels, expected {}", index,
                  img.channels, c);
         lab[i] = dataset_->label(index);
-        std::mt19937_64 rng(mix(mix(options_.seed, static_cast<uint64_t>(epoch_)), static_cast<uint64_t>(begin + i)));
+        std::mt19937_64 rng(mix(mix(options_.seed, static_cast<uint64_t>(epoch_)),
+                                static_cast<uint64_t>(begin + i)));
         // Source window: its top-left corner (may be negative: zero padding) in the source image.
         int64_t y0 = (img.height - oh) / 2, x0 = (img.width - ow) / 2;
         bool flip = false;
         if (options_.augment) {
             if (aug.random_resized_crop) {
                 std::uniform_real_distribution<double> area(aug.min_scale, 1.0);
-                std::uniform_real_distribution<double> log_ratio(std::log(3.0 / 4.0), std::log(4.0 / 3.0));
+                std::uniform_real_distribution<double> log_ratio(std::log(3.0 / 4.0),
+                                                                 std::log(4.0 / 3.0));
                 double total = static_cast<double>(img.height * img.width);
                 double bh = img.height, bw = img.width, by = 0, bx = 0;
                 for (int attempt = 0; attempt < 10; ++attempt) {
@@ -586,8 +633,10 @@ DataBundle load_data(const DataConfig& cfg, uint64_t seed) {
         auto find = [&](const std::string& stem) {
             return first_existing(cfg.root, {stem + ".gz", stem});
         };
-        d.train_set = load_idx(find("train-images-idx3-ubyte"), find("train-labels-idx1-ubyte"), cfg.train_limit);
-        d.test_set = load_idx(find("t10k-images-idx3-ubyte"), find("t10k-labels-idx1-ubyte"), cfg.test_limit);
+        d.train_set = load_idx(find("train-images-idx3-ubyte"), find("train-labels-idx1-ubyte"),
+                               cfg.train_limit);
+        d.test_set = load_idx(find("t10k-images-idx3-ubyte"), find("t10k-labels-idx1-ubyte"),
+                              cfg.test_limit);
     } else if (ds == "cifar10" || ds == "cifar100") {
         std::string dir = cifar_dir(cfg.root, ds == "cifar100");
         d.train_set = load_cifar(dir, ds == "cifar100", true, cfg.train_limit);
@@ -597,10 +646,12 @@ DataBundle load_data(const DataConfig& cfg, uint64_t seed) {
         if (!fs::is_directory(val)) {
             val = fs::path(cfg.root) / "test";
         }
-        d.train_set = load_image_folder((fs::path(cfg.root) / "train").string(), cfg.resize, cfg.train_limit);
+        d.train_set =
+            load_image_folder((fs::path(cfg.root) / "train").string(), cfg.resize, cfg.train_limit);
         d.test_set = load_image_folder(val.string(), cfg.resize, cfg.test_limit);
     } else if (ds == "synthetic") {
-        d.train_set = make_synthetic(cfg.synthetic_train, cfg.synthetic_classes, cfg.synthetic_shape, seed + 1);
+        d.train_set = make_synthetic(cfg.synthetic_train, cfg.synthetic_classes,
+                                     cfg.synthetic_shape, seed + 1);
         // Same class patterns (same seed) so the test set measures the same task.
         auto all = make_synthetic(cfg.synthetic_train + cfg.synthetic_test, cfg.synthetic_classes,
                                   cfg.synthetic_shape, seed + 1);
@@ -617,7 +668,8 @@ DataBundle load_data(const DataConfig& cfg, uint64_t seed) {
     }
     int64_t n = d.train_set->size();
     PF_CHECK(cfg.val_size < n, ConfigError,
-             "failed to split data with val_size {}: the training set has only {} images", cfg.val_size, n);
+             "failed to split data with val_size {}: the training set has only {} images",
+             cfg.val_size, n);
     std::vector<int64_t> perm(static_cast<size_t>(n));
     std::iota(perm.begin(), perm.end(), 0);
     if (cfg.val_size > 0) {
@@ -636,8 +688,10 @@ DataBundle load_data(const DataConfig& cfg, uint64_t seed) {
     d.input_shape = shape;
     d.mean = cfg.mean;
     d.std = cfg.std;
-    PF_CHECK(d.mean.empty() || d.mean.size() == 1 || static_cast<int64_t>(d.mean.size()) == shape[0],
-             ConfigError, "data.mean has {} values but images have {} channels", d.mean.size(), shape[0]);
+    PF_CHECK(
+        d.mean.empty() || d.mean.size() == 1 || static_cast<int64_t>(d.mean.size()) == shape[0],
+        ConfigError, "data.mean has {} values but images have {} channels", d.mean.size(),
+        shape[0]);
     return d;
 }
 
@@ -653,7 +707,9 @@ LoaderOptions base_options(const DataBundle& d, const DataConfig& cfg) {
 }
 }  // namespace
 
-std::unique_ptr<Loader> DataBundle::train_loader(const DataConfig& cfg, uint64_t seed, int64_t rank,
+std::unique_ptr<Loader> DataBundle::train_loader(const DataConfig& cfg,
+                                                 uint64_t seed,
+                                                 int64_t rank,
                                                  int64_t world) const {
     LoaderOptions o = base_options(*this, cfg);
     o.batch_size = cfg.batch_size;

@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "pocketflow/graph.h"
 
-#include <ATen/ATen.h>
-#include <ATen/CPUGeneratorImpl.h>
-
 #include <cmath>
 #include <set>
+
+#include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 
 #include "pocketflow/error.h"
 #include "pocketflow/model.h"
@@ -18,20 +18,31 @@ struct OpEntry {
     const char* name;
 };
 constexpr OpEntry kOps[] = {
-    {Op::kInput, "Input"},         {Op::kConv2d, "Conv2d"},
-    {Op::kBatchNorm2d, "BatchNorm2d"}, {Op::kReLU, "ReLU"},
-    {Op::kClip, "Clip"},           {Op::kSigmoid, "Sigmoid"},
-    {Op::kHardSwish, "HardSwish"}, {Op::kAdd, "Add"},
-    {Op::kMul, "Mul"},             {Op::kConcat, "Concat"},
-    {Op::kMaxPool, "MaxPool"},     {Op::kAvgPool, "AvgPool"},
-    {Op::kGlobalAvgPool, "GlobalAvgPool"}, {Op::kFlatten, "Flatten"},
-    {Op::kReshape, "Reshape"},     {Op::kLinear, "Linear"},
-    {Op::kDropout, "Dropout"},     {Op::kIdentity, "Identity"},
+    {Op::kInput, "Input"},
+    {Op::kConv2d, "Conv2d"},
+    {Op::kBatchNorm2d, "BatchNorm2d"},
+    {Op::kReLU, "ReLU"},
+    {Op::kClip, "Clip"},
+    {Op::kSigmoid, "Sigmoid"},
+    {Op::kHardSigmoid, "HardSigmoid"},
+    {Op::kHardSwish, "HardSwish"},
+    {Op::kAdd, "Add"},
+    {Op::kMul, "Mul"},
+    {Op::kConcat, "Concat"},
+    {Op::kMaxPool, "MaxPool"},
+    {Op::kAvgPool, "AvgPool"},
+    {Op::kGlobalAvgPool, "GlobalAvgPool"},
+    {Op::kFlatten, "Flatten"},
+    {Op::kReshape, "Reshape"},
+    {Op::kLinear, "Linear"},
+    {Op::kDropout, "Dropout"},
+    {Op::kIdentity, "Identity"},
 };
 
 int64_t pool_out(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d, bool ceil_mode) {
     double v = static_cast<double>(in + 2 * p - d * (k - 1) - 1) / static_cast<double>(s) + 1;
-    int64_t out = ceil_mode ? static_cast<int64_t>(std::ceil(v)) : static_cast<int64_t>(std::floor(v));
+    int64_t out =
+        ceil_mode ? static_cast<int64_t>(std::ceil(v)) : static_cast<int64_t>(std::floor(v));
     // PyTorch: with ceil_mode the last window must start inside the input (or left padding).
     if (ceil_mode && (out - 1) * s >= in + p) {
         --out;
@@ -94,8 +105,15 @@ int Graph::add(Node node) {
     return output_;
 }
 
-int Graph::add_conv(const std::string& name, int in, int64_t c_in, int64_t c_out, int64_t k,
-                    int64_t stride, int64_t pad, int64_t groups, bool bias) {
+int Graph::add_conv(const std::string& name,
+                    int in,
+                    int64_t c_in,
+                    int64_t c_out,
+                    int64_t k,
+                    int64_t stride,
+                    int64_t pad,
+                    int64_t groups,
+                    bool bias) {
     Node n;
     n.name = name;
     n.op = Op::kConv2d;
@@ -151,7 +169,8 @@ int Graph::add_binary(const std::string& name, Op op, int a, int b) {
     return add(std::move(n));
 }
 
-int Graph::add_pool(const std::string& name, Op op, int in, int64_t k, int64_t stride, int64_t pad) {
+int Graph::add_pool(
+    const std::string& name, Op op, int in, int64_t k, int64_t stride, int64_t pad) {
     Node n;
     n.name = name;
     n.op = op;
@@ -199,7 +218,8 @@ std::vector<std::vector<int64_t>> Graph::infer_shapes() const {
     for (size_t i = 0; i < nodes_.size(); ++i) {
         const Node& n = nodes_[i];
         auto fail = [&](const std::string& why) {
-            throw InputError(fmt::format("invalid graph: node {} ({}): {}", n.name, op_name(n.op), why));
+            throw InputError(
+                fmt::format("invalid graph: node {} ({}): {}", n.name, op_name(n.op), why));
         };
         auto in = [&](size_t k) -> const std::vector<int64_t>& {
             if (k >= n.inputs.size()) {
@@ -245,20 +265,24 @@ std::vector<std::vector<int64_t>> Graph::infer_shapes() const {
                 if (w.dim() != 4 || a.groups < 1 || w.size(0) != a.out_channels ||
                     w.size(2) != a.kernel[0] || w.size(3) != a.kernel[1] ||
                     a.out_channels % a.groups != 0) {
-                    fail(fmt::format("weight {} does not match out_channels {}, kernel {}, groups {}",
-                                     shape_str(w.sizes().vec()), a.out_channels, shape_str(a.kernel),
-                                     a.groups));
+                    fail(fmt::format(
+                        "weight {} does not match out_channels {}, kernel {}, groups {}",
+                        shape_str(w.sizes().vec()), a.out_channels, shape_str(a.kernel), a.groups));
                 }
                 if (w.size(1) * a.groups != x[0]) {
                     fail(fmt::format("weight {} with groups {} expects {} input channels, got {}",
-                                     shape_str(w.sizes().vec()), a.groups, w.size(1) * a.groups, x[0]));
+                                     shape_str(w.sizes().vec()), a.groups, w.size(1) * a.groups,
+                                     x[0]));
                 }
                 auto b = n.params.find("bias");
-                if (b != n.params.end() && (b->second.dim() != 1 || b->second.size(0) != a.out_channels)) {
+                if (b != n.params.end() &&
+                    (b->second.dim() != 1 || b->second.size(0) != a.out_channels)) {
                     fail("bias does not have out_channels elements");
                 }
-                int64_t h = pool_out(x[1], a.kernel[0], a.stride[0], a.padding[0], a.dilation[0], false);
-                int64_t wd = pool_out(x[2], a.kernel[1], a.stride[1], a.padding[1], a.dilation[1], false);
+                int64_t h =
+                    pool_out(x[1], a.kernel[0], a.stride[0], a.padding[0], a.dilation[0], false);
+                int64_t wd =
+                    pool_out(x[2], a.kernel[1], a.stride[1], a.padding[1], a.dilation[1], false);
                 if (h < 1 || wd < 1) {
                     fail("input " + shape_str(x) + " is too small for the kernel");
                 }
@@ -270,8 +294,10 @@ std::vector<std::vector<int64_t>> Graph::infer_shapes() const {
                 int64_t c = param("weight").numel();
                 if (x.empty() || x[0] != c || param("bias").numel() != c ||
                     !n.buffers.count("running_mean") || !n.buffers.count("running_var") ||
-                    n.buffers.at("running_mean").numel() != c || n.buffers.at("running_var").numel() != c) {
-                    fail(fmt::format("parameters do not match {} channels of input {}", c, shape_str(x)));
+                    n.buffers.at("running_mean").numel() != c ||
+                    n.buffers.at("running_var").numel() != c) {
+                    fail(fmt::format("parameters do not match {} channels of input {}", c,
+                                     shape_str(x)));
                 }
                 out = x;
                 break;
@@ -279,6 +305,7 @@ std::vector<std::vector<int64_t>> Graph::infer_shapes() const {
             case Op::kReLU:
             case Op::kClip:
             case Op::kSigmoid:
+            case Op::kHardSigmoid:
             case Op::kHardSwish:
             case Op::kDropout:
             case Op::kIdentity:
@@ -294,7 +321,8 @@ std::vector<std::vector<int64_t>> Graph::infer_shapes() const {
                     int64_t da = k < r - a.size() ? 1 : a[k - (r - a.size())];
                     int64_t db = k < r - b.size() ? 1 : b[k - (r - b.size())];
                     if (da != db && da != 1 && db != 1) {
-                        fail(fmt::format("shapes {} and {} do not broadcast", shape_str(a), shape_str(b)));
+                        fail(fmt::format("shapes {} and {} do not broadcast", shape_str(a),
+                                         shape_str(b)));
                     }
                     out[k] = std::max(da, db);
                 }
@@ -329,8 +357,10 @@ std::vector<std::vector<int64_t>> Graph::infer_shapes() const {
                 if (x.size() != 3) {
                     fail("input is not [C, H, W]");
                 }
-                int64_t h = pool_out(x[1], a.kernel[0], a.stride[0], a.padding[0], a.dilation[0], a.ceil_mode);
-                int64_t w = pool_out(x[2], a.kernel[1], a.stride[1], a.padding[1], a.dilation[1], a.ceil_mode);
+                int64_t h = pool_out(x[1], a.kernel[0], a.stride[0], a.padding[0], a.dilation[0],
+                                     a.ceil_mode);
+                int64_t w = pool_out(x[2], a.kernel[1], a.stride[1], a.padding[1], a.dilation[1],
+                                     a.ceil_mode);
                 if (h < 1 || w < 1) {
                     fail("input " + shape_str(x) + " is too small for the pooling window");
                 }
@@ -376,7 +406,8 @@ std::vector<std::vector<int64_t>> Graph::infer_shapes() const {
                     out[static_cast<size_t>(unknown)] = numel(x) / known;
                 }
                 if (numel(out) != numel(x)) {
-                    fail(fmt::format("cannot reshape {} to {}", shape_str(x), shape_str(n.attrs.shape)));
+                    fail(fmt::format("cannot reshape {} to {}", shape_str(x),
+                                     shape_str(n.attrs.shape)));
                 }
                 break;
             }
@@ -387,7 +418,8 @@ std::vector<std::vector<int64_t>> Graph::infer_shapes() const {
                     fail("weight is not [out_features, in_features]");
                 }
                 if (x.empty() || x.back() != w.size(1)) {
-                    fail(fmt::format("input {} does not end in {} features", shape_str(x), w.size(1)));
+                    fail(fmt::format("input {} does not end in {} features", shape_str(x),
+                                     w.size(1)));
                 }
                 auto b = n.params.find("bias");
                 if (b != n.params.end() && b->second.numel() != w.size(0)) {
@@ -415,7 +447,8 @@ void Graph::validate() const {
                  n.name);
         for (int in : n.inputs) {
             PF_CHECK(in >= 0 && static_cast<size_t>(in) < i, InputError,
-                     "invalid graph: node {} reads node {} which does not come before it", n.name, in);
+                     "invalid graph: node {} reads node {} which does not come before it", n.name,
+                     in);
         }
         size_t arity = n.op == Op::kInput ? 0 : (n.op == Op::kAdd || n.op == Op::kMul) ? 2 : 1;
         if (n.op == Op::kConcat) {
@@ -423,8 +456,8 @@ void Graph::validate() const {
                      n.name);
         } else {
             PF_CHECK(n.inputs.size() == arity, InputError,
-                     "invalid graph: node {} ({}) has {} inputs, expected {}", n.name, op_name(n.op),
-                     n.inputs.size(), arity);
+                     "invalid graph: node {} ({}) has {} inputs, expected {}", n.name,
+                     op_name(n.op), n.inputs.size(), arity);
         }
         for (const auto* group : {&n.params, &n.buffers}) {
             for (const auto& [key, t] : *group) {
@@ -494,7 +527,8 @@ int64_t Graph::weight_bytes() const {
 int64_t Graph::num_classes() const {
     auto shapes = infer_shapes();
     const auto& out = shapes[static_cast<size_t>(output_)];
-    PF_CHECK(out.size() == 1, InputError, "the model's output {} is not a vector of class scores: shape [{}]",
+    PF_CHECK(out.size() == 1, InputError,
+             "the model's output {} is not a vector of class scores: shape [{}]",
              nodes_[static_cast<size_t>(output_)].name, fmt::join(out, ", "));
     return out[0];
 }
@@ -566,6 +600,8 @@ at::Tensor run_node(const Node& n, const std::vector<at::Tensor>& in, bool train
             return at::clamp(in[0], a.min, a.max);
         case Op::kSigmoid:
             return at::sigmoid(in[0]);
+        case Op::kHardSigmoid:
+            return at::clamp(in[0] * a.alpha + a.beta, 0.0, 1.0);
         case Op::kHardSwish:
             return at::hardswish(in[0]);
         case Op::kAdd:
@@ -606,8 +642,8 @@ Model::Model(Graph graph, ModelMeta meta) : graph_(std::move(graph)), meta_(std:
         }
         if (n.op == Op::kConv2d) {
             // Channels-last (NHWC) lets oneDNN run convolutions without layout reorders: about 1.3x
-            // faster training on CPU (docs/performance.md). set_data keeps the tensor's identity, so
-            // the graph and the module still share it.
+            // faster training on CPU (docs/performance.md). set_data keeps the tensor's identity,
+            // so the graph and the module still share it.
             at::Tensor& w = n.params.at("weight");
             w.set_data(w.contiguous(at::MemoryFormat::ChannelsLast));
         }
@@ -634,14 +670,15 @@ at::Tensor Model::forward(const at::Tensor& input) {
     return forward_capture(input, {}, none);
 }
 
-at::Tensor Model::forward_capture(const at::Tensor& input, const std::vector<int>& capture,
+at::Tensor Model::forward_capture(const at::Tensor& input,
+                                  const std::vector<int>& capture,
                                   std::vector<at::Tensor>& captured) {
     const auto& nodes = graph_.nodes();
     const auto& shape = graph_.input_shape();
     PF_CHECK(input.dim() == 4 && input.size(1) == shape[0] && input.size(2) == shape[1] &&
                  input.size(3) == shape[2],
-             InputError, "model expects input [N, {}, {}, {}], got [{}]", shape[0], shape[1], shape[2],
-             fmt::join(input.sizes().vec(), ", "));
+             InputError, "model expects input [N, {}, {}, {}], got [{}]", shape[0], shape[1],
+             shape[2], fmt::join(input.sizes().vec(), ", "));
     std::vector<at::Tensor> values(nodes.size());
     std::vector<at::Tensor> args;
     captured.assign(capture.size(), at::Tensor());

@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "pocketflow/pfm.h"
 
+#include <cstring>
+
 #include <ATen/ATen.h>
 #include <nlohmann/json.hpp>
-
-#include <cstring>
 
 #include "pocketflow/error.h"
 #include "pocketflow/util.h"
@@ -30,11 +30,22 @@ T get(const std::string& in, size_t offset) {
 }
 
 json attrs_to_json(const Attrs& a) {
-    return {{"kernel", a.kernel},   {"stride", a.stride},       {"padding", a.padding},
-            {"dilation", a.dilation}, {"groups", a.groups},     {"out_channels", a.out_channels},
-            {"ceil_mode", a.ceil_mode}, {"count_include_pad", a.count_include_pad},
-            {"min", a.min},         {"max", a.max},             {"eps", a.eps},
-            {"momentum", a.momentum}, {"p", a.p},               {"axis", a.axis},
+    return {{"kernel", a.kernel},
+            {"stride", a.stride},
+            {"padding", a.padding},
+            {"dilation", a.dilation},
+            {"groups", a.groups},
+            {"out_channels", a.out_channels},
+            {"ceil_mode", a.ceil_mode},
+            {"count_include_pad", a.count_include_pad},
+            {"min", a.min},
+            {"alpha", a.alpha},
+            {"beta", a.beta},
+            {"max", a.max},
+            {"eps", a.eps},
+            {"momentum", a.momentum},
+            {"p", a.p},
+            {"axis", a.axis},
             {"shape", a.shape}};
 }
 
@@ -50,6 +61,8 @@ Attrs attrs_from_json(const json& j) {
     a.count_include_pad = j.at("count_include_pad").get<bool>();
     a.min = j.at("min").get<double>();
     a.max = j.at("max").get<double>();
+    a.alpha = j.at("alpha").get<double>();
+    a.beta = j.at("beta").get<double>();
     a.eps = j.at("eps").get<double>();
     a.momentum = j.at("momentum").get<double>();
     a.p = j.at("p").get<double>();
@@ -85,12 +98,13 @@ void save_model(const std::string& path, const Graph& graph, const ModelMeta& me
         }
         nodes.push_back(std::move(jn));
     }
-    json header = {{"format_version", kPfmFormatVersion},
-                   {"input_shape", graph.input_shape()},
-                   {"output", graph.output()},
-                   {"meta",
-                    {{"arch", meta.arch}, {"dataset", meta.dataset}, {"mean", meta.mean}, {"std", meta.std}}},
-                   {"nodes", std::move(nodes)}};
+    json header = {
+        {"format_version", kPfmFormatVersion},
+        {"input_shape", graph.input_shape()},
+        {"output", graph.output()},
+        {"meta",
+         {{"arch", meta.arch}, {"dataset", meta.dataset}, {"mean", meta.mean}, {"std", meta.std}}},
+        {"nodes", std::move(nodes)}};
     std::string header_text = header.dump();
     std::string out;
     out.reserve(kPrefix + header_text.size() + data.size() + 4);

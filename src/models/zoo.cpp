@@ -19,12 +19,23 @@ struct Builder {
 
     explicit Builder(const std::vector<int64_t>& shape) : g(shape), c(shape[0]) {}
 
-    int conv(const std::string& name, int in, int64_t c_in, int64_t c_out, int64_t k, int64_t s,
-             int64_t p, int64_t groups = 1, bool bias = false) {
+    int conv(const std::string& name,
+             int in,
+             int64_t c_in,
+             int64_t c_out,
+             int64_t k,
+             int64_t s,
+             int64_t p,
+             int64_t groups = 1,
+             bool bias = false) {
         return g.add_conv(name, in, c_in, c_out, k, s, p, groups, bias);
     }
     /// conv → BN → activation (kReLU, kClip for ReLU6, or kIdentity for none).
-    void conv_bn(const std::string& name, int64_t c_out, int64_t k, int64_t s, int64_t groups = 1,
+    void conv_bn(const std::string& name,
+                 int64_t c_out,
+                 int64_t k,
+                 int64_t s,
+                 int64_t groups = 1,
                  Op act = Op::kReLU) {
         x = conv(name, x, c, c_out, k, s, k / 2, groups);
         x = g.add_bn(name + "_bn", x, c_out);
@@ -109,7 +120,8 @@ Graph resnet_cifar(int depth, int64_t nc, const std::vector<int64_t>& shape) {
     const int64_t widths[] = {16, 32, 64};
     for (int s = 0; s < 3; ++s) {
         for (int i = 0; i < n; ++i) {
-            basic_block(b, fmt::format("layer{}_{}", s + 1, i), widths[s], (i == 0 && s > 0) ? 2 : 1);
+            basic_block(b, fmt::format("layer{}_{}", s + 1, i), widths[s],
+                        (i == 0 && s > 0) ? 2 : 1);
         }
     }
     b.classifier(nc);
@@ -117,7 +129,8 @@ Graph resnet_cifar(int depth, int64_t nc, const std::vector<int64_t>& shape) {
 }
 
 Graph resnet_imagenet(int depth, int64_t nc, const std::vector<int64_t>& shape) {
-    std::vector<int> blocks = depth == 18 ? std::vector<int>{2, 2, 2, 2} : std::vector<int>{3, 4, 6, 3};
+    std::vector<int> blocks =
+        depth == 18 ? std::vector<int>{2, 2, 2, 2} : std::vector<int>{3, 4, 6, 3};
     bool use_bottleneck = depth == 50;
     Builder b(shape);
     b.x = b.conv("conv1", b.x, b.c, 64, 7, 2, 3);
@@ -144,8 +157,8 @@ Graph resnet_imagenet(int depth, int64_t nc, const std::vector<int64_t>& shape) 
 Graph mobilenet_v1(int64_t nc, const std::vector<int64_t>& shape) {
     Builder b(shape);
     b.conv_bn("conv1", 32, 3, 2);
-    const std::pair<int64_t, int64_t> cfg[] = {{64, 1},  {128, 2}, {128, 1}, {256, 2}, {256, 1},
-                                               {512, 2}, {512, 1}, {512, 1}, {512, 1}, {512, 1},
+    const std::pair<int64_t, int64_t> cfg[] = {{64, 1},  {128, 2},  {128, 1}, {256, 2}, {256, 1},
+                                               {512, 2}, {512, 1},  {512, 1}, {512, 1}, {512, 1},
                                                {512, 1}, {1024, 2}, {1024, 1}};
     int i = 0;
     for (const auto& [c_out, s] : cfg) {
@@ -163,8 +176,8 @@ Graph mobilenet_v2(int64_t nc, const std::vector<int64_t>& shape) {
     struct Setting {
         int64_t t, c, n, s;
     };
-    const Setting settings[] = {{1, 16, 1, 1},  {6, 24, 2, 2},  {6, 32, 3, 2}, {6, 64, 4, 2},
-                                {6, 96, 3, 1},  {6, 160, 3, 2}, {6, 320, 1, 1}};
+    const Setting settings[] = {{1, 16, 1, 1}, {6, 24, 2, 2},  {6, 32, 3, 2}, {6, 64, 4, 2},
+                                {6, 96, 3, 1}, {6, 160, 3, 2}, {6, 320, 1, 1}};
     int block = 0;
     for (const auto& st : settings) {
         for (int64_t i = 0; i < st.n; ++i) {
@@ -189,7 +202,8 @@ Graph mobilenet_v2(int64_t nc, const std::vector<int64_t>& shape) {
 
 Graph vgg16(int64_t nc, const std::vector<int64_t>& shape) {
     Builder b(shape);
-    const int64_t cfg[] = {64, 64, 0, 128, 128, 0, 256, 256, 256, 0, 512, 512, 512, 0, 512, 512, 512, 0};
+    const int64_t cfg[] = {64, 64,  0,   128, 128, 0,   256, 256, 256,
+                           0,  512, 512, 512, 0,   512, 512, 512, 0};
     int conv = 0, pool = 0;
     for (int64_t v : cfg) {
         if (v == 0) {
@@ -241,17 +255,20 @@ std::vector<std::string> zoo_names() {
     return names;
 }
 
-Graph build_zoo_model(const std::string& arch, int64_t num_classes,
-                      const std::vector<int64_t>& input_shape, uint64_t seed) {
+Graph build_zoo_model(const std::string& arch,
+                      int64_t num_classes,
+                      const std::vector<int64_t>& input_shape,
+                      uint64_t seed) {
     auto it = zoo().find(arch);
     if (it == zoo().end()) {
         std::string hint = nearest_match(arch, zoo_names());
-        throw ConfigError(fmt::format("unknown architecture '{}'{}; available: {}", arch,
-                                      hint.empty() ? "" : fmt::format(" (did you mean '{}'?)", hint),
-                                      join(zoo_names(), ", ")));
+        throw ConfigError(
+            fmt::format("unknown architecture '{}'{}; available: {}", arch,
+                        hint.empty() ? "" : fmt::format(" (did you mean '{}'?)", hint),
+                        join(zoo_names(), ", ")));
     }
-    PF_CHECK(num_classes >= 1, ConfigError, "failed to build {} with {} classes: must be >= 1", arch,
-             num_classes);
+    PF_CHECK(num_classes >= 1, ConfigError, "failed to build {} with {} classes: must be >= 1",
+             arch, num_classes);
     PF_CHECK(input_shape.size() == 3 && input_shape[0] >= 1 && input_shape[1] >= 1 &&
                  input_shape[2] >= 1,
              ConfigError, "failed to build {}: input shape must be [C, H, W] with positive sizes",

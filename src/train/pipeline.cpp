@@ -1,17 +1,18 @@
 // SPDX-License-Identifier: Apache-2.0
 // Runs a job: run directory, model, pipeline of learner stages, final evaluation and outputs.
+#include <chrono>
+#include <filesystem>
+#include <mutex>
+
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
 #include <link.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/spdlog.h>
 
-#include <chrono>
-#include <filesystem>
-#include <mutex>
-
 #include "pocketflow/error.h"
 #include "pocketflow/learner.h"
+#include "pocketflow/onnx.h"
 #include "pocketflow/pfm.h"
 #include "pocketflow/util.h"
 #include "pocketflow/zoo.h"
@@ -29,7 +30,9 @@ RunDir::RunDir(fs::path path) : path_(std::move(path)) {
     PF_CHECK(metrics_.good(), IoError, "failed to open {}", (path_ / "metrics.jsonl").string());
 }
 
-fs::path RunDir::checkpoint(const std::string& tag) const { return path_ / "checkpoints" / (tag + ".ckpt"); }
+fs::path RunDir::checkpoint(const std::string& tag) const {
+    return path_ / "checkpoints" / (tag + ".ckpt");
+}
 
 void RunDir::log_metrics(const json& row) {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -38,7 +41,8 @@ void RunDir::log_metrics(const json& row) {
 }
 
 void LearnerRegistry::add(LearnerInfo info) {
-    PF_CHECK(!info.name.empty() && info.create, Error, "learner registration needs a name and a factory");
+    PF_CHECK(!info.name.empty() && info.create, Error,
+             "learner registration needs a name and a factory");
     PF_CHECK(learners_.count(info.name) == 0, Error, "learner '{}' registered twice", info.name);
     learners_.emplace(info.name, std::move(info));
 }
@@ -84,7 +88,8 @@ void check_blas() {
         dl_iterate_phdr(
             [](dl_phdr_info* info, size_t, void* data) {
                 std::string name = info->dlpi_name ? info->dlpi_name : "";
-                if (name.find("blas") != std::string::npos || name.find("mkl") != std::string::npos) {
+                if (name.find("blas") != std::string::npos ||
+                    name.find("mkl") != std::string::npos) {
                     std::error_code ec;
                     auto real = fs::canonical(name, ec);
                     *static_cast<std::string*>(data) += (ec ? name : real.string()) + ";";
@@ -92,18 +97,23 @@ void check_blas() {
                 return 0;
             },
             &found);
-        bool fast = found.find("openblas") != std::string::npos || found.find("mkl") != std::string::npos ||
+        bool fast = found.find("openblas") != std::string::npos ||
+                    found.find("mkl") != std::string::npos ||
                     found.find("blis") != std::string::npos;
         if (!fast) {
-            spdlog::warn("LibTorch is not using OpenBLAS (BLAS libraries loaded: {}); matrix products may "
-                         "be ~25x slower. Install libopenblas0-pthread (tools/setup.sh does).",
-                         found.empty() ? "none found" : found);
+            spdlog::warn(
+                "LibTorch is not using OpenBLAS (BLAS libraries loaded: {}); matrix products may "
+                "be ~25x slower. Install libopenblas0-pthread (tools/setup.sh does).",
+                found.empty() ? "none found" : found);
         }
     });
 }
 
-std::shared_ptr<Model> make_model(const Job& job, const std::vector<int64_t>& input_shape, int64_t num_classes,
-                                  const std::vector<double>& mean, const std::vector<double>& std) {
+std::shared_ptr<Model> make_model(const Job& job,
+                                  const std::vector<int64_t>& input_shape,
+                                  int64_t num_classes,
+                                  const std::vector<double>& mean,
+                                  const std::vector<double>& std) {
     const ModelConfig& m = job.model;
     ModelMeta meta{m.arch, job.data.dataset, mean, std};
     std::vector<int64_t> shape = input_shape;
@@ -117,13 +127,14 @@ std::shared_ptr<Model> make_model(const Job& job, const std::vector<int64_t>& in
     PF_CHECK(classes >= num_classes, ConfigError,
              "{}: failed to build the model with model.num_classes {}: the data has {} classes",
              job.source.file, classes, num_classes);
-    if (!m.path.empty()) {
-        ModelFile file = load_model(m.path);
+    if (!m.path.empty() || !m.onnx.empty()) {
+        const std::string& source = m.path.empty() ? m.onnx : m.path;
+        ModelFile file = m.path.empty() ? import_onnx(m.onnx, {m.input}) : load_model(m.path);
         PF_CHECK(file.graph.input_shape() == input_shape, ConfigError,
-                 "failed to use model {}: it takes input [{}], the data gives [{}]", m.path,
+                 "failed to use model {}: it takes input [{}], the data gives [{}]", source,
                  fmt::join(file.graph.input_shape(), ", "), fmt::join(input_shape, ", "));
         PF_CHECK(file.graph.num_classes() >= num_classes, ConfigError,
-                 "failed to use model {}: it has {} outputs, the data has {} classes", m.path,
+                 "failed to use model {}: it has {} outputs, the data has {} classes", source,
                  file.graph.num_classes(), num_classes);
         file.meta.dataset = job.data.dataset;
         file.meta.mean = mean;
@@ -137,14 +148,16 @@ std::shared_ptr<Model> make_model(const Job& job, const std::vector<int64_t>& in
         const auto& b = init.graph.nodes();
         bool same = a.size() == b.size();
         for (size_t i = 0; same && i < a.size(); ++i) {
-            same = a[i].name == b[i].name && a[i].op == b[i].op && a[i].params.size() == b[i].params.size() &&
+            same = a[i].name == b[i].name && a[i].op == b[i].op &&
+                   a[i].params.size() == b[i].params.size() &&
                    a[i].buffers.size() == b[i].buffers.size();
             for (const auto& [key, t] : a[i].params) {
                 same = same && b[i].params.count(key) && b[i].params.at(key).sizes() == t.sizes();
             }
         }
-        PF_CHECK(same, ConfigError, "failed to initialise {} from {}: the file holds a different graph "
-                                    "(use model.path to start from a model with its own graph)",
+        PF_CHECK(same, ConfigError,
+                 "failed to initialise {} from {}: the file holds a different graph "
+                 "(use model.path to start from a model with its own graph)",
                  m.arch, m.init);
         g = std::move(init.graph);
     }
@@ -161,7 +174,9 @@ std::shared_ptr<Model> make_teacher(const RunContext& ctx) {
         ModelFile file = load_model(d.teacher);
         PF_CHECK(file.graph.input_shape() == ctx.model->graph().input_shape() &&
                      file.graph.num_classes() == ctx.model->graph().num_classes(),
-                 ConfigError, "failed to use teacher {}: its input/classes differ from the student's", d.teacher);
+                 ConfigError,
+                 "failed to use teacher {}: its input/classes differ from the student's",
+                 d.teacher);
         teacher = std::make_shared<Model>(std::move(file.graph), file.meta);
     } else {
         teacher = std::make_shared<Model>(ctx.model->graph().clone(), ctx.model->meta());
@@ -171,7 +186,8 @@ std::shared_ptr<Model> make_teacher(const RunContext& ctx) {
 }
 
 Trainer make_trainer(RunContext& ctx, const TrainConfig& config, const std::string& suffix) {
-    Trainer trainer(config, &ctx.run, fmt::format("stage{}_{}{}", ctx.stage_index, ctx.stage.learner, suffix));
+    Trainer trainer(config, &ctx.run,
+                    fmt::format("stage{}_{}{}", ctx.stage_index, ctx.stage.learner, suffix));
     trainer.set_resume(ctx.resume);
     trainer.set_stop_after_steps(ctx.stop_after_steps);
     if (auto teacher = make_teacher(ctx)) {
@@ -196,8 +212,8 @@ fs::path choose_run_dir(const Job& job, bool resume) {
                 }
             }
         }
-        PF_CHECK(!runs.empty(), InputError, "failed to resume job {}: no earlier run under {}", job.name,
-                 base.string());
+        PF_CHECK(!runs.empty(), InputError, "failed to resume job {}: no earlier run under {}",
+                 job.name, base.string());
         std::sort(runs.begin(), runs.end());
         return runs.back();
     }
@@ -230,13 +246,15 @@ json run_job(const Job& job, const RunOptions& options) {
     fs::path config_path = dir / "resolved_config.yaml";
     if (options.resume && fs::exists(config_path)) {
         PF_CHECK(read_file(config_path) == config_text, ConfigError,
-                 "failed to resume in {}: the job differs from the run's resolved_config.yaml; resume with the "
+                 "failed to resume in {}: the job differs from the run's resolved_config.yaml; "
+                 "resume with the "
                  "same job and overrides, or start a new run",
                  dir.string());
     }
     RunDir run(dir);
     write_file_atomic(config_path, config_text);
-    auto file_sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>((dir / "log.txt").string());
+    auto file_sink =
+        std::make_shared<spdlog::sinks::basic_file_sink_mt>((dir / "log.txt").string());
     spdlog::default_logger()->sinks().push_back(file_sink);
     struct SinkGuard {
         std::shared_ptr<spdlog::sinks::sink> sink;
@@ -245,16 +263,18 @@ json run_job(const Job& job, const RunOptions& options) {
             sinks.erase(std::remove(sinks.begin(), sinks.end(), sink), sinks.end());
         }
     } guard{file_sink};
-    spdlog::info("run directory {} ({} threads{})", dir.string(), threads, options.resume ? ", resuming" : "");
+    spdlog::info("run directory {} ({} threads{})", dir.string(), threads,
+                 options.resume ? ", resuming" : "");
 
     DataBundle data = load_data(job.data, job.seed);
-    spdlog::info("data {}: {} train, {} validation, {} test images of [{}], {} classes", job.data.dataset,
-                 data.train_indices.size(), data.val_indices.size(), data.test_indices.size(),
-                 fmt::join(data.input_shape, ", "), data.num_classes);
+    spdlog::info("data {}: {} train, {} validation, {} test images of [{}], {} classes",
+                 job.data.dataset, data.train_indices.size(), data.val_indices.size(),
+                 data.test_indices.size(), fmt::join(data.input_shape, ", "), data.num_classes);
     auto model = make_model(job, data.input_shape, data.num_classes, data.mean, data.std);
     const int64_t macs_before = model->graph().total_macs();
     const int64_t params_before = model->graph().total_params();
-    spdlog::info("model {}: {} params, {} MACs", model->meta().arch, human_count(static_cast<double>(params_before)),
+    spdlog::info("model {}: {} params, {} MACs", model->meta().arch,
+                 human_count(static_cast<double>(params_before)),
                  human_count(static_cast<double>(macs_before)));
 
     json stages = json::array();
@@ -266,16 +286,19 @@ json run_job(const Job& job, const RunOptions& options) {
             ModelFile file = load_model(stage_model.string());
             model = std::make_shared<Model>(std::move(file.graph), file.meta);
             stages.push_back(json::parse(read_file(stage_summary)));
-            spdlog::info("stage {} ({}) already done: loaded {}", i, stage.learner, stage_model.string());
+            spdlog::info("stage {} ({}) already done: loaded {}", i, stage.learner,
+                         stage_model.string());
             continue;
         }
         spdlog::info("stage {} of {}: {}", i + 1, job.pipeline.size(), stage.learner);
-        RunContext ctx{job, stage, static_cast<int>(i), model, data, run, options.resume, options.stop_after_steps};
+        RunContext ctx{job,  stage, static_cast<int>(i), model,
+                       data, run,   options.resume,      options.stop_after_steps};
         auto stage_start = std::chrono::steady_clock::now();
         json summary = learners[i]->run(ctx);
         model = ctx.model;
         summary["learner"] = stage.learner;
-        summary["seconds"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - stage_start).count();
+        summary["seconds"] =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - stage_start).count();
         summary["params"] = model->graph().total_params();
         summary["macs"] = model->graph().total_macs();
         save_model(stage_model.string(), model->graph(), model->meta());
@@ -287,26 +310,36 @@ json run_job(const Job& job, const RunOptions& options) {
     EvalResult test = evaluate(*model, *test_loader);
     fs::path model_path = dir / "model.pfm";
     save_model(model_path.string(), model->graph(), model->meta());
-    json summary = {{"run_dir", dir.string()},
-                    {"model", model_path.string()},
-                    {"arch", model->meta().arch},
-                    {"dataset", job.data.dataset},
-                    {"top1", test.top1},
-                    {"top5", test.top5},
-                    {"loss", test.loss},
-                    {"samples", test.samples},
-                    {"params", model->graph().total_params()},
-                    {"macs", model->graph().total_macs()},
-                    {"params_before", params_before},
-                    {"macs_before", macs_before},
-                    {"weight_bytes", model->graph().weight_bytes()},
-                    {"file_bytes", fs::file_size(model_path)},
-                    {"threads", threads},
-                    {"seconds", std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()},
-                    {"stages", stages}};
+    json summary = {
+        {"run_dir", dir.string()},
+        {"model", model_path.string()},
+        {"arch", model->meta().arch},
+        {"dataset", job.data.dataset},
+        {"top1", test.top1},
+        {"top5", test.top5},
+        {"loss", test.loss},
+        {"samples", test.samples},
+        {"params", model->graph().total_params()},
+        {"macs", model->graph().total_macs()},
+        {"params_before", params_before},
+        {"macs_before", macs_before},
+        {"weight_bytes", model->graph().weight_bytes()},
+        {"file_bytes", fs::file_size(model_path)},
+        {"threads", threads},
+        {"seconds",
+         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()},
+        {"stages", stages}};
+    if (job.export_.onnx) {
+        fs::path onnx_path = dir / "model.onnx";
+        export_onnx(onnx_path.string(), model->graph(), model->meta(),
+                    {job.export_.opset, job.export_.dynamic_batch, true});
+        summary["onnx"] = onnx_path.string();
+        summary["onnx_bytes"] = fs::file_size(onnx_path);
+        spdlog::info("wrote {}", onnx_path.string());
+    }
     write_file_atomic(dir / "summary.json", summary.dump(2));
-    spdlog::info("test top-1 {:.2f}% top-5 {:.2f}% loss {:.4f} on {} images; wrote {}", test.top1, test.top5,
-                 test.loss, test.samples, model_path.string());
+    spdlog::info("test top-1 {:.2f}% top-5 {:.2f}% loss {:.4f} on {} images; wrote {}", test.top1,
+                 test.top5, test.loss, test.samples, model_path.string());
     return summary;
 }
 

@@ -1,6 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "pocketflow/trainer.h"
 
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <sstream>
+
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <spdlog/spdlog.h>
@@ -11,11 +16,6 @@
 #include <torch/serialize/input-archive.h>
 #include <torch/serialize/output-archive.h>
 #include <unistd.h>
-
-#include <chrono>
-#include <cmath>
-#include <filesystem>
-#include <sstream>
 
 #include "pocketflow/error.h"
 #include "pocketflow/learner.h"
@@ -36,7 +36,8 @@ at::Tensor cross_entropy(const at::Tensor& logits, const at::Tensor& labels, dou
     return (1.0 - smoothing) * nll + smoothing * uniform;
 }
 
-at::Tensor distillation_loss(const at::Tensor& student_logits, const at::Tensor& teacher_logits,
+at::Tensor distillation_loss(const at::Tensor& student_logits,
+                             const at::Tensor& teacher_logits,
                              double temperature) {
     at::Tensor log_p_student = at::log_softmax(student_logits / temperature, 1);
     at::Tensor log_p_teacher = at::log_softmax(teacher_logits / temperature, 1);
@@ -45,7 +46,10 @@ at::Tensor distillation_loss(const at::Tensor& student_logits, const at::Tensor&
     return kl * (temperature * temperature);
 }
 
-double learning_rate_at(const ScheduleConfig& s, double base_lr, double epoch, int64_t total_epochs) {
+double learning_rate_at(const ScheduleConfig& s,
+                        double base_lr,
+                        double epoch,
+                        int64_t total_epochs) {
     double total = static_cast<double>(total_epochs);
     if (s.warmup_epochs > 0 && epoch < s.warmup_epochs) {
         return base_lr * epoch / s.warmup_epochs;
@@ -78,7 +82,8 @@ EvalResult evaluate(Model& model, Loader& loader) {
     while (auto batch = loader.next()) {
         at::Tensor logits = model.forward(batch->images);
         const int64_t n = batch->labels.size(0);
-        loss_sum += at::cross_entropy_loss(logits, batch->labels, {}, at::Reduction::Sum).item<double>();
+        loss_sum +=
+            at::cross_entropy_loss(logits, batch->labels, {}, at::Reduction::Sum).item<double>();
         int64_t k = std::min<int64_t>(5, logits.size(1));
         at::Tensor topk = std::get<1>(logits.topk(k, 1));
         at::Tensor hits = topk.eq(batch->labels.unsqueeze(1));
@@ -102,16 +107,19 @@ namespace {
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerConfig& c, Model& model) {
     auto params = model.parameters();
     if (c.name == "sgd") {
-        return std::make_unique<torch::optim::SGD>(
-            params, torch::optim::SGDOptions(c.lr).momentum(c.momentum).nesterov(c.nesterov).weight_decay(
-                        c.weight_decay));
+        return std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(c.lr)
+                                                               .momentum(c.momentum)
+                                                               .nesterov(c.nesterov)
+                                                               .weight_decay(c.weight_decay));
     }
     if (c.name == "adam") {
         return std::make_unique<torch::optim::Adam>(
-            params, torch::optim::AdamOptions(c.lr).betas({c.beta1, c.beta2}).weight_decay(c.weight_decay));
+            params,
+            torch::optim::AdamOptions(c.lr).betas({c.beta1, c.beta2}).weight_decay(c.weight_decay));
     }
     return std::make_unique<torch::optim::AdamW>(
-        params, torch::optim::AdamWOptions(c.lr).betas({c.beta1, c.beta2}).weight_decay(c.weight_decay));
+        params,
+        torch::optim::AdamWOptions(c.lr).betas({c.beta1, c.beta2}).weight_decay(c.weight_decay));
 }
 
 /// Where a training is: the epoch/batch to run next plus the running sums of the current epoch.
@@ -120,7 +128,10 @@ struct Position {
     double loss_sum = 0, correct = 0, seen = 0;
 };
 
-void save_checkpoint(const fs::path& path, Model& model, torch::optim::Optimizer& opt, const Position& pos) {
+void save_checkpoint(const fs::path& path,
+                     Model& model,
+                     torch::optim::Optimizer& opt,
+                     const Position& pos) {
     torch::serialize::OutputArchive archive, model_ar, opt_ar;
     model.save(model_ar);
     opt.save(opt_ar);
@@ -191,7 +202,10 @@ void Trainer::set_teacher(std::shared_ptr<Model> teacher, const DistillationConf
     }
 }
 
-TrainResult Trainer::fit(Model& model, const DataBundle& data, const DataConfig& data_config, uint64_t seed) {
+TrainResult Trainer::fit(Model& model,
+                         const DataBundle& data,
+                         const DataConfig& data_config,
+                         uint64_t seed) {
     TrainResult result;
     auto loader = data.train_loader(data_config, seed);
     std::unique_ptr<Loader> val_loader;
@@ -202,15 +216,17 @@ TrainResult Trainer::fit(Model& model, const DataBundle& data, const DataConfig&
     if (config_.steps_per_epoch > 0) {
         per_epoch = std::min(per_epoch, config_.steps_per_epoch);
     }
-    PF_CHECK(per_epoch > 0, ConfigError, "failed to train: no full batch of {} in {} training images",
-             data_config.batch_size, loader->num_samples());
+    PF_CHECK(per_epoch > 0, ConfigError,
+             "failed to train: no full batch of {} in {} training images", data_config.batch_size,
+             loader->num_samples());
     const int64_t total_steps = per_epoch * config_.epochs;
     auto optimizer = make_optimizer(config_.optimizer, model);
     Position pos;
     const fs::path ckpt = run_ ? run_->checkpoint(tag_) : fs::path();
     if (resume_ && run_ && fs::exists(ckpt)) {
         pos = load_checkpoint(ckpt, model, *optimizer);
-        spdlog::info("[{}] resumed from {} at epoch {} step {}", tag_, ckpt.string(), pos.epoch + 1, pos.step);
+        spdlog::info("[{}] resumed from {} at epoch {} step {}", tag_, ckpt.string(), pos.epoch + 1,
+                     pos.step);
     }
     const bool tty = ::isatty(STDERR_FILENO) == 1;
     model.train();
@@ -232,10 +248,11 @@ TrainResult Trainer::fit(Model& model, const DataBundle& data, const DataConfig&
             if (!batch) {
                 break;
             }
-            double lr = learning_rate_at(config_.schedule, config_.optimizer.lr,
-                                         static_cast<double>(pos.epoch) +
-                                             static_cast<double>(pos.batch) / static_cast<double>(per_epoch),
-                                         config_.epochs);
+            double lr = learning_rate_at(
+                config_.schedule, config_.optimizer.lr,
+                static_cast<double>(pos.epoch) +
+                    static_cast<double>(pos.batch) / static_cast<double>(per_epoch),
+                config_.epochs);
             for (auto& group : optimizer->param_groups()) {
                 group.options().set_lr(lr);
             }
@@ -249,7 +266,8 @@ TrainResult Trainer::fit(Model& model, const DataBundle& data, const DataConfig&
                     teacher_logits = teacher_->forward(batch->images);
                 }
                 loss = (1.0 - distillation_.weight) * loss +
-                       distillation_.weight * distillation_loss(logits, teacher_logits, distillation_.temperature);
+                       distillation_.weight *
+                           distillation_loss(logits, teacher_logits, distillation_.temperature);
             }
             for (const auto& term : loss_terms_) {
                 loss = loss + term(batch->images, logits, batch->labels);
@@ -257,7 +275,8 @@ TrainResult Trainer::fit(Model& model, const DataBundle& data, const DataConfig&
             double loss_value = loss.item<double>();
             if (!std::isfinite(loss_value)) {
                 throw NumericError(fmt::format(
-                    "[{}] loss became {} at epoch {} step {} (lr {:.4g}); stopped without overwriting "
+                    "[{}] loss became {} at epoch {} step {} (lr {:.4g}); stopped without "
+                    "overwriting "
                     "the last good checkpoint{}. Lower train.optimizer.lr or set train.grad_clip",
                     tag_, loss_value, pos.epoch + 1, pos.step, lr,
                     run_ && fs::exists(ckpt) ? " " + ckpt.string() : ""));
@@ -279,7 +298,8 @@ TrainResult Trainer::fit(Model& model, const DataBundle& data, const DataConfig&
             ++steps_this_process;
             window_images += n;
             // Throughput leaves out this process's first steps, where oneDNN builds its kernels.
-            if (steps_this_process > kWarmupSteps || per_epoch * config_.epochs <= 2 * kWarmupSteps) {
+            if (steps_this_process > kWarmupSteps ||
+                per_epoch * config_.epochs <= 2 * kWarmupSteps) {
                 train_images += n;
                 train_seconds += std::chrono::duration<double>(Clock::now() - step_start).count();
             }
@@ -288,11 +308,15 @@ TrainResult Trainer::fit(Model& model, const DataBundle& data, const DataConfig&
             if (log_now || tty) {
                 double window = std::chrono::duration<double>(Clock::now() - window_start).count();
                 double ips = window > 0 ? static_cast<double>(window_images) / window : 0;
-                double eta = ips > 0 ? static_cast<double>(total_steps - pos.step) * data_config.batch_size / ips : 0;
+                double eta = ips > 0 ? static_cast<double>(total_steps - pos.step) *
+                                           data_config.batch_size / ips
+                                     : 0;
                 std::string line = fmt::format(
-                    "[{}] epoch {}/{} step {}/{} loss {:.4f} acc {:.2f}% lr {:.4g} {:.0f} img/s ETA {}", tag_,
-                    pos.epoch + 1, config_.epochs, pos.batch, per_epoch, pos.loss_sum / pos.seen,
-                    100.0 * pos.correct / pos.seen, lr, ips, format_eta(eta));
+                    "[{}] epoch {}/{} step {}/{} loss {:.4f} acc {:.2f}% lr {:.4g} {:.0f} img/s "
+                    "ETA {}",
+                    tag_, pos.epoch + 1, config_.epochs, pos.batch, per_epoch,
+                    pos.loss_sum / pos.seen, 100.0 * pos.correct / pos.seen, lr, ips,
+                    format_eta(eta));
                 if (tty) {
                     fmt::print(stderr, "\r\033[K{}", line);
                     if (pos.batch == per_epoch) {
@@ -302,45 +326,54 @@ TrainResult Trainer::fit(Model& model, const DataBundle& data, const DataConfig&
                     spdlog::info("{}", line);
                 }
                 if (log_now && run_) {
-                    run_->log_metrics({{"stage", tag_}, {"kind", "step"}, {"epoch", pos.epoch + 1},
-                                       {"step", pos.step}, {"lr", lr}, {"loss", pos.loss_sum / pos.seen},
-                                       {"top1", 100.0 * pos.correct / pos.seen}, {"images_per_s", ips}});
+                    run_->log_metrics({{"stage", tag_},
+                                       {"kind", "step"},
+                                       {"epoch", pos.epoch + 1},
+                                       {"step", pos.step},
+                                       {"lr", lr},
+                                       {"loss", pos.loss_sum / pos.seen},
+                                       {"top1", 100.0 * pos.correct / pos.seen},
+                                       {"images_per_s", ips}});
                 }
                 if (log_now) {
                     window_start = Clock::now();
                     window_images = 0;
                 }
             }
-            const bool interrupted =
-                stop_requested() || (stop_after_steps_ > 0 && steps_this_process >= stop_after_steps_);
-            if (interrupted || (config_.checkpoint_every > 0 && pos.step % config_.checkpoint_every == 0)) {
+            const bool interrupted = stop_requested() || (stop_after_steps_ > 0 &&
+                                                          steps_this_process >= stop_after_steps_);
+            if (interrupted ||
+                (config_.checkpoint_every > 0 && pos.step % config_.checkpoint_every == 0)) {
                 save();
             }
             if (interrupted) {
                 if (tty) {
                     fmt::print(stderr, "\n");
                 }
-                throw Interrupted(fmt::format("[{}] interrupted at epoch {} step {}; checkpoint saved{}; "
-                                              "continue with --resume",
-                                              tag_, pos.epoch + 1, pos.step,
-                                              run_ ? " to " + ckpt.string() : ""));
+                throw Interrupted(
+                    fmt::format("[{}] interrupted at epoch {} step {}; checkpoint saved{}; "
+                                "continue with --resume",
+                                tag_, pos.epoch + 1, pos.step, run_ ? " to " + ckpt.string() : ""));
             }
         }
         result.train_loss = pos.seen > 0 ? pos.loss_sum / pos.seen : 0;
         result.train_top1 = pos.seen > 0 ? 100.0 * pos.correct / pos.seen : 0;
-        nlohmann::json row = {{"stage", tag_},          {"kind", "epoch"},
-                              {"epoch", pos.epoch + 1}, {"train_loss", result.train_loss},
+        nlohmann::json row = {{"stage", tag_},
+                              {"kind", "epoch"},
+                              {"epoch", pos.epoch + 1},
+                              {"train_loss", result.train_loss},
                               {"train_top1", result.train_top1}};
         if (val_loader) {
             result.val = evaluate(model, *val_loader);
             row["val_loss"] = result.val.loss;
             row["val_top1"] = result.val.top1;
-            spdlog::info("[{}] epoch {}/{}: train loss {:.4f} acc {:.2f}% | val loss {:.4f} top-1 {:.2f}%", tag_,
-                         pos.epoch + 1, config_.epochs, result.train_loss, result.train_top1, result.val.loss,
-                         result.val.top1);
+            spdlog::info(
+                "[{}] epoch {}/{}: train loss {:.4f} acc {:.2f}% | val loss {:.4f} top-1 {:.2f}%",
+                tag_, pos.epoch + 1, config_.epochs, result.train_loss, result.train_top1,
+                result.val.loss, result.val.top1);
         } else {
-            spdlog::info("[{}] epoch {}/{}: train loss {:.4f} acc {:.2f}%", tag_, pos.epoch + 1, config_.epochs,
-                         result.train_loss, result.train_top1);
+            spdlog::info("[{}] epoch {}/{}: train loss {:.4f} acc {:.2f}%", tag_, pos.epoch + 1,
+                         config_.epochs, result.train_loss, result.train_top1);
         }
         if (run_) {
             run_->log_metrics(row);
@@ -354,7 +387,8 @@ TrainResult Trainer::fit(Model& model, const DataBundle& data, const DataConfig&
     }
     result.steps = pos.step;
     result.seconds = std::chrono::duration<double>(Clock::now() - fit_start).count();
-    result.images_per_second = train_seconds > 0 ? static_cast<double>(train_images) / train_seconds : 0;
+    result.images_per_second =
+        train_seconds > 0 ? static_cast<double>(train_images) / train_seconds : 0;
     return result;
 }
 

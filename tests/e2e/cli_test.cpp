@@ -1,17 +1,18 @@
 // SPDX-License-Identifier: Apache-2.0
 // End-to-end tests of the `pocketflow` binary on tiny synthetic jobs.
+#include <cstdio>
+#include <filesystem>
+
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <sys/wait.h>
 #include <torch/torch.h>
 
-#include <fmt/format.h>
-
-#include <cstdio>
-#include <filesystem>
-
+#include "pocketflow/onnx.h"
 #include "pocketflow/pfm.h"
 #include "pocketflow/util.h"
+
 #include "support/test_util.h"
 
 namespace pocketflow {
@@ -28,7 +29,8 @@ struct Result {
 /// Runs the CLI with arguments (shell-quoted by the caller) and captures stdout and stderr.
 Result cli(const std::string& args, const testing::TempDir& dir) {
     std::string err_path = dir.file("stderr.txt");
-    std::string cmd = fmt::format("cd '{}' && '{}' {} 2>'{}'", dir.path().string(), POCKETFLOW_CLI, args, err_path);
+    std::string cmd = fmt::format("cd '{}' && '{}' {} 2>'{}'", dir.path().string(), POCKETFLOW_CLI,
+                                  args, err_path);
     Result r;
     FILE* pipe = popen(cmd.c_str(), "r");
     char buf[4096];
@@ -112,13 +114,16 @@ TEST(CliTest, TrainEvalInfoEndToEnd) {
     }
     EXPECT_GT(s["top1"].get<double>(), 60.0);
     EXPECT_EQ(s["stages"].size(), 1u);
-    for (const char* f : {"resolved_config.yaml", "log.txt", "metrics.jsonl", "model.pfm", "summary.json"}) {
+    for (const char* f :
+         {"resolved_config.yaml", "log.txt", "metrics.jsonl", "model.pfm", "summary.json"}) {
         EXPECT_TRUE(fs::exists(dir.path() / "run" / f)) << f;
     }
     EXPECT_EQ(json::parse(read_file(dir.path() / "run" / "summary.json")), s);
-    EXPECT_NE(read_file(dir.path() / "run" / "metrics.jsonl").find("\"kind\":\"epoch\""), std::string::npos);
+    EXPECT_NE(read_file(dir.path() / "run" / "metrics.jsonl").find("\"kind\":\"epoch\""),
+              std::string::npos);
     // The resolved config is a complete job: running it again parses.
-    EXPECT_NE(read_file(dir.path() / "run" / "resolved_config.yaml").find("weight_decay"), std::string::npos);
+    EXPECT_NE(read_file(dir.path() / "run" / "resolved_config.yaml").find("weight_decay"),
+              std::string::npos);
 
     Result e = cli("--json eval --model run/model.pfm --config job.yaml", dir);
     ASSERT_EQ(e.code, 0) << e.err;
@@ -144,7 +149,8 @@ TEST(CliTest, BadInputExitsWithTwoAndAClearMessage) {
     write_file_atomic(dir.file("bad.yaml"), "model: {arch: lenet5}\ntrain:\n  epochs: -3\n");
     Result r = cli("train --config bad.yaml", dir);
     EXPECT_EQ(r.code, 2);
-    EXPECT_NE(r.err.find("bad.yaml:3:11: failed to read train.epochs with '-3'"), std::string::npos) << r.err;
+    EXPECT_NE(r.err.find("bad.yaml:3:11: failed to read train.epochs with '-3'"), std::string::npos)
+        << r.err;
     EXPECT_EQ(r.err.find("backtrace"), std::string::npos);
     EXPECT_FALSE(fs::exists(dir.path() / "runs"));  // nothing started
 
@@ -157,7 +163,8 @@ TEST(CliTest, BadInputExitsWithTwoAndAClearMessage) {
     EXPECT_EQ(e.code, 2);
     EXPECT_NE(e.err.find("junk.pfm"), std::string::npos);
 
-    write_file_atomic(dir.file("learner.yaml"), std::string(kTinyJob) + "  - learner: chanel_pruning\n");
+    write_file_atomic(dir.file("learner.yaml"),
+                      std::string(kTinyJob) + "  - learner: chanel_pruning\n");
     Result l = cli("compress --config learner.yaml", dir);
     EXPECT_EQ(l.code, 2);
     EXPECT_NE(l.err.find("unknown learner 'chanel_pruning'"), std::string::npos) << l.err;
@@ -173,7 +180,8 @@ TEST(CliTest, ResumeAfterInterruptionMatchesUninterruptedRun) {
     EXPECT_EQ(stopped.code, 130) << stopped.err;
     EXPECT_NE(stopped.err.find("--resume"), std::string::npos);
     EXPECT_FALSE(fs::exists(dir.path() / "part" / "model.pfm"));
-    Result changed = cli("train --config job.yaml --set output_dir=part --set train.epochs=5 --resume", dir);
+    Result changed =
+        cli("train --config job.yaml --set output_dir=part --set train.epochs=5 --resume", dir);
     EXPECT_EQ(changed.code, 2);
     EXPECT_NE(changed.err.find("differs from the run's resolved_config.yaml"), std::string::npos);
     Result resumed = cli("--json train --config job.yaml --set output_dir=part --resume", dir);
@@ -185,10 +193,65 @@ TEST(CliTest, ResumeAfterInterruptionMatchesUninterruptedRun) {
     ASSERT_EQ(a.graph.nodes().size(), b.graph.nodes().size());
     for (size_t i = 0; i < a.graph.nodes().size(); ++i) {
         for (const auto& [k, t] : a.graph.nodes()[i].params) {
-            EXPECT_TRUE(torch::equal(t, b.graph.nodes()[i].params.at(k))) << a.graph.nodes()[i].name << "." << k;
+            EXPECT_TRUE(torch::equal(t, b.graph.nodes()[i].params.at(k)))
+                << a.graph.nodes()[i].name << "." << k;
         }
     }
-    EXPECT_DOUBLE_EQ(json::parse(full.out)["top1"].get<double>(), json::parse(resumed.out)["top1"].get<double>());
+    EXPECT_DOUBLE_EQ(json::parse(full.out)["top1"].get<double>(),
+                     json::parse(resumed.out)["top1"].get<double>());
+}
+
+TEST(CliTest, ExportImportAndBench) {
+    testing::TempDir dir;
+    write_file_atomic(dir.file("job.yaml"), std::string(kTinyJob) + "export: {onnx: true}\n");
+    Result r = cli("--json train --config job.yaml --set output_dir=run --set train.epochs=1", dir);
+    ASSERT_EQ(r.code, 0) << r.err;
+    json s = json::parse(r.out);
+    ASSERT_TRUE(s.contains("onnx"));
+    EXPECT_TRUE(fs::exists(dir.path() / "run" / "model.onnx"));
+
+    // The exported ONNX model evaluates like the .pfm it came from.
+    Result e = cli("--json eval --model run/model.onnx --config job.yaml", dir);
+    ASSERT_EQ(e.code, 0) << e.err;
+    EXPECT_NEAR(json::parse(e.out)["top1"].get<double>(), s["top1"].get<double>(), 1.0);
+
+    Result x = cli("--json export --model run/model.pfm -o out.onnx --opset 11 --batch 1", dir);
+    ASSERT_EQ(x.code, 0) << x.err;
+    EXPECT_TRUE(fs::exists(dir.path() / "out.onnx"));
+    Result same = cli("export --model run/model.onnx", dir);
+    EXPECT_EQ(same.code, 2);
+    EXPECT_NE(same.err.find("would overwrite the input"), std::string::npos);
+
+    // An imported ONNX model is a job's starting point like any other.
+    Result again =
+        cli("--json train --config job.yaml --set output_dir=run2 --set train.epochs=1 "
+            "--set model.arch='' --set model.onnx=run/model.onnx",
+            dir);
+    ASSERT_EQ(again.code, 0) << again.err;
+    EXPECT_EQ(json::parse(again.out)["params"], s["params"]);
+
+    Result b = cli(
+        "--json bench --model run/model.pfm --model run/model.onnx --batch 1,4 --runtime libtorch "
+        "--warmup 1 --repeat 3",
+        dir);
+    ASSERT_EQ(b.code, 0) << b.err;
+    json bj = json::parse(b.out);
+    ASSERT_EQ(bj["results"].size(), 4u);
+    for (const auto& row : bj["results"]) {
+        for (const char* key : {"median_ms", "p90_ms", "params", "macs", "file_bytes", "speedup"}) {
+            EXPECT_TRUE(row.contains(key)) << key;
+        }
+        EXPECT_GT(row["median_ms"].get<double>(), 0.0);
+    }
+    EXPECT_DOUBLE_EQ(bj["results"][0]["speedup"].get<double>(), 1.0);
+    Result bad = cli("bench --model run/model.pfm --batch 0", dir);
+    EXPECT_EQ(bad.code, 2);
+    if (!ort_runner_path().empty()) {
+        Result both =
+            cli("--json bench --model run/model.pfm --batch 2 --warmup 1 --repeat 2", dir);
+        ASSERT_EQ(both.code, 0) << both.err;
+        EXPECT_EQ(json::parse(both.out)["results"].size(), 2u);  // libtorch and onnxruntime
+    }
 }
 
 }  // namespace

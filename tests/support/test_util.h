@@ -1,11 +1,11 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
-#include <gtest/gtest.h>
-
 #include <filesystem>
 #include <random>
 #include <string>
+
+#include <gtest/gtest.h>
 
 namespace pocketflow::testing {
 

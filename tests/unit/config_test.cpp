@@ -1,14 +1,15 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "pocketflow/config.h"
 
-#include <gtest/gtest.h>
-
 #include <filesystem>
 #include <fstream>
+
+#include <gtest/gtest.h>
 
 #include "pocketflow/error.h"
 #include "pocketflow/learner.h"
 #include "pocketflow/util.h"
+
 #include "support/test_util.h"
 
 namespace pocketflow {
@@ -41,36 +42,53 @@ TEST(ConfigTest, FashionMnistRootDefaultsToDebianPackage) {
 }
 
 TEST(ConfigTest, UnknownKeySuggestsNearestAndNamesLine) {
-    expect_error<ConfigError>([] { parse_job("model: {arch: lenet5}\ndata: {dataset: synthetic}\ntrain:\n  epohcs: 3\n", "a.yaml"); },
-                              "a.yaml:4:3: unknown key train.epohcs (did you mean 'epochs'?)");
+    expect_error<ConfigError>(
+        [] {
+            parse_job("model: {arch: lenet5}\ndata: {dataset: synthetic}\ntrain:\n  epohcs: 3\n",
+                      "a.yaml");
+        },
+        "a.yaml:4:3: unknown key train.epohcs (did you mean 'epochs'?)");
 }
 
 TEST(ConfigTest, WrongTypeNamesKeyPathAndValue) {
     expect_error<ConfigError>(
-        [] { parse_job("model: {arch: lenet5}\ndata: {dataset: synthetic, batch_size: many}\n", "b.yaml"); },
+        [] {
+            parse_job("model: {arch: lenet5}\ndata: {dataset: synthetic, batch_size: many}\n",
+                      "b.yaml");
+        },
         "b.yaml:2:40: failed to read data.batch_size with 'many': expected an integer");
 }
 
 TEST(ConfigTest, OutOfRangeValue) {
-    expect_error<ConfigError>([] { parse_job(std::string(kSynthetic) + "train: {epochs: 0}\n", "c.yaml"); },
-                              "failed to read train.epochs with '0': must be in [1, 100000]");
+    expect_error<ConfigError>(
+        [] { parse_job(std::string(kSynthetic) + "train: {epochs: 0}\n", "c.yaml"); },
+        "failed to read train.epochs with '0': must be in [1, 100000]");
     expect_error<ConfigError>(
         [] { parse_job(std::string(kSynthetic) + "train: {optimizer: {lr: -1}}\n", "c.yaml"); },
         "train.optimizer.lr with '-1': must be in (0, 100]");
 }
 
 TEST(ConfigTest, ChoicesSuggest) {
-    expect_error<ConfigError>([] { parse_job("model: {arch: lenet5}\ndata: {dataset: cifar11}\n", "d.yaml"); }, "did you mean 'cifar10'?");
-    expect_error<ConfigError>([] { parse_job("data: {dataset: synthetic}\nmodel: {arch: resnet21}\n", "d.yaml"); },
-                              "unknown architecture (did you mean 'resnet20'?)");
+    expect_error<ConfigError>(
+        [] { parse_job("model: {arch: lenet5}\ndata: {dataset: cifar11}\n", "d.yaml"); },
+        "did you mean 'cifar10'?");
+    expect_error<ConfigError>(
+        [] { parse_job("data: {dataset: synthetic}\nmodel: {arch: resnet21}\n", "d.yaml"); },
+        "unknown architecture (did you mean 'resnet20'?)");
 }
 
 TEST(ConfigTest, MissingFilesAreErrorsBeforeWork) {
     expect_error<ConfigError>(
-        [] { parse_job("data: {dataset: synthetic}\nmodel: {path: /nonexistent/m.pfm}\n", "e.yaml"); },
+        [] {
+            parse_job("data: {dataset: synthetic}\nmodel: {path: /nonexistent/m.pfm}\n", "e.yaml");
+        },
         "e.yaml:2:15: failed to read model.path with '/nonexistent/m.pfm': no such file");
-    expect_error<ConfigError>([] { parse_job("model: {arch: lenet5}\ndata: {dataset: cifar10, root: /nonexistent}\n", "e.yaml"); },
-                              "failed to read data.root with '/nonexistent': no such directory");
+    expect_error<ConfigError>(
+        [] {
+            parse_job("model: {arch: lenet5}\ndata: {dataset: cifar10, root: /nonexistent}\n",
+                      "e.yaml");
+        },
+        "failed to read data.root with '/nonexistent': no such directory");
     expect_error<InputError>([] { load_job("/nonexistent/job.yaml"); }, "no such file");
 }
 
@@ -79,35 +97,43 @@ TEST(ConfigTest, YamlSyntaxErrorHasLocation) {
 }
 
 TEST(ConfigTest, ModelNeedsExactlyOneSource) {
-    expect_error<ConfigError>([] { parse_job("data: {dataset: synthetic}\nmodel: {}\n", "g.yaml"); },
-                              "give exactly one of model.arch or model.path");
+    expect_error<ConfigError>(
+        [] { parse_job("data: {dataset: synthetic}\nmodel: {}\n", "g.yaml"); },
+        "give exactly one of model.arch, model.path or model.onnx");
 }
 
 TEST(ConfigTest, OverridesApplyAndAreValidated) {
-    Job job = parse_job(kSynthetic, "h.yaml", {"train.epochs=3", "data.augment.hflip=true", "name=x"});
+    Job job =
+        parse_job(kSynthetic, "h.yaml", {"train.epochs=3", "data.augment.hflip=true", "name=x"});
     EXPECT_EQ(job.train.epochs, 3);
     EXPECT_TRUE(job.data.augment.hflip);
     EXPECT_EQ(job.name, "x");
     expect_error<ConfigError>([] { parse_job(kSynthetic, "h.yaml", {"train.epochs=-2"}); },
                               "--set train.epochs: failed to read train.epochs with '-2'");
-    expect_error<ConfigError>([] { parse_job(kSynthetic, "h.yaml", {"train.epoch=2"}); },
-                              "--set train.epoch: unknown key train.epoch (did you mean 'epochs'?)");
-    expect_error<ConfigError>([] { parse_job(kSynthetic, "h.yaml", {"noequals"}); }, "expected key.path=value");
+    expect_error<ConfigError>(
+        [] { parse_job(kSynthetic, "h.yaml", {"train.epoch=2"}); },
+        "--set train.epoch: unknown key train.epoch (did you mean 'epochs'?)");
+    expect_error<ConfigError>([] { parse_job(kSynthetic, "h.yaml", {"noequals"}); },
+                              "expected key.path=value");
 }
 
 TEST(ConfigTest, PipelineOverrideByIndex) {
-    Job job = parse_job(std::string(kSynthetic) + "pipeline: [{learner: full_precision, epochs: 2}]\n", "i.yaml",
-                        {"pipeline.0.epochs=4"});
+    Job job =
+        parse_job(std::string(kSynthetic) + "pipeline: [{learner: full_precision, epochs: 2}]\n",
+                  "i.yaml", {"pipeline.0.epochs=4"});
     EXPECT_EQ(job.pipeline[0].options["epochs"].as<int>(), 4);
     expect_error<ConfigError>(
-        [] { parse_job(std::string(kSynthetic) + "pipeline: [{learner: full_precision}]\n", "i.yaml",
-                       {"pipeline.3.epochs=4"}); },
+        [] {
+            parse_job(std::string(kSynthetic) + "pipeline: [{learner: full_precision}]\n", "i.yaml",
+                      {"pipeline.3.epochs=4"});
+        },
         "not an index of the list");
 }
 
 TEST(ConfigTest, StageWithoutLearner) {
-    expect_error<ConfigError>([] { parse_job(std::string(kSynthetic) + "pipeline: [{epochs: 1}]\n", "j.yaml"); },
-                              "pipeline[0]: each stage needs `learner: <name>`");
+    expect_error<ConfigError>(
+        [] { parse_job(std::string(kSynthetic) + "pipeline: [{epochs: 1}]\n", "j.yaml"); },
+        "pipeline[0]: each stage needs `learner: <name>`");
 }
 
 TEST(RegistryTest, BuiltinsAndUnknownNames) {
@@ -121,9 +147,11 @@ TEST(RegistryTest, BuiltinsAndUnknownNames) {
 }
 
 TEST(RegistryTest, LearnerValidatesItsOwnOptions) {
-    Job job = parse_job(std::string(kSynthetic) + "pipeline: [{learner: full_precision, epoch: 2}]\n", "k.yaml");
-    expect_error<ConfigError>([&] { builtin_registry().get("full_precision").create(job.pipeline[0], job); },
-                              "k.yaml:3:38: unknown key pipeline[0].epoch (did you mean 'epochs'?)");
+    Job job = parse_job(
+        std::string(kSynthetic) + "pipeline: [{learner: full_precision, epoch: 2}]\n", "k.yaml");
+    expect_error<ConfigError>(
+        [&] { builtin_registry().get("full_precision").create(job.pipeline[0], job); },
+        "k.yaml:3:38: unknown key pipeline[0].epoch (did you mean 'epochs'?)");
 }
 
 TEST(ConfigFilesTest, EveryShippedConfigParses) {
@@ -135,10 +163,12 @@ TEST(ConfigFilesTest, EveryShippedConfigParses) {
             continue;
         }
         SCOPED_TRACE(e.path().string());
-        // Data roots may be absent on this machine (CIFAR, ImageNet): parse with synthetic data then.
+        // Data roots may be absent on this machine (CIFAR, ImageNet): parse with synthetic data
+        // then.
         std::string text = read_file(e.path());
         std::vector<std::string> overrides;
-        if (text.find("fashion_mnist") == std::string::npos || !fs::exists("/usr/share/datasets/fashion-mnist")) {
+        if (text.find("fashion_mnist") == std::string::npos ||
+            !fs::exists("/usr/share/datasets/fashion-mnist")) {
             overrides = {"data.dataset=synthetic", "data.root=''"};
         }
         Job job = parse_job(text, e.path().string(), overrides);

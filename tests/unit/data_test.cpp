@@ -1,18 +1,20 @@
 // SPDX-License-Identifier: Apache-2.0
-#include <gtest/gtest.h>
-#include <png.h>
-#include <torch/torch.h>
-#include <turbojpeg.h>
-#include <zlib.h>
+#include "pocketflow/data.h"
 
 #include <filesystem>
 #include <fstream>
 #include <numeric>
 #include <set>
 
-#include "pocketflow/data.h"
+#include <gtest/gtest.h>
+#include <png.h>
+#include <torch/torch.h>
+#include <turbojpeg.h>
+#include <zlib.h>
+
 #include "pocketflow/error.h"
 #include "pocketflow/util.h"
+
 #include "support/test_util.h"
 
 namespace pocketflow {
@@ -77,10 +79,12 @@ TEST(DataTest, IdxErrors) {
     std::string bytes = read_file(dir.file("i"));
     write_file_atomic(dir.file("short"), bytes.substr(0, bytes.size() - 7));
     expect_error<InputError>([&] { load_idx(dir.file("short"), dir.file("l")); }, "truncated");
-    expect_error<InputError>([&] { load_idx(dir.file("l"), dir.file("l")); }, "not an IDX image file");
+    expect_error<InputError>([&] { load_idx(dir.file("l"), dir.file("l")); },
+                             "not an IDX image file");
     expect_error<InputError>([&] { load_idx(dir.file("nope"), dir.file("l")); }, "no such file");
     write_idx(dir.file("i2"), dir.file("l2"), 11, 5, 4, false);
-    expect_error<InputError>([&] { load_idx(dir.file("i"), dir.file("l2")); }, "12 images but 11 labels");
+    expect_error<InputError>([&] { load_idx(dir.file("i"), dir.file("l2")); },
+                             "12 images but 11 labels");
 }
 
 TEST(DataTest, Cifar10And100) {
@@ -113,7 +117,8 @@ TEST(DataTest, Cifar10And100) {
     EXPECT_EQ(c100->num_classes(), 100);
     EXPECT_EQ(c100->label(3), 21);  // fine label, not the coarse one
     write_file_atomic(dir.file("test.bin"), std::string(100, 'x'));
-    expect_error<InputError>([&] { load_cifar(dir.path().string(), true, false); }, "not a multiple");
+    expect_error<InputError>([&] { load_cifar(dir.path().string(), true, false); },
+                             "not a multiple");
 }
 
 void write_png(const std::string& path, int w, int h, uint8_t value) {
@@ -256,7 +261,8 @@ TEST(LoaderTest, ShardsAreDisjointAndCover) {
 }
 
 TEST(LoaderTest, AugmentationPadsCropsAndFlips) {
-    // One 1×3×3 image with distinct pixels; padding 1 and flips must produce shifted/mirrored copies.
+    // One 1×3×3 image with distinct pixels; padding 1 and flips must produce shifted/mirrored
+    // copies.
     auto ds = make_synthetic(1, 2, {1, 3, 3}, 1);
     LoaderOptions o = options(1, false);
     o.augment = true;

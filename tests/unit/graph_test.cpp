@@ -1,16 +1,18 @@
 // SPDX-License-Identifier: Apache-2.0
-#include <gtest/gtest.h>
-#include <torch/torch.h>
+#include "pocketflow/graph.h"
 
 #include <cmath>
 #include <fstream>
 
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
 #include "pocketflow/error.h"
-#include "pocketflow/graph.h"
 #include "pocketflow/model.h"
 #include "pocketflow/pfm.h"
 #include "pocketflow/util.h"
 #include "pocketflow/zoo.h"
+
 #include "support/test_util.h"
 
 namespace pocketflow {
@@ -26,9 +28,11 @@ protected:
 
 /// Runs `graph` and a reference function on the same input; compares outputs and the gradients of
 /// the input and of every parameter.
-void check_against_reference(Graph graph, const std::vector<int64_t>& input_shape,
-                             const std::function<torch::Tensor(const torch::Tensor&, const Graph&)>& reference,
-                             bool training = true) {
+void check_against_reference(
+    Graph graph,
+    const std::vector<int64_t>& input_shape,
+    const std::function<torch::Tensor(const torch::Tensor&, const Graph&)>& reference,
+    bool training = true) {
     torch::Tensor x = torch::randn(input_shape);
     Model model(graph.clone(), {});
     if (training) {
@@ -51,7 +55,8 @@ void check_against_reference(Graph graph, const std::vector<int64_t>& input_shap
     torch::Tensor w = torch::randn(y1.sizes());
     (y1 * w).sum().backward();
     (y2 * w).sum().backward();
-    EXPECT_TRUE(torch::allclose(x1.grad(), x2.grad(), 1e-4, 1e-5)) << (x1.grad() - x2.grad()).abs().max();
+    EXPECT_TRUE(torch::allclose(x1.grad(), x2.grad(), 1e-4, 1e-5))
+        << (x1.grad() - x2.grad()).abs().max();
     for (size_t i = 0; i < graph.nodes().size(); ++i) {
         for (const auto& [k, t] : model.graph().nodes()[i].params) {
             const auto& ref = ref_graph.nodes()[i].params.at(k);
@@ -73,13 +78,20 @@ Graph single_op(const std::function<int(Graph&)>& add_op, const std::vector<int6
 
 TEST_F(SeededTest, Conv2dMatchesReference) {
     for (int64_t groups : {1, 2, 4}) {
-        Graph g = single_op([&](Graph& gr) { return gr.add_conv("conv", 0, 4, 8, 3, 2, 1, groups, true); }, {4, 9, 9});
+        Graph g = single_op(
+            [&](Graph& gr) { return gr.add_conv("conv", 0, 4, 8, 3, 2, 1, groups, true); },
+            {4, 9, 9});
         g.nodes()[1].params["bias"].normal_();
         g.nodes()[1].attrs.dilation = {2, 1};
         check_against_reference(g, {2, 4, 9, 9}, [&](const torch::Tensor& x, const Graph& r) {
             const auto& p = r.nodes()[1].params;
             return F::conv2d(x, p.at("weight"),
-                             F::Conv2dFuncOptions().bias(p.at("bias")).stride(2).padding(1).dilation({2, 1}).groups(groups));
+                             F::Conv2dFuncOptions()
+                                 .bias(p.at("bias"))
+                                 .stride(2)
+                                 .padding(1)
+                                 .dilation({2, 1})
+                                 .groups(groups));
         });
     }
 }
@@ -98,8 +110,12 @@ TEST_F(SeededTest, BatchNormTrainAndEvalMatchReference) {
                 auto rm = n.buffers.at("running_mean").clone();
                 auto rv = n.buffers.at("running_var").clone();
                 return F::batch_norm(x, rm, rv,
-                                     F::BatchNormFuncOptions().weight(n.params.at("weight")).bias(n.params.at("bias"))
-                                         .training(training).momentum(0.1).eps(1e-5));
+                                     F::BatchNormFuncOptions()
+                                         .weight(n.params.at("weight"))
+                                         .bias(n.params.at("bias"))
+                                         .training(training)
+                                         .momentum(0.1)
+                                         .eps(1e-5));
             },
             training);
     }
@@ -115,22 +131,28 @@ TEST_F(SeededTest, ElementwiseOpsMatchReference) {
         {Op::kSigmoid, [](const torch::Tensor& x) { return torch::sigmoid(x); }},
         {Op::kHardSwish, [](const torch::Tensor& x) { return x * F::relu6(x + 3) / 6; }},
         {Op::kIdentity, [](const torch::Tensor& x) { return x; }},
-        {Op::kGlobalAvgPool, [](const torch::Tensor& x) { return F::adaptive_avg_pool2d(x, F::AdaptiveAvgPool2dFuncOptions(1)); }},
+        {Op::kGlobalAvgPool,
+         [](const torch::Tensor& x) {
+             return F::adaptive_avg_pool2d(x, F::AdaptiveAvgPool2dFuncOptions(1));
+         }},
         {Op::kFlatten, [](const torch::Tensor& x) { return torch::flatten(x, 1); }},
     };
     for (const auto& c : cases) {
         SCOPED_TRACE(op_name(c.op));
         Graph g = single_op([&](Graph& gr) { return gr.add_unary("op", c.op, 0); }, {3, 4, 4});
-        check_against_reference(g, {2, 3, 4, 4}, [&](const torch::Tensor& x, const Graph&) { return c.ref(x); },
-                                true);
+        check_against_reference(
+            g, {2, 3, 4, 4}, [&](const torch::Tensor& x, const Graph&) { return c.ref(x); }, true);
     }
 }
 
 TEST_F(SeededTest, ClipAndRelu6MatchReference) {
     Graph g = single_op([](Graph& gr) { return gr.add_clip("relu6", 0, 0.0, 6.0); }, {2, 3, 3});
-    check_against_reference(g, {2, 2, 3, 3}, [](const torch::Tensor& x, const Graph&) { return F::relu6(x); });
+    check_against_reference(g, {2, 2, 3, 3},
+                            [](const torch::Tensor& x, const Graph&) { return F::relu6(x); });
     Graph h = single_op([](Graph& gr) { return gr.add_clip("clip", 0, -0.5, 0.5); }, {2, 3, 3});
-    check_against_reference(h, {2, 2, 3, 3}, [](const torch::Tensor& x, const Graph&) { return torch::clamp(x, -0.5, 0.5); });
+    check_against_reference(h, {2, 2, 3, 3}, [](const torch::Tensor& x, const Graph&) {
+        return torch::clamp(x, -0.5, 0.5);
+    });
 }
 
 TEST_F(SeededTest, BinaryOpsAndConcatMatchReference) {
@@ -153,11 +175,13 @@ TEST_F(SeededTest, BinaryOpsAndConcatMatchReference) {
 }
 
 TEST_F(SeededTest, PoolsMatchReference) {
-    Graph g = single_op([](Graph& gr) { return gr.add_pool("max", Op::kMaxPool, 0, 3, 2, 1); }, {2, 7, 7});
+    Graph g = single_op([](Graph& gr) { return gr.add_pool("max", Op::kMaxPool, 0, 3, 2, 1); },
+                        {2, 7, 7});
     check_against_reference(g, {2, 2, 7, 7}, [](const torch::Tensor& x, const Graph&) {
         return F::max_pool2d(x, F::MaxPool2dFuncOptions(3).stride(2).padding(1));
     });
-    Graph h = single_op([](Graph& gr) { return gr.add_pool("avg", Op::kAvgPool, 0, 2, 2, 0); }, {2, 7, 7});
+    Graph h = single_op([](Graph& gr) { return gr.add_pool("avg", Op::kAvgPool, 0, 2, 2, 0); },
+                        {2, 7, 7});
     h.nodes()[1].attrs.ceil_mode = true;
     check_against_reference(h, {2, 2, 7, 7}, [](const torch::Tensor& x, const Graph&) {
         return F::avg_pool2d(x, F::AvgPool2dFuncOptions(2).stride(2).ceil_mode(true));
@@ -180,7 +204,8 @@ TEST_F(SeededTest, LinearReshapeDropoutMatchReference) {
     check_against_reference(
         g, {3, 2, 3, 4},
         [](const torch::Tensor& in, const Graph& ref) {
-            return F::linear(in.reshape({3, 24}), ref.nodes()[2].params.at("weight"), ref.nodes()[2].params.at("bias"));
+            return F::linear(in.reshape({3, 24}), ref.nodes()[2].params.at("weight"),
+                             ref.nodes()[2].params.at("bias"));
         },
         false);
     Model m(g.clone(), {});
@@ -198,9 +223,12 @@ TEST(ZooTest, MacsMatchPublishedCounts) {
         double macs;
     };
     const Case cases[] = {
-        {"resnet20", {3, 32, 32}, 10, 40.81e6},      {"resnet56", {3, 32, 32}, 10, 125.75e6},
-        {"resnet18", {3, 224, 224}, 1000, 1.814e9},  {"resnet50", {3, 224, 224}, 1000, 4.089e9},
-        {"mobilenet_v1", {3, 224, 224}, 1000, 569e6}, {"mobilenet_v2", {3, 224, 224}, 1000, 300.77e6},
+        {"resnet20", {3, 32, 32}, 10, 40.81e6},
+        {"resnet56", {3, 32, 32}, 10, 125.75e6},
+        {"resnet18", {3, 224, 224}, 1000, 1.814e9},
+        {"resnet50", {3, 224, 224}, 1000, 4.089e9},
+        {"mobilenet_v1", {3, 224, 224}, 1000, 569e6},
+        {"mobilenet_v2", {3, 224, 224}, 1000, 300.77e6},
         {"vgg16", {3, 224, 224}, 1000, 15.47e9},
     };
     for (const auto& c : cases) {
@@ -232,7 +260,11 @@ TEST(ZooTest, EveryModelRunsOnSmallInputs) {
 }
 
 TEST(ZooTest, ErrorsAreClear) {
-    expect_error<ConfigError>([] { build_zoo_model("resnet21", 10, {3, 32, 32}); }, "did you mean 'resnet20'?");
+    expect_error<ConfigError>(
+        [] {
+            build_zoo_model("resnet21", 10, {3, 32, 32});
+        },
+        "did you mean 'resnet20'?");
     expect_error<ConfigError>([] { build_zoo_model("vgg16", 10, {3, 8, 8}); }, "too small");
 }
 

@@ -1,13 +1,14 @@
 // SPDX-License-Identifier: Apache-2.0
+#include <cmath>
+
 #include <gtest/gtest.h>
 #include <torch/torch.h>
-
-#include <cmath>
 
 #include "pocketflow/error.h"
 #include "pocketflow/learner.h"
 #include "pocketflow/trainer.h"
 #include "pocketflow/zoo.h"
+
 #include "support/test_util.h"
 
 namespace pocketflow {
@@ -20,8 +21,10 @@ TEST(LossTest, CrossEntropyWithSmoothingMatchesReference) {
     auto logits = torch::randn({6, 5});
     auto labels = torch::tensor({0, 1, 2, 3, 4, 0}, torch::kLong);
     for (double eps : {0.0, 0.1, 0.3}) {
-        auto ref = F::cross_entropy(logits, labels, F::CrossEntropyFuncOptions().label_smoothing(eps));
-        EXPECT_NEAR(cross_entropy(logits, labels, eps).item<double>(), ref.item<double>(), 1e-6) << eps;
+        auto ref =
+            F::cross_entropy(logits, labels, F::CrossEntropyFuncOptions().label_smoothing(eps));
+        EXPECT_NEAR(cross_entropy(logits, labels, eps).item<double>(), ref.item<double>(), 1e-6)
+            << eps;
     }
 }
 
@@ -83,7 +86,8 @@ struct TinySetup {
         train.log_every = 1000;
     }
     std::shared_ptr<Model> model(uint64_t seed = 0) const {
-        return std::make_shared<Model>(build_zoo_model("lenet5", 4, {1, 12, 12}, seed), ModelMeta{});
+        return std::make_shared<Model>(build_zoo_model("lenet5", 4, {1, 12, 12}, seed),
+                                       ModelMeta{});
     }
 };
 
@@ -154,8 +158,8 @@ TEST(TrainerTest, ResumeGivesTheSameWeightsAsAnUninterruptedRun) {
     };
     testing::TempDir a, b;
     auto full = run(a.path(), 0);
-    EXPECT_THROW(run(b.path(), 7), Interrupted);   // mid-epoch 2
-    EXPECT_THROW(run(b.path(), 6), Interrupted);   // resumed, stopped again in epoch 3
+    EXPECT_THROW(run(b.path(), 7), Interrupted);  // mid-epoch 2
+    EXPECT_THROW(run(b.path(), 6), Interrupted);  // resumed, stopped again in epoch 3
     auto resumed = run(b.path(), 0);
     auto pa = full->named_parameters(), pb = resumed->named_parameters();
     for (const auto& item : pa) {
