@@ -209,11 +209,32 @@ int cmd_info(const std::string& model_path,
     return 0;
 }
 
+/// Runs `onnx_path` in ONNX Runtime and `graph` in LibTorch on the same random batch; returns the
+/// largest absolute difference relative to the largest output magnitude (at least 1).
+double compare_with_onnxruntime(const pf::Graph& graph, const std::string& onnx_path) {
+    const auto& shape = graph.input_shape();
+    at::manual_seed(0);
+    at::Tensor x = at::randn({2, shape[0], shape[1], shape[2]});
+    pf::Model model(graph.clone(), {});
+    model.eval();
+    at::Tensor y;
+    {
+        at::NoGradGuard no_grad;
+        y = model.forward(x);
+    }
+    pf::OrtRun r = pf::run_onnxruntime(onnx_path, x);
+    PF_CHECK(r.output.sizes() == y.sizes(), Error,
+             "ONNX Runtime gave output shape [{}], LibTorch [{}]",
+             fmt::join(r.output.sizes().vec(), ", "), fmt::join(y.sizes().vec(), ", "));
+    return (r.output - y).abs().max().item<double>() / std::max(1.0, y.abs().max().item<double>());
+}
+
 int cmd_export(const std::string& model_path,
                const std::string& format,
                const std::string& out,
                int64_t opset,
                const std::string& batch,
+               bool check,
                const GlobalOptions& g) {
     PF_CHECK(format == "onnx", ConfigError, "--format {}: only onnx is supported", format);
     PF_CHECK(batch == "dynamic" || batch == "1", ConfigError, "--batch {}: expected dynamic or 1",
@@ -226,13 +247,33 @@ int cmd_export(const std::string& model_path,
              model_path);
     pf::export_onnx(target, file.graph, file.meta, {opset, batch == "dynamic", true});
     auto bytes = std::filesystem::file_size(target);
+    json result = {{"model", model_path}, {"onnx", target}, {"bytes", bytes}, {"opset", opset}};
+    if (check) {
+        // The exported file in ONNX Runtime against pocketflow's own execution and, for an ONNX
+        // input, the original file too (that is: the import was faithful).
+        constexpr double kTolerance = 1e-4;
+        double exported = compare_with_onnxruntime(file.graph, target);
+        result["max_rel_diff_export"] = exported;
+        bool ok = exported <= kTolerance;
+        if (std::filesystem::path(model_path).extension() == ".onnx") {
+            double original = compare_with_onnxruntime(file.graph, model_path);
+            result["max_rel_diff_import"] = original;
+            ok = ok && original <= kTolerance;
+        }
+        result["check"] = ok ? "passed" : "failed";
+        if (!g.json) {
+            fmt::print("ONNX Runtime vs pocketflow: export max rel. diff {:.3g}{}: {}\n", exported,
+                       result.contains("max_rel_diff_import")
+                           ? fmt::format(", original file {:.3g}",
+                                         result["max_rel_diff_import"].get<double>())
+                           : "",
+                       ok ? "passed" : "FAILED");
+        }
+        PF_CHECK(ok, Error, "the ONNX Runtime check of {} failed (tolerance {})", target,
+                 kTolerance);
+    }
     if (g.json) {
-        std::cout << json{{"model", model_path},
-                          {"onnx", target},
-                          {"bytes", bytes},
-                          {"opset", opset}}
-                         .dump()
-                  << std::endl;
+        std::cout << result.dump() << std::endl;
     } else {
         fmt::print("wrote {} ({}, opset {}, {} batch)\n", target,
                    pf::human_bytes(static_cast<double>(bytes)), opset, batch);
@@ -460,6 +501,10 @@ int run_cli(int argc, char** argv) {
     exporter->add_option("--opset", export_opset, "ONNX opset")->check(CLI::Range(11, 17));
     exporter->add_option("--batch", export_batch, "dynamic or 1")
         ->check(CLI::IsMember({"dynamic", "1"}));
+    bool export_check = false;
+    exporter->add_flag(
+        "--check", export_check,
+        "run the result (and an ONNX input) in ONNX Runtime and compare with pocketflow");
 
     std::vector<std::string> bench_models;
     std::string bench_batches = "1,64", bench_runtimes = "libtorch,onnxruntime";
@@ -508,7 +553,8 @@ int run_cli(int argc, char** argv) {
         return cmd_learners(g);
     }
     if (exporter->parsed()) {
-        return cmd_export(export_model, export_format, export_out, export_opset, export_batch, g);
+        return cmd_export(export_model, export_format, export_out, export_opset, export_batch,
+                          export_check, g);
     }
     if (bench->parsed()) {
         return cmd_bench(bench_models, bench_batches, bench_runtimes, bench_warmup, bench_repeat,

@@ -635,7 +635,12 @@ Job load_job(const std::string& path, const std::vector<std::string>& overrides)
 }
 
 Job default_job(const std::vector<std::string>& overrides) {
-    return parse_job("model: {arch: lenet5}\n", "<defaults>", overrides);
+    // LeNet-5 unless the overrides name a model themselves.
+    bool names_model = std::any_of(overrides.begin(), overrides.end(), [](const std::string& o) {
+        return o.rfind("model.arch=", 0) == 0 || o.rfind("model.path=", 0) == 0 ||
+               o.rfind("model.onnx=", 0) == 0;
+    });
+    return parse_job(names_model ? "{}\n" : "model: {arch: lenet5}\n", "<defaults>", overrides);
 }
 
 }  // namespace pocketflow

@@ -247,6 +247,11 @@ TEST(CliTest, ExportImportAndBench) {
     Result bad = cli("bench --model run/model.pfm --batch 0", dir);
     EXPECT_EQ(bad.code, 2);
     if (!ort_runner_path().empty()) {
+        Result checked = cli("--json export --model run/model.onnx -o checked.onnx --check", dir);
+        ASSERT_EQ(checked.code, 0) << checked.err;
+        json cj = json::parse(checked.out);
+        EXPECT_EQ(cj["check"], "passed");
+        EXPECT_LE(cj["max_rel_diff_import"].get<double>(), 1e-4);
         Result both =
             cli("--json bench --model run/model.pfm --batch 2 --warmup 1 --repeat 2", dir);
         ASSERT_EQ(both.code, 0) << both.err;

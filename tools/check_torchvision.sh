@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# End-to-end check of ONNX interoperability on full-size models exported by PyTorch: torchvision's
+# ResNet-18 and MobileNet-v2 (random weights, 3×224×224, 1000 classes) are imported, checked against
+# ONNX Runtime, fine-tuned for a few steps on synthetic data, exported and checked again, then
+# benchmarked. Needs tools/setup.sh --bench --ort. Takes a few minutes; not part of the test suite.
+#   tools/check_torchvision.sh [workdir]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=${1:-$(mktemp -d)}
+bin=build/bin/pocketflow
+/usr/bin/python3 tools/make_onnx_fixtures.py --torchvision "$work" | grep -v '^wrote .*tests/fixtures'
+for arch in resnet18 mobilenet_v2; do
+    echo "== $arch"
+    "$bin" info --model "$work/$arch.onnx" | tail -1
+    "$bin" export --model "$work/$arch.onnx" -o "$work/$arch.reexport.onnx" --check
+    "$bin" --json train --set model.onnx="$work/$arch.onnx" --set data.dataset=synthetic \
+        --set 'data.synthetic={train: 64, test: 32, classes: 1000, shape: [3, 224, 224]}' --set data.batch_size=16 \
+        --set train.epochs=1 --set train.steps_per_epoch=2 --set train.optimizer.lr=0.001 \
+        --set output_dir="$work/$arch-run" --set export.onnx=true >"$work/$arch-run.json"
+    /usr/bin/python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print('fine-tuned 2 steps:', s['model'], s['onnx'])" "$work/$arch-run.json"
+    "$bin" export --model "$work/$arch-run/model.pfm" -o "$work/$arch-finetuned.onnx" --check
+    "$bin" bench --model "$work/$arch-run/model.pfm" --model "$work/$arch-finetuned.onnx" --batch 1 --repeat 10
+done
