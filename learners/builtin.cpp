@@ -2,11 +2,13 @@
 // The one list of built-in learners. Keep it sorted; each learner lives in learners/<name>/.
 #include "pocketflow/learner.h"
 
+#include "channel_pruning/channel_pruning.h"
 #include "full_precision/full_precision.h"
 
 namespace pocketflow {
 
 void register_builtin_learners(LearnerRegistry& registry) {
+    learners::register_channel_pruning(registry);
     learners::register_full_precision(registry);
 }
 

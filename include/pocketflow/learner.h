@@ -47,6 +47,8 @@ struct RunContext {
     RunDir& run;
     bool resume = false;
     int64_t stop_after_steps = 0;  ///< test hook forwarded to trainers
+    /// The stage's input model, untouched (the default distillation teacher; learners may read it).
+    std::shared_ptr<const Model> input_model;
 };
 
 /// A compression (or training) algorithm applied to the context's model. One `run()` per stage.

@@ -61,8 +61,9 @@ Attrs attrs_from_json(const json& j) {
     a.count_include_pad = j.at("count_include_pad").get<bool>();
     a.min = j.at("min").get<double>();
     a.max = j.at("max").get<double>();
-    a.alpha = j.at("alpha").get<double>();
-    a.beta = j.at("beta").get<double>();
+    // Added after the first files were written: optional, with the IR's defaults.
+    a.alpha = j.value("alpha", a.alpha);
+    a.beta = j.value("beta", a.beta);
     a.eps = j.at("eps").get<double>();
     a.momentum = j.at("momentum").get<double>();
     a.p = j.at("p").get<double>();

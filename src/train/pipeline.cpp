@@ -179,7 +179,8 @@ std::shared_ptr<Model> make_teacher(const RunContext& ctx) {
                  d.teacher);
         teacher = std::make_shared<Model>(std::move(file.graph), file.meta);
     } else {
-        teacher = std::make_shared<Model>(ctx.model->graph().clone(), ctx.model->meta());
+        const Model& source = ctx.input_model ? *ctx.input_model : *ctx.model;
+        teacher = std::make_shared<Model>(source.graph().clone(), source.meta());
     }
     teacher->eval();
     return teacher;
@@ -291,8 +292,15 @@ json run_job(const Job& job, const RunOptions& options) {
             continue;
         }
         spdlog::info("stage {} of {}: {}", i + 1, job.pipeline.size(), stage.learner);
-        RunContext ctx{job,  stage, static_cast<int>(i), model,
-                       data, run,   options.resume,      options.stop_after_steps};
+        RunContext ctx{job,
+                       stage,
+                       static_cast<int>(i),
+                       model,
+                       data,
+                       run,
+                       options.resume,
+                       options.stop_after_steps,
+                       std::make_shared<const Model>(model->graph().clone(), model->meta())};
         auto stage_start = std::chrono::steady_clock::now();
         json summary = learners[i]->run(ctx);
         model = ctx.model;

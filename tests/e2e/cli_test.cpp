@@ -259,5 +259,48 @@ TEST(CliTest, ExportImportAndBench) {
     }
 }
 
+TEST(CliTest, ChannelPruningPipelineEndToEnd) {
+    testing::TempDir dir;
+    // Train a base model, then prune it to half the MACs with distillation, export and bench it.
+    write_file_atomic(dir.file("job.yaml"), std::string(kTinyJob));
+    Result base =
+        cli("--json train --config job.yaml --set output_dir=base --set model.arch=resnet20", dir);
+    ASSERT_EQ(base.code, 0) << base.err;
+    std::string prune_job =
+        std::string(kTinyJob) + "distillation: {enabled: true}\nexport: {onnx: true}\n";
+    write_file_atomic(dir.file("prune.yaml"), prune_job);
+    Result r =
+        cli("--json compress --config prune.yaml --set output_dir=pruned --set model.arch= "
+            "--set model.path=base/model.pfm "
+            "--set 'pipeline=[{learner: channel_pruning, flops_target: 0.5, criterion: lasso, "
+            "samples: 64, "
+            "finetune_epochs: 1, finetune_lr: 0.02}]'",
+            dir);
+    ASSERT_EQ(r.code, 0) << r.err;
+    json s = json::parse(r.out);
+    json b = json::parse(base.out);
+    EXPECT_NEAR(s["macs"].get<double>() / b["macs"].get<double>(), 0.5, 0.02);
+    EXPECT_LT(s["file_bytes"].get<double>(), 0.7 * b["file_bytes"].get<double>());
+    const json& stage = s["stages"][0];
+    EXPECT_EQ(stage["learner"], "channel_pruning");
+    EXPECT_FALSE(stage["layers"].empty());
+    EXPECT_GT(s["top1"].get<double>(),
+              30.0);  // above chance (25%) after a 1-epoch fine-tune of a tiny model
+    EXPECT_TRUE(fs::exists(dir.path() / "pruned" / "model.onnx"));
+    Result info = cli("--json info --model pruned/model.pfm", dir);
+    ASSERT_EQ(info.code, 0);
+    EXPECT_EQ(json::parse(info.out)["macs"], s["macs"]);
+    if (!ort_runner_path().empty()) {
+        Result checked = cli("--json export --model pruned/model.pfm -o p.onnx --check", dir);
+        ASSERT_EQ(checked.code, 0) << checked.err;
+    }
+    Result bad =
+        cli("compress --config prune.yaml --set model.path=base/model.pfm --set model.arch= "
+            "--set 'pipeline=[{learner: channel_pruning, ratios: [0.5, 0.5]}]'",
+            dir);
+    EXPECT_EQ(bad.code, 2);
+    EXPECT_NE(bad.err.find("prunable channel groups"), std::string::npos) << bad.err;
+}
+
 }  // namespace
 }  // namespace pocketflow

@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include <ATen/core/Tensor.h>
+
+#include "pocketflow/graph.h"
+
+namespace pocketflow {
+
+/// A set of channels that must be removed together: the output channels of every producer that
+/// meets in this channel space (through Add/Mul in residual blocks, BN, activations, pooling,
+/// depthwise convs, flatten), and the matching inputs of every consumer.
+///
+/// Example (a residual stage): producers = {conv1, layer1_0_conv2, layer1_1_conv2}, batchnorms =
+/// their BNs, consumers = {layer1_0_conv1, layer1_1_conv1, layer2_0_conv1, layer2_0_down}.
+struct ChannelGroup {
+    int64_t channels = 0;
+    std::vector<int> producers;   ///< conv/linear nodes whose output channels are this space
+    std::vector<int> depthwise;   ///< depthwise convs inside the space (channels in = out)
+    std::vector<int> batchnorms;  ///< BN nodes on the space
+    std::vector<int> consumers;   ///< conv/linear nodes reading the space as input channels
+    std::vector<int64_t>
+        consumer_spatial;  ///< per consumer: input features per channel (flatten H·W)
+    bool prunable = true;
+    std::string reason;  ///< why not prunable
+    std::string name;    ///< the first producer's name
+};
+
+/// Analyses the graph into channel groups (in topological order of their first producer). Groups
+/// that touch the input, the output, a Concat, a Reshape or a grouped (non-depthwise) conv, or
+/// whose producers match one of `exclude` (glob patterns on node names), are marked not prunable.
+std::vector<ChannelGroup> channel_groups(const Graph& graph,
+                                         const std::vector<std::string>& exclude = {});
+
+/// Removes every channel not in `keep` (sorted indices into the group's channels) from all tensors
+/// of the group: producers' output rows and biases, depthwise weights (and their groups), BN
+/// parameters and statistics, consumers' input columns. The graph stays valid and is smaller.
+void prune_group(Graph& graph, const ChannelGroup& group, const std::vector<int64_t>& keep);
+
+/// Zeroes (instead of removing) the channels not in `keep` in producers, depthwise convs and BN, so
+/// that the result computes what the physically pruned graph computes (for equivalence tests).
+void zero_group(Graph& graph, const ChannelGroup& group, const std::vector<int64_t>& keep);
+
+/// Channel importance by a data-free criterion, aggregated over the group's members:
+/// "l1", "l2" (norms of producer filters), "fpgm" (distance to the other filters: the geometric
+/// median is least important), "bn_scale" (|gamma| of the group's BNs). Higher = more important.
+at::Tensor channel_scores(const Graph& graph,
+                          const ChannelGroup& group,
+                          const std::string& criterion);
+
+/// The `count` highest-scoring channels, sorted by index.
+std::vector<int64_t> top_channels(const at::Tensor& scores, int64_t count);
+
+/// Solves min_β ‖y − Zβ‖² + λ‖β‖₁ (β ≥ 0) given G = ZᵀZ and b = Zᵀy, by coordinate descent, and
+/// searches λ (doubling, then bisection) until exactly `count` coefficients are non-zero. Returns
+/// the selected indices (sorted) and leaves the final β in `beta`.
+std::vector<int64_t> lasso_select(const at::Tensor& gram,
+                                  const at::Tensor& target,
+                                  int64_t count,
+                                  at::Tensor* beta = nullptr);
+
+/// Channels kept by each group for a given kept ratio (at least one per group).
+int64_t kept_channels(int64_t channels, double ratio);
+
+/// MACs of the graph if every prunable group kept `ratios[g]` of its channels (structure only).
+int64_t macs_with_ratios(const Graph& graph,
+                         const std::vector<ChannelGroup>& groups,
+                         const std::vector<double>& ratios);
+
+}  // namespace pocketflow

@@ -1,0 +1,49 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "pocketflow/learner.h"
+
+namespace pocketflow::learners {
+
+/// Options of the `channel_pruning` learner.
+struct ChannelPruningOptions {
+    double flops_target = 0;           ///< kept fraction of MACs (0: use `ratios` as given)
+    std::vector<double> ratios;        ///< per prunable group kept ratios (empty: uniform)
+    std::string criterion = "lasso";   ///< lasso | l1 | l2 | fpgm | bn_scale
+    std::vector<std::string> exclude;  ///< glob patterns of layer names never pruned
+    bool keep_first_conv = true;       ///< never prune the first conv's output channels
+    bool reconstruct = true;           ///< least-squares reconstruction of consumers (lasso only)
+    int64_t samples = 256;             ///< lasso: calibration images from the training split
+    int64_t positions = 10;            ///< lasso: sampled output positions per image
+    double ridge = 1e-3;  ///< lasso: ridge term of the reconstruction (× mean diagonal)
+    int64_t group_finetune_steps = 0;  ///< short fine-tune after each pruned group
+    int64_t finetune_epochs = 4;       ///< final fine-tuning (0: none)
+    double finetune_lr = 0.01;         ///< learning rate of (group and final) fine-tuning
+};
+
+/// Channel pruning (He et al. 2017, "Channel Pruning for Accelerating Very Deep Neural Networks"):
+/// channel-coupling groups are pruned one after another — channels chosen by LASSO on sampled
+/// input patches of the partly pruned network against the original network's outputs (or by a
+/// data-free criterion), consumers reconstructed by least squares — and removed physically, so the
+/// model really is smaller and faster. Then the model is fine-tuned (with distillation when
+/// enabled).
+///
+/// Example:
+///   pipeline: [{learner: channel_pruning, flops_target: 0.5, criterion: lasso, finetune_epochs:
+///   4}]
+class ChannelPruning : public Learner {
+public:
+    explicit ChannelPruning(ChannelPruningOptions options);
+    nlohmann::json run(RunContext& ctx) override;
+
+private:
+    ChannelPruningOptions options_;
+};
+
+/// Adds `channel_pruning` to a registry.
+void register_channel_pruning(LearnerRegistry& registry);
+
+}  // namespace pocketflow::learners
