@@ -86,6 +86,10 @@ private:
     std::map<std::string, LearnerInfo> learners_;
 };
 
+/// A ConfigReader over a stage's YAML section with `learner` already read; a learner's factory
+/// reads its own keys from it and calls finish().
+ConfigReader stage_reader(const StageConfig& stage, const Job& job);
+
 /// Registers every built-in learner (learners/builtin.cpp).
 void register_builtin_learners(LearnerRegistry& registry);
 /// The process-wide registry with the built-ins registered.

@@ -40,6 +40,27 @@ std::string human_count(double value);
 /// Human-readable bytes: 1.2 MiB.
 std::string human_bytes(double bytes);
 
+/// A fresh private directory under the system temp dir, removed with everything in it on scope
+/// exit.
+class ScopedTempDir {
+public:
+    explicit ScopedTempDir(const std::string& prefix);
+    ~ScopedTempDir();
+    ScopedTempDir(const ScopedTempDir&) = delete;
+    ScopedTempDir& operator=(const ScopedTempDir&) = delete;
+    const std::filesystem::path& path() const { return path_; }
+
+private:
+    std::filesystem::path path_;
+};
+
+/// Parses "3x32x32" (sep 'x') or "1,64" (sep ',') into positive integers at most `max`; throws
+/// ConfigError naming `what` (the option) otherwise.
+std::vector<int64_t> parse_positive_ints(const std::string& text,
+                                         char sep,
+                                         int64_t max,
+                                         const std::string& what);
+
 /// Installs SIGINT/SIGTERM handlers that set a flag instead of killing the process, so long work
 /// can save a checkpoint and stop cleanly. A second signal restores the default and kills.
 void install_stop_handlers();

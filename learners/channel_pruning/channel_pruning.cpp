@@ -338,9 +338,7 @@ void register_channel_pruning(LearnerRegistry& registry) {
          "remove channels (LASSO/L1/L2/FPGM/BN-scale, coupled groups), reconstruct, fine-tune",
          [](const StageConfig& stage, const Job& job) -> std::unique_ptr<Learner> {
              ChannelPruningOptions o;
-             ConfigReader r(stage.options, stage.path, job.source);
-             std::string name;
-             r.read("learner", name, "learner name");
+             ConfigReader r = stage_reader(stage, job);
              r.read("flops_target", o.flops_target, "kept fraction of MACs",
                     ConfigReader::in_range(0, 1));
              std::string mode = "uniform";

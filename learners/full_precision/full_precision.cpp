@@ -32,9 +32,7 @@ void register_full_precision(LearnerRegistry& registry) {
     registry.add({"full_precision", "train the model at full precision (baseline and teacher)",
                   [](const StageConfig& stage, const Job& job) -> std::unique_ptr<Learner> {
                       FullPrecisionOptions o;
-                      ConfigReader r(stage.options, stage.path, job.source);
-                      std::string name;
-                      r.read("learner", name, "learner name");
+                      ConfigReader r = stage_reader(stage, job);
                       r.read("epochs", o.epochs, "epochs for this stage (0: train.epochs)",
                              ConfigReader::at_least(0));
                       r.finish();

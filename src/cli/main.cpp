@@ -136,24 +136,7 @@ int cmd_eval(const std::string& model_path, const JobOptions& o, const GlobalOpt
 }
 
 std::vector<int64_t> parse_shape(const std::string& text) {
-    std::vector<int64_t> shape;
-    size_t start = 0;
-    while (start <= text.size()) {
-        size_t x = text.find('x', start);
-        std::string part =
-            text.substr(start, x == std::string::npos ? std::string::npos : x - start);
-        char* end = nullptr;
-        long v = std::strtol(part.c_str(), &end, 10);
-        PF_CHECK(!part.empty() && *end == '\0' && v > 0, ConfigError,
-                 "--input {}: failed to parse shape: expected CxHxW with positive integers, e.g. "
-                 "3x32x32",
-                 text);
-        shape.push_back(v);
-        if (x == std::string::npos) {
-            break;
-        }
-        start = x + 1;
-    }
+    std::vector<int64_t> shape = pf::parse_positive_ints(text, 'x', 1 << 20, "--input");
     PF_CHECK(shape.size() == 3, ConfigError, "--input {}: expected CxHxW, e.g. 3x32x32", text);
     return shape;
 }
@@ -294,27 +277,6 @@ Timing summarize(std::vector<double> times) {
     return {pick(0.5), pick(0.9)};
 }
 
-std::vector<int64_t> parse_list(const std::string& text, const char* what) {
-    std::vector<int64_t> out;
-    size_t start = 0;
-    while (start <= text.size()) {
-        size_t comma = text.find(',', start);
-        std::string part =
-            text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-        char* end = nullptr;
-        long v = std::strtol(part.c_str(), &end, 10);
-        PF_CHECK(!part.empty() && *end == '\0' && v > 0 && v <= 4096, ConfigError,
-                 "{} {}: expected a comma-separated list of sizes in [1, 4096], e.g. 1,64", what,
-                 text);
-        out.push_back(v);
-        if (comma == std::string::npos) {
-            break;
-        }
-        start = comma + 1;
-    }
-    return out;
-}
-
 int cmd_bench(const std::vector<std::string>& models,
               const std::string& batches_text,
               const std::string& runtimes_text,
@@ -324,7 +286,7 @@ int cmd_bench(const std::vector<std::string>& models,
     namespace fs = std::filesystem;
     int threads = pf::configure_threads(g.threads < 0 ? 0 : g.threads);
     pf::check_blas();
-    std::vector<int64_t> batches = parse_list(batches_text, "--batch");
+    std::vector<int64_t> batches = pf::parse_positive_ints(batches_text, ',', 4096, "--batch");
     std::vector<std::string> runtimes;
     for (const auto& r : {std::string("libtorch"), std::string("onnxruntime")}) {
         if (runtimes_text.find(r) != std::string::npos) {
@@ -333,15 +295,8 @@ int cmd_bench(const std::vector<std::string>& models,
     }
     PF_CHECK(!runtimes.empty(), ConfigError, "--runtime {}: expected libtorch, onnxruntime or both",
              runtimes_text);
-    fs::path tmp = fs::temp_directory_path() / fmt::format("pocketflow-bench-{}", ::getpid());
-    fs::create_directories(tmp);
-    struct Cleanup {
-        fs::path dir;
-        ~Cleanup() {
-            std::error_code ec;
-            fs::remove_all(dir, ec);
-        }
-    } cleanup{tmp};
+    pf::ScopedTempDir scratch("pocketflow-bench");
+    const fs::path& tmp = scratch.path();
     json rows = json::array();
     std::map<std::string, double> first;  // runtime/batch -> median of the first model
     for (size_t m = 0; m < models.size(); ++m) {

@@ -157,6 +157,41 @@ std::string human_bytes(double bytes) {
     return u == 0 ? fmt::format("{:.0f} B", bytes) : fmt::format("{:.1f} {}", bytes, units[u]);
 }
 
+ScopedTempDir::ScopedTempDir(const std::string& prefix) {
+    std::string pattern = (fs::temp_directory_path() / (prefix + "-XXXXXX")).string();
+    PF_CHECK(::mkdtemp(pattern.data()) != nullptr, IoError,
+             "failed to create a temporary directory {}: {}", pattern, std::strerror(errno));
+    path_ = pattern;
+}
+
+ScopedTempDir::~ScopedTempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+}
+
+std::vector<int64_t> parse_positive_ints(const std::string& text,
+                                         char sep,
+                                         int64_t max,
+                                         const std::string& what) {
+    std::vector<int64_t> out;
+    size_t start = 0;
+    while (true) {
+        size_t next = text.find(sep, start);
+        std::string part =
+            text.substr(start, next == std::string::npos ? std::string::npos : next - start);
+        char* end = nullptr;
+        long long v = std::strtoll(part.c_str(), &end, 10);
+        PF_CHECK(!part.empty() && *end == '\0' && v > 0 && v <= max, ConfigError,
+                 "{} {}: expected positive integers (at most {}) separated by '{}'", what, text,
+                 max, sep);
+        out.push_back(v);
+        if (next == std::string::npos) {
+            return out;
+        }
+        start = next + 1;
+    }
+}
+
 namespace {
 std::atomic<bool> g_stop{false};
 

@@ -84,6 +84,20 @@ private:
 // ------------------------------------------------------------------------------------------------
 // Image decoding (image folders)
 
+/// An Image (CHW) from interleaved RGB rows (HWC), as the decoders produce them.
+Image from_rgb(const std::vector<uint8_t>& hwc, int64_t h, int64_t w) {
+    Image img{3, h, w, std::vector<uint8_t>(hwc.size())};
+    for (int64_t y = 0; y < h; ++y) {
+        for (int64_t x = 0; x < w; ++x) {
+            for (int64_t c = 0; c < 3; ++c) {
+                img.pixels[static_cast<size_t>((c * h + y) * w + x)] =
+                    hwc[static_cast<size_t>((y * w + x) * 3 + c)];
+            }
+        }
+    }
+    return img;
+}
+
 Image decode_jpeg(const std::string& path, const std::string& bytes) {
     tjhandle tj = tjInitDecompress();
     PF_CHECK(tj != nullptr, Error, "failed to initialise libjpeg-turbo");
@@ -100,16 +114,7 @@ Image decode_jpeg(const std::string& path, const std::string& bytes) {
     std::string msg = rc != 0 ? tjGetErrorStr2(tj) : "";
     tjDestroy(tj);
     PF_CHECK(rc == 0, InputError, "failed to decode {}: {}", path, msg);
-    Image img{3, h, w, std::vector<uint8_t>(hwc.size())};
-    for (int64_t y = 0; y < h; ++y) {
-        for (int64_t x = 0; x < w; ++x) {
-            for (int64_t c = 0; c < 3; ++c) {
-                img.pixels[static_cast<size_t>((c * h + y) * w + x)] =
-                    hwc[static_cast<size_t>((y * w + x) * 3 + c)];
-            }
-        }
-    }
-    return img;
+    return from_rgb(hwc, h, w);
 }
 
 Image decode_png(const std::string& path, const std::string& bytes) {
@@ -125,16 +130,7 @@ Image decode_png(const std::string& path, const std::string& bytes) {
         throw InputError(fmt::format("failed to decode {}: {}", path, msg));
     }
     int64_t h = image.height, w = image.width;
-    Image img{3, h, w, std::vector<uint8_t>(hwc.size())};
-    for (int64_t y = 0; y < h; ++y) {
-        for (int64_t x = 0; x < w; ++x) {
-            for (int64_t c = 0; c < 3; ++c) {
-                img.pixels[static_cast<size_t>((c * h + y) * w + x)] =
-                    hwc[static_cast<size_t>((y * w + x) * 3 + c)];
-            }
-        }
-    }
-    return img;
+    return from_rgb(hwc, h, w);
 }
 
 /// Bilinear sample of the source box [x0, x0+bw) × [y0, y0+bh) into an out_h × out_w image.

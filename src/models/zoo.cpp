@@ -82,12 +82,10 @@ Graph lenet5(int64_t nc, const std::vector<int64_t>& shape) {
     return std::move(b.g);
 }
 
-/// conv-bn(-relu) then conv-bn, plus identity or 1×1 conv + BN projection, add, relu.
-void basic_block(Builder& b, const std::string& name, int64_t c_out, int64_t stride) {
-    int in = b.x;
-    int64_t c_in = b.c;
-    b.conv_bn(name + "_conv1", c_out, 3, stride);
-    b.conv_bn(name + "_conv2", c_out, 3, 1, 1, Op::kIdentity);
+/// Adds the block's shortcut (identity, or 1×1 conv + BN projection where the shape changes) to the
+/// block's output, then ReLU.
+void residual_add(
+    Builder& b, const std::string& name, int in, int64_t c_in, int64_t c_out, int64_t stride) {
     int shortcut = in;
     if (stride != 1 || c_in != c_out) {
         shortcut = b.conv(name + "_down", in, c_in, c_out, 1, stride, 0);
@@ -97,6 +95,15 @@ void basic_block(Builder& b, const std::string& name, int64_t c_out, int64_t str
     b.x = b.g.add_unary(name + "_relu", Op::kReLU, b.x);
 }
 
+/// conv-bn-relu then conv-bn, plus the shortcut.
+void basic_block(Builder& b, const std::string& name, int64_t c_out, int64_t stride) {
+    int in = b.x;
+    int64_t c_in = b.c;
+    b.conv_bn(name + "_conv1", c_out, 3, stride);
+    b.conv_bn(name + "_conv2", c_out, 3, 1, 1, Op::kIdentity);
+    residual_add(b, name, in, c_in, c_out, stride);
+}
+
 void bottleneck(Builder& b, const std::string& name, int64_t width, int64_t stride) {
     int in = b.x;
     int64_t c_in = b.c;
@@ -104,13 +111,7 @@ void bottleneck(Builder& b, const std::string& name, int64_t width, int64_t stri
     b.conv_bn(name + "_conv1", width, 1, 1);
     b.conv_bn(name + "_conv2", width, 3, stride);
     b.conv_bn(name + "_conv3", c_out, 1, 1, 1, Op::kIdentity);
-    int shortcut = in;
-    if (stride != 1 || c_in != c_out) {
-        shortcut = b.conv(name + "_down", in, c_in, c_out, 1, stride, 0);
-        shortcut = b.g.add_bn(name + "_down_bn", shortcut, c_out);
-    }
-    b.x = b.g.add_binary(name + "_add", Op::kAdd, b.x, shortcut);
-    b.x = b.g.add_unary(name + "_relu", Op::kReLU, b.x);
+    residual_add(b, name, in, c_in, c_out, stride);
 }
 
 Graph resnet_cifar(int depth, int64_t nc, const std::vector<int64_t>& shape) {

@@ -1224,16 +1224,8 @@ OrtRun run_onnxruntime(const std::string& onnx_path,
     std::string runner = ort_runner_path();
     PF_CHECK(!runner.empty(), Error,
              "ONNX Runtime is not installed (tools/ort/node_modules): run tools/setup.sh --ort");
-    fs::path dir =
-        fs::temp_directory_path() / fmt::format("pocketflow-ort-{}-{}", ::getpid(), std::rand());
-    fs::create_directories(dir);
-    struct Cleanup {
-        fs::path dir;
-        ~Cleanup() {
-            std::error_code ec;
-            fs::remove_all(dir, ec);
-        }
-    } cleanup{dir};
+    ScopedTempDir scratch("pocketflow-ort");
+    const fs::path& dir = scratch.path();
     at::Tensor x = input.detach().to(at::kFloat).contiguous();
     write_file_atomic(dir / "input.f32", std::string_view(static_cast<const char*>(x.data_ptr()),
                                                           static_cast<size_t>(x.numel()) * 4));

@@ -66,6 +66,13 @@ std::vector<std::string> LearnerRegistry::names() const {
     return out;
 }
 
+ConfigReader stage_reader(const StageConfig& stage, const Job& job) {
+    ConfigReader r(stage.options, stage.path, job.source);
+    std::string name;
+    r.read("learner", name, "learner name");
+    return r;
+}
+
 const LearnerRegistry& builtin_registry() {
     static const LearnerRegistry registry = [] {
         LearnerRegistry r;
