@@ -274,6 +274,14 @@ nlohmann::json ChannelPruning::run(RunContext& ctx) {
     const double prune_seconds = std::chrono::duration<double>(Clock::now() - start).count();
     ctx.model = std::make_shared<Model>(graph.clone(), ctx.model->meta());
     const int64_t macs_after = graph.total_macs();
+    const double kept_fraction = static_cast<double>(macs_after) / static_cast<double>(macs_before);
+    if (options_.flops_target > 0 && kept_fraction > options_.flops_target + 0.02) {
+        spdlog::warn(
+            "[{}] flops_target {} cannot be met: with one channel left per prunable group the "
+            "model "
+            "still has {:.1f}% of its MACs (layers that cannot be pruned dominate)",
+            ctx.stage.path, options_.flops_target, 100 * kept_fraction);
+    }
     spdlog::info("[{}] pruned to {} of {} MACs ({:.1f}%), {} of {} params in {:.1f} s",
                  ctx.stage.path, human_count(static_cast<double>(macs_after)),
                  human_count(static_cast<double>(macs_before)),
