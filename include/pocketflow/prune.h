@@ -64,12 +64,14 @@ std::vector<int64_t> lasso_select(const at::Tensor& gram,
                                   int64_t count,
                                   at::Tensor* beta = nullptr);
 
-/// Channels kept by each group for a given kept ratio (at least one per group).
-int64_t kept_channels(int64_t channels, double ratio);
+/// Channels kept by a group of `channels` for a kept ratio: at least one, and a multiple of
+/// `multiple` when that is given (vectorised kernels run whole blocks of 8 or 16 channels).
+int64_t kept_channels(int64_t channels, double ratio, int64_t multiple = 1);
 
 /// MACs of the graph if every prunable group kept `ratios[g]` of its channels (structure only).
 int64_t macs_with_ratios(const Graph& graph,
                          const std::vector<ChannelGroup>& groups,
-                         const std::vector<double>& ratios);
+                         const std::vector<double>& ratios,
+                         int64_t multiple = 1);
 
 }  // namespace pocketflow

@@ -27,7 +27,8 @@ struct ConsumerSample {
 };
 
 /// The ratio that, applied to every prunable group, keeps `target` of the MACs (bisection).
-double uniform_ratio(const Graph& graph,
+double uniform_ratio(int64_t multiple,
+                     const Graph& graph,
                      const std::vector<ChannelGroup>& groups,
                      size_t prunable,
                      double target,
@@ -35,8 +36,8 @@ double uniform_ratio(const Graph& graph,
     double lo = 0.0, hi = 1.0;
     for (int it = 0; it < 40; ++it) {
         double mid = 0.5 * (lo + hi);
-        double kept = static_cast<double>(
-                          macs_with_ratios(graph, groups, std::vector<double>(prunable, mid))) /
+        double kept = static_cast<double>(macs_with_ratios(
+                          graph, groups, std::vector<double>(prunable, mid), multiple)) /
                       static_cast<double>(total);
         (kept > target ? hi : lo) = mid;
     }
@@ -87,8 +88,8 @@ nlohmann::json ChannelPruning::run(RunContext& ctx) {
     const int64_t macs_before = graph.total_macs();
     std::vector<double> ratios = options_.ratios;
     if (ratios.empty()) {
-        double r =
-            uniform_ratio(graph, groups, prunable.size(), options_.flops_target, macs_before);
+        double r = uniform_ratio(options_.channel_multiple, graph, groups, prunable.size(),
+                                 options_.flops_target, macs_before);
         ratios.assign(prunable.size(), r);
         spdlog::info("[{}] uniform kept ratio {:.4f} for {} groups to keep {:.1f}% of MACs",
                      ctx.stage.path, r, prunable.size(), 100 * options_.flops_target);
@@ -137,7 +138,7 @@ nlohmann::json ChannelPruning::run(RunContext& ctx) {
 
     for (size_t r = 0; r < prunable.size(); ++r) {
         const ChannelGroup& group = groups[prunable[r]];
-        int64_t keep_count = kept_channels(group.channels, ratios[r]);
+        int64_t keep_count = kept_channels(group.channels, ratios[r], options_.channel_multiple);
         if (keep_count >= group.channels) {
             continue;
         }
@@ -277,10 +278,10 @@ nlohmann::json ChannelPruning::run(RunContext& ctx) {
     const double kept_fraction = static_cast<double>(macs_after) / static_cast<double>(macs_before);
     if (options_.flops_target > 0 && kept_fraction > options_.flops_target + 0.02) {
         spdlog::warn(
-            "[{}] flops_target {} cannot be met: with one channel left per prunable group the "
-            "model "
-            "still has {:.1f}% of its MACs (layers that cannot be pruned dominate)",
-            ctx.stage.path, options_.flops_target, 100 * kept_fraction);
+            "[{}] reached {:.1f}% of the MACs for flops_target {}: the channel granularity "
+            "(channel_multiple {}) or the layers that cannot be pruned allow no closer uniform "
+            "ratio; give per-group ratios to get closer",
+            ctx.stage.path, 100 * kept_fraction, options_.flops_target, options_.channel_multiple);
     }
     spdlog::info("[{}] pruned to {} of {} MACs ({:.1f}%), {} of {} params in {:.1f} s",
                  ctx.stage.path, human_count(static_cast<double>(macs_after)),
@@ -382,6 +383,8 @@ void register_channel_pruning(LearnerRegistry& registry) {
              }
              r.read("keep_first_conv", o.keep_first_conv,
                     "never prune the first conv's output channels");
+             r.read("channel_multiple", o.channel_multiple,
+                    "round kept channels to a multiple of this", ConfigReader::in_range(1, 256));
              o.reconstruct = true;
              r.read("reconstruct", o.reconstruct,
                     "least-squares reconstruction of consumers (lasso)");

@@ -426,13 +426,21 @@ std::vector<int64_t> lasso_select(const at::Tensor& gram,
     return order;
 }
 
-int64_t kept_channels(int64_t channels, double ratio) {
-    return std::clamp<int64_t>(std::llround(ratio * static_cast<double>(channels)), 1, channels);
+int64_t kept_channels(int64_t channels, double ratio, int64_t multiple) {
+    int64_t k =
+        std::clamp<int64_t>(std::llround(ratio * static_cast<double>(channels)), 1, channels);
+    if (multiple > 1 && channels > multiple) {
+        k = std::clamp<int64_t>(
+            std::llround(static_cast<double>(k) / static_cast<double>(multiple)) * multiple,
+            multiple, channels);
+    }
+    return k;
 }
 
 int64_t macs_with_ratios(const Graph& graph,
                          const std::vector<ChannelGroup>& groups,
-                         const std::vector<double>& ratios) {
+                         const std::vector<double>& ratios,
+                         int64_t multiple) {
     // Structure only: prune a shallow copy whose weights are replaced by the pruned shapes.
     Graph g = graph;
     size_t r = 0;
@@ -440,7 +448,7 @@ int64_t macs_with_ratios(const Graph& graph,
         if (!group.prunable) {
             continue;
         }
-        int64_t k = kept_channels(group.channels, ratios.at(r++));
+        int64_t k = kept_channels(group.channels, ratios.at(r++), multiple);
         std::vector<int64_t> keep(static_cast<size_t>(k));
         std::iota(keep.begin(), keep.end(), 0);
         prune_group(g, group, keep);

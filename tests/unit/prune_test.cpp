@@ -232,6 +232,12 @@ TEST(BudgetTest, MacsFollowRatios) {
     EXPECT_GT(half, full * 0.2);
     EXPECT_EQ(kept_channels(16, 0.01), 1);
     EXPECT_EQ(kept_channels(16, 0.5), 8);
+    EXPECT_EQ(kept_channels(64, 0.6, 8), 40);  // 38.4 → 40
+    EXPECT_EQ(kept_channels(64, 0.05, 8), 8);  // never below one block
+    EXPECT_EQ(kept_channels(6, 0.5, 8), 3);    // layers narrower than a block are not rounded
+    int64_t coarse = macs_with_ratios(g, groups, std::vector<double>(prunable, 0.6), 8);
+    EXPECT_GT(coarse, 0);
+    EXPECT_LE(coarse, full);
 }
 
 }  // namespace
