@@ -59,8 +59,6 @@ public:
     bool has(const std::string& key) const;
     /// The values read so far, defaults included (for resolved_config.yaml).
     const YAML::Node& resolved() const { return resolved_; }
-    /// (key, doc) of every key read, in order (for `--explain`-style listings).
-    const std::vector<std::pair<std::string, std::string>>& docs() const { return docs_; }
 
     /// Throws for keys that no read() asked for, with the nearest known key and the full list.
     void finish();
@@ -83,7 +81,6 @@ private:
     std::string path_;
     const Source& source_;
     std::vector<std::string> known_;
-    std::vector<std::pair<std::string, std::string>> docs_;
     YAML::Node resolved_;
     mutable YAML::Node found_;
 };

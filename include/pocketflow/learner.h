@@ -25,7 +25,6 @@ class RunDir {
 public:
     explicit RunDir(std::filesystem::path path);
     const std::filesystem::path& path() const { return path_; }
-    std::filesystem::path file(const std::string& name) const { return path_ / name; }
     std::filesystem::path checkpoint(const std::string& tag) const;
     /// Appends one JSON object as a line to metrics.jsonl (flushed).
     void log_metrics(const nlohmann::json& row);

@@ -71,9 +71,9 @@ void ConfigReader::fail(const std::string& key, const std::string& message) cons
         fmt::format("{}: failed to read {}{}: {}", location(key), key_path(key), value, message));
 }
 
-YAML::Node ConfigReader::value_node(const std::string& key, const std::string& doc) {
+// `doc` documents the key at every call site (the schema in the code); it is not stored.
+YAML::Node ConfigReader::value_node(const std::string& key, const std::string& /*doc*/) {
     known_.push_back(key);
-    docs_.emplace_back(key, doc);
     const YAML::Node* n = find(key);
     if (n == nullptr || n->IsNull()) {
         return YAML::Node();
