@@ -188,28 +188,37 @@ std::string one_node_model(const testing::TempDir& dir,
     return path;
 }
 
+/// A one-node model: node `name` of `op` reading `inputs` and writing "y"; `attrs` adds attributes.
+std::string single_op_model(const testing::TempDir& dir,
+                            const std::string& name,
+                            const std::string& op,
+                            const std::vector<std::string>& inputs,
+                            const std::function<void(onnx::NodeProto&)>& attrs = {}) {
+    return one_node_model(dir, [&](onnx::GraphProto& g) {
+        auto* n = g.add_node();
+        n->set_name(name);
+        n->set_op_type(op);
+        for (const auto& in : inputs) {
+            n->add_input(in);
+        }
+        n->add_output("y");
+        if (attrs) {
+            attrs(*n);
+        }
+    });
+}
+
 TEST(OnnxImportTest, UnsupportedOpsAndAttributesAreNamed) {
     testing::TempDir dir;
-    auto path = one_node_model(dir, [](onnx::GraphProto& g) {
-        auto* n = g.add_node();
-        n->set_name("lrn1");
-        n->set_op_type("LRN");
-        n->add_input("x");
-        n->add_output("y");
-    });
+    auto path = single_op_model(dir, "lrn1", "LRN", {"x"});
     expect_error<InputError>([&] { import_onnx(path); },
                              "node 'lrn1' (LRN): op type is not supported");
-    path = one_node_model(dir, [](onnx::GraphProto& g) {
-        auto* n = g.add_node();
-        n->set_name("pool");
-        n->set_op_type("MaxPool");
-        n->add_input("x");
-        n->add_output("y");
-        auto* k = n->add_attribute();
+    path = single_op_model(dir, "pool", "MaxPool", {"x"}, [](onnx::NodeProto& n) {
+        auto* k = n.add_attribute();
         k->set_name("kernel_shape");
         k->add_ints(2);
         k->add_ints(2);
-        auto* p = n->add_attribute();
+        auto* p = n.add_attribute();
         p->set_name("pads");
         for (int64_t v : {0, 0, 1, 1}) {
             p->add_ints(v);
@@ -217,26 +226,14 @@ TEST(OnnxImportTest, UnsupportedOpsAndAttributesAreNamed) {
     });
     expect_error<InputError>([&] { import_onnx(path); },
                              "node 'pool' (MaxPool): pads [0, 0, 1, 1] are asymmetric");
-    path = one_node_model(dir, [](onnx::GraphProto& g) {
-        auto* n = g.add_node();
-        n->set_name("relu");
-        n->set_op_type("Relu");
-        n->add_input("x");
-        n->add_output("y");
-        auto* a = n->add_attribute();
+    path = single_op_model(dir, "relu", "Relu", {"x"}, [](onnx::NodeProto& n) {
+        auto* a = n.add_attribute();
         a->set_name("mystery");
         a->set_i(1);
     });
     expect_error<InputError>([&] { import_onnx(path); },
                              "node 'relu' (Relu): attribute 'mystery' is not supported");
-    path = one_node_model(dir, [](onnx::GraphProto& g) {
-        auto* n = g.add_node();
-        n->set_name("conv");
-        n->set_op_type("Conv");
-        n->add_input("x");
-        n->add_input("w_dynamic");
-        n->add_output("y");
-    });
+    path = single_op_model(dir, "conv", "Conv", {"x", "w_dynamic"});
     expect_error<InputError>([&] { import_onnx(path); },
                              "weight (input 1) must be a constant initializer");
 }
