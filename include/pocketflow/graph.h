@@ -149,6 +149,11 @@ private:
     int output_ = 0;
 };
 
+/// An inference copy of `graph`: every BatchNorm2d whose input is a conv read by nothing else is
+/// folded into that conv (weights scaled per output channel, bias shifted) and removed. Outputs
+/// match the original in eval mode (running statistics) up to float rounding.
+Graph fold_batch_norm(const Graph& graph);
+
 /// Initialises weights the way PyTorch's modules do by default for training from scratch:
 /// Kaiming-normal (fan_out, ReLU) for convs, U(±1/√fan_in) for linear weights and biases, BN gamma
 /// 1 and beta 0, zero running mean and unit running variance.

@@ -61,4 +61,13 @@ OrtRun run_onnxruntime(const std::string& onnx_path,
                        int64_t repeat = 1,
                        int64_t threads = 0);
 
+/// Runs several ONNX files on the same input in one ONNX Runtime process, their timed runs
+/// interleaved (run k of each model, then run k+1) so that load changes affect all alike; one
+/// OrtRun per file, in order (only the first carries `output`).
+std::vector<OrtRun> run_onnxruntime(const std::vector<std::string>& onnx_paths,
+                                    const at::Tensor& input,
+                                    int64_t warmup,
+                                    int64_t repeat,
+                                    int64_t threads);
+
 }  // namespace pocketflow

@@ -65,7 +65,8 @@ std::vector<int64_t> lasso_select(const at::Tensor& gram,
                                   at::Tensor* beta = nullptr);
 
 /// Channels kept by a group of `channels` for a kept ratio: at least one, and a multiple of
-/// `multiple` when that is given (vectorised kernels run whole blocks of 8 or 16 channels).
+/// `multiple` (or all the channels) when that is given: vectorised kernels run whole blocks of 8 or
+/// 16 channels, so a group of at most `multiple` channels is not pruned at all.
 int64_t kept_channels(int64_t channels, double ratio, int64_t multiple = 1);
 
 /// MACs of the graph if every prunable group kept `ratios[g]` of its channels (structure only).
@@ -73,5 +74,22 @@ int64_t macs_with_ratios(const Graph& graph,
                          const std::vector<ChannelGroup>& groups,
                          const std::vector<double>& ratios,
                          int64_t multiple = 1);
+
+/// Kept ratios (one per prunable group, in order) that keep `target` of the graph's MACs.
+struct RatioFit {
+    double uniform = 1;          ///< the one ratio for all groups found by bisection
+    std::vector<double> ratios;  ///< per prunable group, after refinement
+    size_t refined = 0;          ///< groups made smaller than the uniform ratio gives
+    double kept_fraction = 1;    ///< of the MACs, with `ratios`
+};
+
+/// Finds one uniform kept ratio by bisection (never keeping less than `target`), then — since
+/// blocks of `multiple` channels make it coarse — takes one block at a time from the group that
+/// keeps the largest fraction of its channels (ties: the smallest MACs step) until the target is
+/// met, keeping whichever of the last two allocations is closer to it.
+RatioFit ratios_for_target(const Graph& graph,
+                           const std::vector<ChannelGroup>& groups,
+                           double target,
+                           int64_t multiple = 1);
 
 }  // namespace pocketflow

@@ -26,25 +26,6 @@ struct ConsumerSample {
         y;  ///< [M, O]: the original network's output at those positions, minus the current bias
 };
 
-/// The ratio that, applied to every prunable group, keeps `target` of the MACs (bisection).
-double uniform_ratio(int64_t multiple,
-                     const Graph& graph,
-                     const std::vector<ChannelGroup>& groups,
-                     size_t prunable,
-                     double target,
-                     int64_t total) {
-    double lo = 0.0, hi = 1.0;
-    for (int it = 0; it < 40; ++it) {
-        double mid = 0.5 * (lo + hi);
-        double kept = static_cast<double>(macs_with_ratios(
-                          graph, groups, std::vector<double>(prunable, mid), multiple)) /
-                      static_cast<double>(total);
-        (kept > target ? hi : lo) = mid;
-    }
-    // The larger bound keeps at least the target (never prunes more than asked).
-    return hi;
-}
-
 }  // namespace
 
 ChannelPruning::ChannelPruning(ChannelPruningOptions options) : options_(std::move(options)) {}
@@ -88,11 +69,13 @@ nlohmann::json ChannelPruning::run(RunContext& ctx) {
     const int64_t macs_before = graph.total_macs();
     std::vector<double> ratios = options_.ratios;
     if (ratios.empty()) {
-        double r = uniform_ratio(options_.channel_multiple, graph, groups, prunable.size(),
-                                 options_.flops_target, macs_before);
-        ratios.assign(prunable.size(), r);
-        spdlog::info("[{}] uniform kept ratio {:.4f} for {} groups to keep {:.1f}% of MACs",
-                     ctx.stage.path, r, prunable.size(), 100 * options_.flops_target);
+        RatioFit fit =
+            ratios_for_target(graph, groups, options_.flops_target, options_.channel_multiple);
+        ratios = fit.ratios;
+        spdlog::info(
+            "[{}] uniform kept ratio {:.4f} for {} groups to keep {:.1f}% of MACs ({} groups then "
+            "one or more channel blocks smaller to meet it)",
+            ctx.stage.path, fit.uniform, prunable.size(), 100 * options_.flops_target, fit.refined);
     } else {
         PF_CHECK(
             ratios.size() == prunable.size(), ConfigError,
@@ -279,8 +262,8 @@ nlohmann::json ChannelPruning::run(RunContext& ctx) {
     if (options_.flops_target > 0 && kept_fraction > options_.flops_target + 0.02) {
         spdlog::warn(
             "[{}] reached {:.1f}% of the MACs for flops_target {}: the channel granularity "
-            "(channel_multiple {}) or the layers that cannot be pruned allow no closer uniform "
-            "ratio; give per-group ratios to get closer",
+            "(channel_multiple {}) or the layers that cannot be pruned allow no closer "
+            "allocation; exclude fewer layers, lower channel_multiple or give per-group ratios",
             ctx.stage.path, 100 * kept_fraction, options_.flops_target, options_.channel_multiple);
     }
     spdlog::info("[{}] pruned to {} of {} MACs ({:.1f}%), {} of {} params in {:.1f} s",

@@ -119,7 +119,7 @@ int cmd_eval(const std::string& model_path, const JobOptions& o, const GlobalOpt
         data.mean = file.meta.mean;  // without a job, normalise as the model was trained
         data.std = file.meta.std;
     }
-    pf::Model model(std::move(file.graph), file.meta);
+    pf::Model model(pf::fold_batch_norm(file.graph), file.meta);  // inference: BN folded
     auto loader = data.test_loader(job.data);
     pf::EvalResult r = pf::evaluate(model, *loader);
     if (g.json) {
@@ -297,61 +297,89 @@ int cmd_bench(const std::vector<std::string>& models,
              runtimes_text);
     pf::ScopedTempDir scratch("pocketflow-bench");
     const fs::path& tmp = scratch.path();
-    json rows = json::array();
-    std::map<std::string, double> first;  // runtime/batch -> median of the first model
+    const bool want_ort =
+        std::find(runtimes.begin(), runtimes.end(), "onnxruntime") != runtimes.end();
+    struct Entry {
+        std::string path, onnx_path;
+        int64_t params = 0, macs = 0;
+        uintmax_t bytes = 0;
+        std::shared_ptr<pf::Model> model;
+    };
+    std::vector<Entry> entries;
+    std::vector<int64_t> shape;
     for (size_t m = 0; m < models.size(); ++m) {
-        const std::string& path = models[m];
-        pf::ModelFile file = pf::load_any_model(path);
-        std::string onnx_path = path;
-        bool is_onnx = fs::path(path).extension() == ".onnx";
-        if (!is_onnx &&
-            std::find(runtimes.begin(), runtimes.end(), "onnxruntime") != runtimes.end()) {
-            onnx_path = (tmp / fmt::format("model{}.onnx", m)).string();
-            pf::export_onnx(onnx_path, file.graph, file.meta);
+        Entry e;
+        e.path = models[m];
+        pf::ModelFile file = pf::load_any_model(e.path);
+        PF_CHECK(m == 0 || file.graph.input_shape() == shape, ConfigError,
+                 "failed to bench {}: it takes input [{}] but {} takes [{}]", e.path,
+                 fmt::join(file.graph.input_shape(), ", "), models[0], fmt::join(shape, ", "));
+        shape = file.graph.input_shape();
+        e.onnx_path = e.path;
+        if (want_ort && fs::path(e.path).extension() != ".onnx") {
+            e.onnx_path = (tmp / fmt::format("model{}.onnx", m)).string();
+            pf::export_onnx(e.onnx_path, file.graph, file.meta);
         }
-        const auto& shape = file.graph.input_shape();
-        int64_t params = file.graph.total_params(), macs = file.graph.total_macs();
-        auto bytes = fs::file_size(path);
-        pf::Model model(file.graph.clone(), file.meta);
-        model.eval();
-        for (const auto& runtime : runtimes) {
-            for (int64_t b : batches) {
-                spdlog::info("bench {} on {} at batch {}", path, runtime, b);
-                at::Tensor x = at::randn({b, shape[0], shape[1], shape[2]});
-                Timing t;
-                if (runtime == "libtorch") {
-                    at::NoGradGuard no_grad;
-                    std::vector<double> times;
-                    for (int64_t i = 0; i < warmup + repeat; ++i) {
+        e.params = file.graph.total_params();
+        e.macs = file.graph.total_macs();
+        e.bytes = fs::file_size(e.path);
+        // Deployed as exported: BN folded into the convs (as in the ONNX file).
+        e.model = std::make_shared<pf::Model>(pf::fold_batch_norm(file.graph), file.meta);
+        e.model->eval();
+        entries.push_back(std::move(e));
+    }
+    // Per runtime and batch, every model runs on the same input with their timed runs interleaved
+    // (run k of each model, then run k+1): a change in the machine's load hits all of them alike,
+    // so the speed-ups against the first model are measured in one run.
+    json rows = json::array();
+    for (const auto& runtime : runtimes) {
+        for (int64_t b : batches) {
+            spdlog::info("bench {} models on {} at batch {}", entries.size(), runtime, b);
+            at::Tensor x = at::randn({b, shape[0], shape[1], shape[2]});
+            std::vector<Timing> timings;
+            if (runtime == "libtorch") {
+                at::NoGradGuard no_grad;
+                std::vector<std::vector<double>> times(entries.size());
+                for (int64_t i = 0; i < warmup + repeat; ++i) {
+                    for (size_t m = 0; m < entries.size(); ++m) {
                         auto start = std::chrono::steady_clock::now();
-                        at::Tensor y = model.forward(x);
+                        at::Tensor y = entries[m].model->forward(x);
                         double ms = std::chrono::duration<double, std::milli>(
                                         std::chrono::steady_clock::now() - start)
                                         .count();
                         if (i >= warmup) {
-                            times.push_back(ms);
+                            times[m].push_back(ms);
                         }
                     }
-                    t = summarize(times);
-                } else {
-                    pf::OrtRun r = pf::run_onnxruntime(onnx_path, x, warmup, repeat, threads);
-                    t = {r.median_ms, r.p90_ms};
                 }
-                std::string key = fmt::format("{}/{}", runtime, b);
-                if (m == 0) {
-                    first[key] = t.median_ms;
+                for (auto& t : times) {
+                    timings.push_back(summarize(std::move(t)));
                 }
+            } else {
+                std::vector<std::string> paths;
+                for (const auto& e : entries) {
+                    paths.push_back(e.onnx_path);
+                }
+                for (const auto& r : pf::run_onnxruntime(paths, x, warmup, repeat, threads)) {
+                    timings.push_back({r.median_ms, r.p90_ms});
+                }
+            }
+            for (size_t m = 0; m < entries.size(); ++m) {
+                const Entry& e = entries[m];
+                const Timing& t = timings[m];
                 rows.push_back(
-                    {{"model", path},
+                    {{"model", e.path},
                      {"runtime", runtime},
                      {"batch", b},
-                     {"params", params},
-                     {"macs", macs},
-                     {"file_bytes", bytes},
+                     {"params", e.params},
+                     {"macs", e.macs},
+                     {"file_bytes", e.bytes},
                      {"median_ms", t.median_ms},
                      {"p90_ms", t.p90_ms},
                      {"images_per_second", 1000.0 * static_cast<double>(b) / t.median_ms},
-                     {"speedup", first[key] / t.median_ms}});
+                     {"speedup", timings[0].median_ms / t.median_ms},
+                     {"macs_ratio",
+                      static_cast<double>(entries[0].macs) / static_cast<double>(e.macs)}});
             }
         }
     }
@@ -364,23 +392,27 @@ int cmd_bench(const std::vector<std::string>& models,
                   << std::endl;
         return 0;
     }
-    fmt::print("{:<36}{:>10}{:>10}{:>11}{:<13}{:>7}{:>11}{:>11}{:>9}\n", "model", "params", "MACs",
-               "bytes", "  runtime", "batch", "median ms", "p90 ms", "speedup");
+    fmt::print("{:<36}{:>10}{:>10}{:>11}{:<13}{:>7}{:>11}{:>11}{:>9}{:>9}{:>9}\n", "model",
+               "params", "MACs", "bytes", "  runtime", "batch", "median ms", "p90 ms", "speedup",
+               "MACs÷", "ratio");
     for (const auto& r : rows) {
         std::string name = r["model"].get<std::string>();
         if (name.size() > 35) {
             name = "..." + name.substr(name.size() - 32);
         }
-        fmt::print("{:<36}{:>10}{:>10}{:>11}  {:<11}{:>7}{:>11.3f}{:>11.3f}{:>8.2f}x\n", name,
-                   pf::human_count(r["params"].get<double>()),
-                   pf::human_count(r["macs"].get<double>()),
-                   pf::human_bytes(r["file_bytes"].get<double>()), r["runtime"].get<std::string>(),
-                   r["batch"].get<int64_t>(), r["median_ms"].get<double>(),
-                   r["p90_ms"].get<double>(), r["speedup"].get<double>());
+        const double speedup = r["speedup"].get<double>(),
+                     macs_ratio = r["macs_ratio"].get<double>();
+        fmt::print(
+            "{:<36}{:>10}{:>10}{:>11}  {:<11}{:>7}{:>11.3f}{:>11.3f}{:>8.2f}x{:>8.2f}x{:>9.2f}\n",
+            name, pf::human_count(r["params"].get<double>()),
+            pf::human_count(r["macs"].get<double>()),
+            pf::human_bytes(r["file_bytes"].get<double>()), r["runtime"].get<std::string>(),
+            r["batch"].get<int64_t>(), r["median_ms"].get<double>(), r["p90_ms"].get<double>(),
+            speedup, macs_ratio, speedup / macs_ratio);
     }
     fmt::print(
-        "({} threads, {} warm-up and {} timed runs per row; speed-up relative to the first "
-        "model)\n",
+        "({} threads, {} warm-up and {} timed runs per model, interleaved; speed-up and MACs "
+        "reduction relative to the first model; ratio = speed-up ÷ MACs reduction)\n",
         threads, warmup, repeat);
     return 0;
 }
@@ -521,6 +553,7 @@ int run_cli(int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+    pf::configure_allocator();
     auto logger = spdlog::stderr_color_mt("pocketflow");
     logger->set_pattern("[%H:%M:%S] [%^%l%$] %v");
     spdlog::set_default_logger(logger);

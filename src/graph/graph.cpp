@@ -545,6 +545,50 @@ Graph Graph::clone() const {
     return g;
 }
 
+Graph fold_batch_norm(const Graph& graph) {
+    const auto& nodes = graph.nodes();
+    std::vector<int> readers(nodes.size(), 0);
+    for (const auto& n : nodes) {
+        for (int in : n.inputs) {
+            ++readers[static_cast<size_t>(in)];
+        }
+    }
+    Graph out(graph.input_shape());
+    std::vector<int> remap(nodes.size(), 0);  // old node index -> new node index
+    at::NoGradGuard no_grad;
+    for (size_t i = 1; i < nodes.size(); ++i) {
+        const Node& n = nodes[i];
+        const bool foldable =
+            n.op == Op::kBatchNorm2d && nodes[static_cast<size_t>(n.inputs[0])].op == Op::kConv2d &&
+            readers[static_cast<size_t>(n.inputs[0])] == 1 && n.inputs[0] != graph.output();
+        if (foldable) {
+            // y = γ (W x + b − μ) / √(σ² + ε) + β: scale the conv's output rows, shift its bias.
+            Node& conv = out.nodes()[static_cast<size_t>(remap[static_cast<size_t>(n.inputs[0])])];
+            at::Tensor scale =
+                n.params.at("weight") / at::sqrt(n.buffers.at("running_var") + n.attrs.eps);
+            at::Tensor& w = conv.params.at("weight");
+            at::Tensor b = conv.params.count("bias") ? conv.params.at("bias")
+                                                     : at::zeros({w.size(0)}, w.options());
+            w = w * scale.reshape({-1, 1, 1, 1});
+            conv.params["bias"] = (b - n.buffers.at("running_mean")) * scale + n.params.at("bias");
+            remap[i] = remap[static_cast<size_t>(n.inputs[0])];
+            continue;
+        }
+        Node copy = n;
+        for (auto* group : {&copy.params, &copy.buffers}) {
+            for (auto& [key, t] : *group) {
+                t = t.detach().clone();
+            }
+        }
+        for (int& in : copy.inputs) {
+            in = remap[static_cast<size_t>(in)];
+        }
+        remap[i] = out.add(std::move(copy));
+    }
+    out.set_output(remap[static_cast<size_t>(graph.output())]);
+    return out;
+}
+
 void init_weights(Graph& graph, uint64_t seed) {
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
     at::NoGradGuard no_grad;
@@ -585,6 +629,13 @@ at::Tensor run_node(const Node& n, const std::vector<at::Tensor>& in, bool train
         case Op::kInput:
             return in.at(0);
         case Op::kConv2d:
+            if (!training && !at::GradMode::is_enabled() && at::hasMKLDNN() && in[0].is_cpu() &&
+                in[0].scalar_type() == at::kFloat) {
+                // Inference: oneDNN for every batch size. at::conv2d picks the im2col + GEMM path
+                // below batch 16, several times slower at batch 1 (docs/performance.md).
+                return at::mkldnn_convolution(in[0], n.params.at("weight"), opt("bias"), a.padding,
+                                              a.stride, a.dilation, a.groups);
+            }
             return at::conv2d(in[0], n.params.at("weight"), opt("bias"), a.stride, a.padding,
                               a.dilation, a.groups);
         case Op::kBatchNorm2d:
@@ -663,6 +714,29 @@ Model::Model(Graph graph, ModelMeta meta) : graph_(std::move(graph)), meta_(std:
         }
     }
     last_use_[static_cast<size_t>(graph_.output())] = static_cast<int>(nodes.size());
+    // Values that may share storage with another value: the model input, and whatever feeds or
+    // comes out of an op that can return its input or a view of it.
+    shares_storage_.assign(nodes.size(), false);
+    shares_storage_[0] = true;
+    for (size_t i = 0; i < nodes.size(); ++i) {
+        const Op op = nodes[i].op;
+        if (op == Op::kIdentity || op == Op::kDropout || op == Op::kFlatten || op == Op::kReshape) {
+            shares_storage_[i] = true;
+            for (int in : nodes[i].inputs) {
+                shares_storage_[static_cast<size_t>(in)] = true;
+            }
+        }
+    }
+}
+
+bool Model::can_overwrite(const Node& n, size_t i, const std::vector<int>& capture) const {
+    if ((n.op != Op::kReLU && n.op != Op::kAdd) ||
+        shares_storage_[static_cast<size_t>(n.inputs[0])] ||
+        last_use_[static_cast<size_t>(n.inputs[0])] != static_cast<int>(i) ||
+        std::find(capture.begin(), capture.end(), n.inputs[0]) != capture.end()) {
+        return false;  // the input, a captured value, one read later or a view's base stays intact
+    }
+    return n.op == Op::kReLU || n.inputs[1] != n.inputs[0];
 }
 
 at::Tensor Model::forward(const at::Tensor& input) {
@@ -683,6 +757,7 @@ at::Tensor Model::forward_capture(const at::Tensor& input,
     std::vector<at::Tensor> args;
     captured.assign(capture.size(), at::Tensor());
     const bool training = is_training();
+    const bool in_place = !training && !at::GradMode::is_enabled();
     values[0] = input.contiguous(at::MemoryFormat::ChannelsLast);
     for (size_t i = 1; i < nodes.size(); ++i) {
         const Node& n = nodes[i];
@@ -690,7 +765,14 @@ at::Tensor Model::forward_capture(const at::Tensor& input,
         for (int in : n.inputs) {
             args.push_back(values[static_cast<size_t>(in)]);
         }
-        values[i] = run_node(n, args, training);
+        if (in_place && can_overwrite(n, i, capture) &&
+            (n.op == Op::kReLU || args[0].sizes() == args[1].sizes())) {
+            // Inference: ReLU and residual Add overwrite an input no later node reads.
+            at::Tensor& v = values[static_cast<size_t>(n.inputs[0])];
+            values[i] = n.op == Op::kReLU ? v.relu_() : v.add_(args[1]);
+        } else {
+            values[i] = run_node(n, args, training);
+        }
         for (size_t c = 0; c < capture.size(); ++c) {
             if (capture[c] == static_cast<int>(i)) {
                 captured[c] = values[i];

@@ -429,10 +429,12 @@ std::vector<int64_t> lasso_select(const at::Tensor& gram,
 int64_t kept_channels(int64_t channels, double ratio, int64_t multiple) {
     int64_t k =
         std::clamp<int64_t>(std::llround(ratio * static_cast<double>(channels)), 1, channels);
-    if (multiple > 1 && channels > multiple) {
-        k = std::clamp<int64_t>(
-            std::llround(static_cast<double>(k) / static_cast<double>(multiple)) * multiple,
-            multiple, channels);
+    if (multiple > 1 && k != channels) {
+        // The nearest of whole blocks or the whole group (ties keep more): a group of at most
+        // `multiple` channels stays whole.
+        int64_t lower = std::max(multiple, k / multiple * multiple);
+        int64_t upper = std::min(channels, lower + multiple);
+        k = lower > channels || k - lower >= upper - k ? upper : lower;
     }
     return k;
 }
@@ -454,6 +456,88 @@ int64_t macs_with_ratios(const Graph& graph,
         prune_group(g, group, keep);
     }
     return g.total_macs();
+}
+
+RatioFit ratios_for_target(const Graph& graph,
+                           const std::vector<ChannelGroup>& groups,
+                           double target,
+                           int64_t multiple) {
+    std::vector<int64_t> channels;
+    for (const auto& g : groups) {
+        if (g.prunable) {
+            channels.push_back(g.channels);
+        }
+    }
+    const double total = static_cast<double>(graph.total_macs());
+    auto fraction = [&](const std::vector<double>& ratios) {
+        return static_cast<double>(macs_with_ratios(graph, groups, ratios, multiple)) / total;
+    };
+    // One ratio for all groups, by bisection; the larger bound keeps at least the target.
+    RatioFit fit;
+    double lo = 0.0, hi = 1.0;
+    for (int it = 0; it < 40; ++it) {
+        double mid = 0.5 * (lo + hi);
+        (fraction(std::vector<double>(channels.size(), mid)) > target ? hi : lo) = mid;
+    }
+    fit.uniform = hi;
+    // Then, since blocks of channels make the uniform ratio coarse, one block at a time from the
+    // group keeping the largest fraction of its channels (ties: the smallest MACs step) until the
+    // target is reached; the closer of the last two allocations wins.
+    std::vector<int64_t> kept;
+    for (int64_t c : channels) {
+        kept.push_back(kept_channels(c, hi, multiple));
+    }
+    const std::vector<int64_t> start = kept;
+    auto ratios_of = [&](const std::vector<int64_t>& k) {
+        std::vector<double> r;
+        for (size_t i = 0; i < k.size(); ++i) {
+            r.push_back(static_cast<double>(k[i]) / static_cast<double>(channels[i]));
+        }
+        return r;
+    };
+    auto step_down = [&](int64_t k) {  // the next smaller allowed count, or k when there is none
+        int64_t next = k % multiple != 0 ? k / multiple * multiple : k - multiple;
+        return next >= multiple ? next : k;
+    };
+    double current = fraction(ratios_of(kept));
+    while (current > target) {
+        double largest = -1;
+        for (size_t i = 0; i < kept.size(); ++i) {
+            if (step_down(kept[i]) != kept[i]) {
+                largest = std::max(largest,
+                                   static_cast<double>(kept[i]) / static_cast<double>(channels[i]));
+            }
+        }
+        if (largest < 0) {
+            break;  // every group is at its smallest allowed size
+        }
+        std::vector<int64_t> best;
+        double best_after = -1;
+        for (size_t i = 0; i < kept.size(); ++i) {
+            const double f = static_cast<double>(kept[i]) / static_cast<double>(channels[i]);
+            if (step_down(kept[i]) == kept[i] || f < largest - 1e-9) {
+                continue;
+            }
+            std::vector<int64_t> trial = kept;
+            trial[i] = step_down(kept[i]);
+            double after = fraction(ratios_of(trial));
+            if (after > best_after) {
+                best_after = after;
+                best = std::move(trial);
+            }
+        }
+        if (best_after < target && target - best_after > current - target) {
+            break;  // one more block would undershoot by more than we overshoot now
+        }
+        kept = std::move(best);
+        current = best_after;
+    }
+    fit.ratios = ratios_of(kept);
+    for (size_t i = 0; i < kept.size(); ++i) {
+        fit.refined += kept[i] != start[i];
+    }
+    fit.kept_fraction = current;
+    return fit;
 }
 
 }  // namespace pocketflow

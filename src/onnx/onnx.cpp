@@ -863,7 +863,9 @@ private:
 class Exporter {
 public:
     Exporter(const Graph& graph, const ModelMeta& meta, const OnnxExportOptions& options)
-        : graph_(graph), meta_(meta), options_(options) {}
+        : graph_(options.fold_batch_norm ? fold_batch_norm(graph) : graph),
+          meta_(meta),
+          options_(options) {}
 
     onnx::ModelProto run() {
         PF_CHECK(options_.opset >= 11 && options_.opset <= 17, ConfigError,
@@ -882,41 +884,12 @@ public:
         g_->set_name(meta_.arch.empty() ? "pocketflow" : meta_.arch);
         const auto& nodes = graph_.nodes();
         auto shapes = graph_.infer_shapes();
-        readers_.assign(nodes.size(), 0);
-        for (const auto& n : nodes) {
-            for (int in : n.inputs) {
-                ++readers_[static_cast<size_t>(in)];
-            }
-        }
         names_.assign(nodes.size(), "");
         names_[0] = "input";
         add_value_info(g_->add_input(), "input", graph_.input_shape());
-        std::vector<bool> folded(nodes.size(), false);
         for (size_t i = 1; i < nodes.size(); ++i) {
             const Node& n = nodes[i];
             names_[i] = static_cast<int>(i) == graph_.output() ? "logits" : n.name;
-            if (folded[i]) {
-                continue;
-            }
-            // Conv followed by its only reader, a BN: export one Conv with the BN folded in.
-            int bn = -1;
-            if (options_.fold_batch_norm && n.op == Op::kConv2d && readers_[i] == 1 &&
-                static_cast<int>(i) != graph_.output()) {
-                for (size_t j = i + 1; j < nodes.size(); ++j) {
-                    if (nodes[j].op == Op::kBatchNorm2d &&
-                        nodes[j].inputs[0] == static_cast<int>(i)) {
-                        bn = static_cast<int>(j);
-                    }
-                }
-            }
-            if (bn >= 0) {
-                folded[static_cast<size_t>(bn)] = true;
-                names_[static_cast<size_t>(bn)] =
-                    bn == graph_.output() ? "logits" : nodes[static_cast<size_t>(bn)].name;
-                names_[i] = names_[static_cast<size_t>(bn)];
-                export_conv(n, &nodes[static_cast<size_t>(bn)], names_[i]);
-                continue;
-            }
             export_node(n, names_[i]);
         }
         add_value_info(g_->add_output(), "logits", shapes[static_cast<size_t>(graph_.output())]);
@@ -1013,20 +986,11 @@ private:
         return names_[static_cast<size_t>(n.inputs[k])];
     }
 
-    void export_conv(const Node& n, const Node* bn, const std::string& out) {
-        at::Tensor w = n.params.at("weight").detach();
-        at::Tensor b =
-            n.params.count("bias") ? n.params.at("bias").detach() : at::zeros({w.size(0)});
-        if (bn != nullptr) {
-            at::Tensor scale = bn->params.at("weight").detach() /
-                               at::sqrt(bn->buffers.at("running_var").detach() + bn->attrs.eps);
-            w = w * scale.reshape({-1, 1, 1, 1});
-            b = (b - bn->buffers.at("running_mean").detach()) * scale +
-                bn->params.at("bias").detach();
-        }
-        std::vector<std::string> inputs = {in(n, 0), initializer(n.name + ".weight", w)};
-        if (bn != nullptr || n.params.count("bias")) {
-            inputs.push_back(initializer(n.name + ".bias", b));
+    void export_conv(const Node& n, const std::string& out) {
+        std::vector<std::string> inputs = {in(n, 0),
+                                           initializer(n.name + ".weight", n.params.at("weight"))};
+        if (n.params.count("bias")) {
+            inputs.push_back(initializer(n.name + ".bias", n.params.at("bias")));
         }
         auto* c = node("Conv", n.name, inputs, out);
         set_ints(c, "kernel_shape", n.attrs.kernel);
@@ -1043,7 +1007,7 @@ private:
             case Op::kInput:
                 return;
             case Op::kConv2d:
-                export_conv(n, nullptr, out);
+                export_conv(n, out);
                 return;
             case Op::kBatchNorm2d: {
                 auto* b = node("BatchNormalization", n.name,
@@ -1150,11 +1114,10 @@ private:
                                 op_name(n.op)));
     }
 
-    const Graph& graph_;
+    const Graph graph_;  // BN folded when asked
     const ModelMeta& meta_;
     OnnxExportOptions options_;
     onnx::GraphProto* g_ = nullptr;
-    std::vector<int> readers_;
     std::vector<std::string> names_;
 };
 
@@ -1215,24 +1178,29 @@ std::string ort_runner_path() {
     return "";
 }
 
-OrtRun run_onnxruntime(const std::string& onnx_path,
-                       const at::Tensor& input,
-                       int64_t warmup,
-                       int64_t repeat,
-                       int64_t threads) {
+std::vector<OrtRun> run_onnxruntime(const std::vector<std::string>& onnx_paths,
+                                    const at::Tensor& input,
+                                    int64_t warmup,
+                                    int64_t repeat,
+                                    int64_t threads) {
     namespace fs = std::filesystem;
     std::string runner = ort_runner_path();
     PF_CHECK(!runner.empty(), Error,
              "ONNX Runtime is not installed (tools/ort/node_modules): run tools/setup.sh --ort");
+    PF_CHECK(!onnx_paths.empty(), Error, "no ONNX model to run");
     ScopedTempDir scratch("pocketflow-ort");
     const fs::path& dir = scratch.path();
     at::Tensor x = input.detach().to(at::kFloat).contiguous();
     write_file_atomic(dir / "input.f32", std::string_view(static_cast<const char*>(x.data_ptr()),
                                                           static_cast<size_t>(x.numel()) * 4));
+    std::string models;
+    for (const auto& path : onnx_paths) {
+        models += fmt::format("--model '{}' ", path);
+    }
     std::string cmd = fmt::format(
-        "node '{}' --model '{}' --input '{}' --shape {} --output '{}' --warmup {} --repeat {} "
-        "--threads {} 2>'{}'",
-        runner, onnx_path, (dir / "input.f32").string(), fmt::join(x.sizes().vec(), ","),
+        "node '{}' {}--input '{}' --shape {} --output '{}' --warmup {} --repeat {} --threads {} "
+        "2>'{}'",
+        runner, models, (dir / "input.f32").string(), fmt::join(x.sizes().vec(), ","),
         (dir / "output.f32").string(), warmup, repeat, threads, (dir / "err.txt").string());
     std::string out;
     FILE* pipe = ::popen(cmd.c_str(), "r");
@@ -1248,21 +1216,37 @@ OrtRun run_onnxruntime(const std::string& onnx_path,
         while (!err.empty() && (err.back() == '\n' || err.back() == '\r')) {
             err.pop_back();
         }
-        throw Error(fmt::format("ONNX Runtime failed on {}: {}", onnx_path,
+        throw Error(fmt::format("ONNX Runtime failed on {}: {}", fmt::join(onnx_paths, ", "),
                                 err.empty() ? "node exited with an error" : err));
     }
-    nlohmann::json j = nlohmann::json::parse(out);
-    OrtRun r;
-    auto shape = j.at("output_shape").get<std::vector<int64_t>>();
+    const nlohmann::json results = nlohmann::json::parse(out).at("results");
+    PF_CHECK(results.size() == onnx_paths.size(), Error,
+             "ONNX Runtime reported {} results for {} models", results.size(), onnx_paths.size());
+    std::vector<OrtRun> runs;
+    for (const auto& j : results) {
+        OrtRun r;
+        r.times_ms = j.at("times_ms").get<std::vector<double>>();
+        r.median_ms = j.at("median_ms").get<double>();
+        r.p90_ms = j.at("p90_ms").get<double>();
+        runs.push_back(std::move(r));
+    }
+    auto shape = results.at(0).at("output_shape").get<std::vector<int64_t>>();
     std::string bytes = read_file(dir / "output.f32");
-    r.output = at::empty(shape, at::kFloat);
-    PF_CHECK(static_cast<int64_t>(bytes.size()) == r.output.numel() * 4, Error,
+    runs[0].output = at::empty(shape, at::kFloat);
+    PF_CHECK(static_cast<int64_t>(bytes.size()) == runs[0].output.numel() * 4, Error,
              "ONNX Runtime returned a short output");
-    std::memcpy(r.output.data_ptr(), bytes.data(), bytes.size());
-    r.times_ms = j.at("times_ms").get<std::vector<double>>();
-    r.median_ms = j.at("median_ms").get<double>();
-    r.p90_ms = j.at("p90_ms").get<double>();
-    return r;
+    std::memcpy(runs[0].output.data_ptr(), bytes.data(), bytes.size());
+    return runs;
+}
+
+OrtRun run_onnxruntime(const std::string& onnx_path,
+                       const at::Tensor& input,
+                       int64_t warmup,
+                       int64_t repeat,
+                       int64_t threads) {
+    return std::move(
+        run_onnxruntime(std::vector<std::string>{onnx_path}, input, warmup, repeat, threads)
+            .front());
 }
 
 }  // namespace pocketflow

@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
 #include <link.h>
+#include <malloc.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/spdlog.h>
 
@@ -85,7 +86,20 @@ const LearnerRegistry& builtin_registry() {
 int configure_threads(int64_t requested) {
     int n = resolve_threads(static_cast<int>(requested));
     at::set_num_threads(n);
+    // OpenBLAS (when it is LibTorch's BLAS) keeps its own thread pool: give it the same count, so
+    // `threads: 1` means one thread and the two pools do not oversubscribe the cores.
+    using SetThreads = void (*)(int);
+    if (auto* set =
+            reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
+        set(n);
+    }
     return n;
+}
+
+void configure_allocator() {
+    // Blocks up to 256 MiB come from the heap, and up to 1 GiB of free heap is kept for reuse.
+    ::mallopt(M_MMAP_THRESHOLD, 256 << 20);
+    ::mallopt(M_TRIM_THRESHOLD, 1 << 30);
 }
 
 void check_blas() {

@@ -62,14 +62,6 @@ pipeline:
   - learner: full_precision
 )";
 
-json last_json_line(const std::string& out) {
-    auto pos = out.rfind('{');
-    while (pos != std::string::npos && pos > 0 && out[pos - 1] != '\n') {
-        pos = out.rfind('{', pos - 1);
-    }
-    return json::parse(out.substr(pos == std::string::npos ? 0 : pos));
-}
-
 TEST(CliTest, VersionHelpAndLearners) {
     testing::TempDir dir;
     Result v = cli("--version", dir);
@@ -238,7 +230,8 @@ TEST(CliTest, ExportImportAndBench) {
     json bj = json::parse(b.out);
     ASSERT_EQ(bj["results"].size(), 4u);
     for (const auto& row : bj["results"]) {
-        for (const char* key : {"median_ms", "p90_ms", "params", "macs", "file_bytes", "speedup"}) {
+        for (const char* key :
+             {"median_ms", "p90_ms", "params", "macs", "file_bytes", "speedup", "macs_ratio"}) {
             EXPECT_TRUE(row.contains(key)) << key;
         }
         EXPECT_GT(row["median_ms"].get<double>(), 0.0);
@@ -253,10 +246,25 @@ TEST(CliTest, ExportImportAndBench) {
         EXPECT_EQ(cj["check"], "passed");
         EXPECT_LE(cj["max_rel_diff_import"].get<double>(), 1e-4);
         Result both =
-            cli("--json bench --model run/model.pfm --batch 2 --warmup 1 --repeat 2", dir);
+            cli("--json bench --model run/model.pfm --model run/model.onnx --batch 2 --warmup 1 "
+                "--repeat 2",
+                dir);
         ASSERT_EQ(both.code, 0) << both.err;
-        EXPECT_EQ(json::parse(both.out)["results"].size(), 2u);  // libtorch and onnxruntime
+        json rows = json::parse(both.out)["results"];
+        ASSERT_EQ(rows.size(), 4u);  // two models in libtorch and in onnxruntime (interleaved)
+        EXPECT_EQ(rows[2]["runtime"], "onnxruntime");
+        EXPECT_EQ(rows[3]["model"], "run/model.onnx");
+        EXPECT_DOUBLE_EQ(rows[3]["macs_ratio"].get<double>(), 1.0);
     }
+    // Models compared side by side must take the same input.
+    Result other =
+        cli("--json train --config job.yaml --set output_dir=wide --set train.epochs=1 "
+            "--set 'data.synthetic.shape=[1, 16, 16]'",
+            dir);
+    ASSERT_EQ(other.code, 0) << other.err;
+    Result mismatch = cli("bench --model run/model.pfm --model wide/model.pfm --batch 1", dir);
+    EXPECT_EQ(mismatch.code, 2);
+    EXPECT_NE(mismatch.err.find("takes input"), std::string::npos) << mismatch.err;
 }
 
 TEST(CliTest, ChannelPruningPipelineEndToEnd) {
@@ -294,6 +302,15 @@ TEST(CliTest, ChannelPruningPipelineEndToEnd) {
         Result checked = cli("--json export --model pruned/model.pfm -o p.onnx --check", dir);
         ASSERT_EQ(checked.code, 0) << checked.err;
     }
+    Result bench = cli(
+        "--json bench --model base/model.pfm --model pruned/model.pfm --batch 4 --runtime libtorch "
+        "--warmup 1 --repeat 3",
+        dir);
+    ASSERT_EQ(bench.code, 0) << bench.err;
+    json rows = json::parse(bench.out)["results"];
+    ASSERT_EQ(rows.size(), 2u);
+    EXPECT_NEAR(rows[1]["macs_ratio"].get<double>(), 2.0, 0.1);
+    EXPECT_GT(rows[1]["speedup"].get<double>(), 0.0);
     Result bad =
         cli("compress --config prune.yaml --set model.path=base/model.pfm --set model.arch= "
             "--set 'pipeline=[{learner: channel_pruning, ratios: [0.5, 0.5]}]'",

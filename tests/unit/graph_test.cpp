@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "pocketflow/graph.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 
@@ -260,6 +261,67 @@ TEST(ZooTest, EveryModelRunsOnSmallInputs) {
         EXPECT_GT(g.total_macs(), previous_macs) << arch;
         previous_params = g.total_params();
         previous_macs = g.total_macs();
+    }
+}
+
+/// Gives every BN random statistics and affine parameters, so folding them is really tested.
+void randomize_batch_norms(Graph& g) {
+    for (auto& n : g.nodes()) {
+        if (n.op == Op::kBatchNorm2d) {
+            torch::NoGradGuard no_grad;
+            n.params.at("weight").uniform_(0.5, 1.5);
+            n.params.at("bias").normal_(0.0, 0.2);
+            n.buffers.at("running_mean").normal_(0.0, 0.2);
+            n.buffers.at("running_var").uniform_(0.5, 2.0);
+        }
+    }
+}
+
+TEST(InferenceTest, FoldedBatchNormAndInPlaceForwardMatchTheReference) {
+    torch::manual_seed(0);
+    for (const auto& arch : zoo_names()) {
+        SCOPED_TRACE(arch);
+        Graph g = build_zoo_model(arch, 7, {3, 32, 32});
+        randomize_batch_norms(g);
+        // Reference: eval mode with autograd on, which takes at::conv2d and no in-place op.
+        Model reference(g.clone(), {});
+        reference.eval();
+        torch::Tensor x = torch::randn({3, 3, 32, 32});
+        const torch::Tensor x_before = x.clone();
+        torch::Tensor expected = reference.forward(x).detach();
+        Graph folded = fold_batch_norm(g);
+        int64_t bns = std::count_if(folded.nodes().begin(), folded.nodes().end(),
+                                    [](const Node& n) { return n.op == Op::kBatchNorm2d; });
+        EXPECT_EQ(bns, 0) << "every BN of the zoo follows a conv read only by it";
+        EXPECT_EQ(folded.total_macs(), g.total_macs());
+        Model fast(std::move(folded), {});
+        fast.eval();
+        torch::NoGradGuard no_grad;
+        for (const auto& input : {x, x.contiguous(at::MemoryFormat::ChannelsLast)}) {
+            torch::Tensor y = fast.forward(input);
+            double scale = std::max(1.0, expected.abs().max().item<double>());
+            EXPECT_LT((y - expected).abs().max().item<double>() / scale, 1e-5);
+            EXPECT_TRUE(torch::equal(input, x_before)) << "the caller's input was overwritten";
+        }
+        // Captured feature maps are not overwritten by later in-place ops.
+        std::vector<int> capture;
+        for (size_t i = 1; i < reference.graph().nodes().size(); ++i) {
+            if (reference.graph().nodes()[i].op == Op::kReLU) {
+                capture.push_back(static_cast<int>(i));
+            }
+        }
+        std::vector<torch::Tensor> with_grad, without_grad;
+        {
+            at::AutoGradMode enable(true);
+            reference.forward_capture(x, capture, with_grad);
+        }
+        reference.forward_capture(x, capture, without_grad);
+        ASSERT_EQ(with_grad.size(), without_grad.size());
+        for (size_t c = 0; c < capture.size(); ++c) {
+            double scale = std::max(1.0, with_grad[c].abs().max().item<double>());
+            EXPECT_LT((with_grad[c] - without_grad[c]).abs().max().item<double>() / scale, 1e-5)
+                << reference.graph().nodes()[static_cast<size_t>(capture[c])].name;
+        }
     }
 }
 

@@ -220,6 +220,38 @@ TEST(LassoTest, HitsTheExactCountAndFindsTheSupport) {
     EXPECT_THROW(lasso_select(gram, target, 9), Error);
 }
 
+TEST(BudgetTest, TargetIsMetWithChannelBlocks) {
+    Graph g = build_zoo_model("resnet20", 10, {1, 28, 28});
+    std::vector<std::string> first_conv = {"conv1"};
+    auto groups = channel_groups(g, first_conv);
+    const double total = static_cast<double>(g.total_macs());
+    for (int64_t multiple : {1, 8, 16}) {
+        for (double target : {0.5, 0.6}) {
+            SCOPED_TRACE(::testing::Message() << "multiple " << multiple << " target " << target);
+            RatioFit fit = ratios_for_target(g, groups, target, multiple);
+            double kept =
+                static_cast<double>(macs_with_ratios(g, groups, fit.ratios, multiple)) / total;
+            EXPECT_NEAR(kept, fit.kept_fraction, 1e-12);
+            EXPECT_NEAR(kept, target, 0.02);
+            size_t r = 0;
+            for (const auto& group : groups) {
+                if (!group.prunable) {
+                    continue;
+                }
+                int64_t k = kept_channels(group.channels, fit.ratios[r++], multiple);
+                EXPECT_TRUE(k % multiple == 0 || k == group.channels) << group.name << ": " << k;
+            }
+        }
+    }
+    // A uniform ratio alone cannot reach 50% with blocks of 16 (stage 1 has 16 channels): the
+    // refinement takes blocks from the widest groups.
+    RatioFit fit = ratios_for_target(g, groups, 0.5, 16);
+    EXPECT_GT(fit.refined, 0u);
+    // An unreachable target stops at the smallest allowed sizes.
+    RatioFit floor = ratios_for_target(g, groups, 0.05, 16);
+    EXPECT_GT(floor.kept_fraction, 0.3);
+}
+
 TEST(BudgetTest, MacsFollowRatios) {
     Graph g = build_zoo_model("resnet56", 10, {3, 32, 32});
     auto groups = channel_groups(g);
@@ -234,7 +266,10 @@ TEST(BudgetTest, MacsFollowRatios) {
     EXPECT_EQ(kept_channels(16, 0.5), 8);
     EXPECT_EQ(kept_channels(64, 0.6, 8), 40);  // 38.4 → 40
     EXPECT_EQ(kept_channels(64, 0.05, 8), 8);  // never below one block
-    EXPECT_EQ(kept_channels(6, 0.5, 8), 3);    // layers narrower than a block are not rounded
+    EXPECT_EQ(kept_channels(6, 0.5, 8), 6);    // a layer no wider than a block stays whole
+    EXPECT_EQ(kept_channels(16, 0.3, 16), 16);
+    EXPECT_EQ(kept_channels(24, 0.3, 16), 16);  // 7.2 → one block
+    EXPECT_EQ(kept_channels(24, 0.9, 16), 24);  // 21.6 → 32, capped at the group
     int64_t coarse = macs_with_ratios(g, groups, std::vector<double>(prunable, 0.6), 8);
     EXPECT_GT(coarse, 0);
     EXPECT_LE(coarse, full);

@@ -4,7 +4,8 @@
 # 33% of its MACs with each criterion, with and without distillation, 4 fine-tuning epochs each
 # (configs/resnet20_fmnist_cp.yaml), then latency of the pruned models with `pocketflow bench`.
 #   tools/bench/prune_resnet20.sh BASE_MODEL.pfm [OUT_DIR] [RUNS...]
-# RUNS are target:criterion:distill triples (default: the full table). About 5-6 minutes per run on 2 cores.
+# RUNS are target:criterion:distill[:channel_multiple] (default: the full table). About 5-6 minutes
+# per run on 2 cores. PF_BIN overrides the binary (e.g. a copy, so a rebuild cannot change it midway).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 base=${1:?usage: prune_resnet20.sh BASE_MODEL.pfm [OUT_DIR] [RUNS...]}
@@ -12,13 +13,16 @@ out=${2:-runs/prune-bench}
 shift $(( $# >= 2 ? 2 : 1 ))
 runs=("$@")
 if ((${#runs[@]} == 0)); then
-    runs=(0.5:lasso:1 0.33:lasso:1 0.5:l1:1 0.5:fpgm:1 0.5:lasso:0 0.33:l1:1 0.33:fpgm:1 0.33:lasso:0)
+    runs=(0.5:lasso:1:16 0.5:lasso:0:16 0.5:l1:1:16 0.5:fpgm:1:16
+          0.5:lasso:1 0.5:lasso:0 0.5:l1:1 0.5:fpgm:1
+          0.33:lasso:1 0.33:lasso:0 0.33:l1:1 0.33:fpgm:1)
 fi
 mkdir -p "$out"
-bin=build/bin/pocketflow
+bin=${PF_BIN:-build/bin/pocketflow}
 for run in "${runs[@]}"; do
-    IFS=: read -r target criterion distill <<<"$run"
-    name="t${target}-${criterion}-kd${distill}"
+    IFS=: read -r target criterion distill multiple <<<"$run"
+    multiple=${multiple:-1}
+    name="t${target}-${criterion}-kd${distill}-m${multiple}"
     if [[ -f "$out/$name.json" ]]; then
         echo "skip $name (done)"
         continue
@@ -26,7 +30,8 @@ for run in "${runs[@]}"; do
     echo "== $name"
     "$bin" --json compress --config configs/resnet20_fmnist_cp.yaml --set model.path="$base" \
         --set output_dir="$out/$name" --set pipeline.0.flops_target="$target" \
-        --set pipeline.0.criterion="$criterion" --set distillation.enabled=$([[ $distill == 1 ]] && echo true || echo false) \
+        --set pipeline.0.criterion="$criterion" --set pipeline.0.channel_multiple="$multiple" \
+        --set distillation.enabled=$([[ $distill == 1 ]] && echo true || echo false) \
         >"$out/$name.json.tmp" 2>"$out/$name.log"
     mv "$out/$name.json.tmp" "$out/$name.json"
     /usr/bin/python3 - "$out/$name.json" <<'PY'

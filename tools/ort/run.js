@@ -1,26 +1,34 @@
 #!/usr/bin/env node
 // SPDX-License-Identifier: Apache-2.0
-// Runs an ONNX model in ONNX Runtime (CPU) on a raw float32 input and reports outputs and timings.
+// Runs ONNX models in ONNX Runtime (CPU) on a raw float32 input and reports outputs and timings.
 //
-//   node tools/ort/run.js --model m.onnx --input x.f32 --shape 2,3,32,32 [--output y.f32]
-//        [--warmup 3] [--repeat 20] [--threads 2]
+//   node tools/ort/run.js --model m.onnx [--model m2.onnx ...] --input x.f32 --shape 2,3,32,32
+//        [--output y.f32] [--warmup 3] [--repeat 20] [--threads 2]
 //
-// Prints one JSON object: {"output_shape": [...], "median_ms": ..., "p90_ms": ..., "times_ms": [...]}.
+// With several models the timed runs are interleaved (run k of every model, then run k+1), so a
+// change in the machine's load affects all of them alike and their ratios stay fair.
+// Prints one JSON object: {"results": [{"output_shape": [...], "median_ms": ..., "p90_ms": ...,
+// "times_ms": [...]}, ...]}, one entry per model in order. --output gets the first model's output.
 // Input and output files are little-endian float32 arrays (what pocketflow's tests and bench write).
 'use strict';
 const fs = require('fs');
 const path = require('path');
 
 function parseArgs(argv) {
-  const args = {warmup: 0, repeat: 1, threads: 0};
+  const args = {warmup: 0, repeat: 1, threads: 0, model: []};
   for (let i = 2; i < argv.length; i += 2) {
     const key = argv[i].replace(/^--/, '');
     if (argv[i + 1] === undefined) throw new Error(`missing value for --${key}`);
-    args[key] = argv[i + 1];
+    if (key === 'model') {
+      args.model.push(argv[i + 1]);
+    } else {
+      args[key] = argv[i + 1];
+    }
   }
-  for (const k of ['model', 'input', 'shape']) {
+  for (const k of ['input', 'shape']) {
     if (!args[k]) throw new Error(`--${k} is required`);
   }
+  if (args.model.length === 0) throw new Error('--model is required');
   return args;
 }
 
@@ -42,24 +50,32 @@ async function main() {
     options.intraOpNumThreads = Number(args.threads);
     options.interOpNumThreads = 1;
   }
-  const session = await ort.InferenceSession.create(args.model, options);
-  const feeds = {[session.inputNames[0]]: new ort.Tensor('float32', data, shape)};
-  let result;
-  for (let i = 0; i < Number(args.warmup); ++i) result = await session.run(feeds);
-  const times = [];
+  const sessions = [];
+  for (const model of args.model) sessions.push(await ort.InferenceSession.create(model, options));
+  const feeds = sessions.map((s) => ({[s.inputNames[0]]: new ort.Tensor('float32', data, shape)}));
+  const outputs = sessions.map(() => null);
+  for (let k = 0; k < sessions.length; ++k) {
+    for (let i = 0; i < Number(args.warmup); ++i) outputs[k] = await sessions[k].run(feeds[k]);
+  }
+  const times = sessions.map(() => []);
   for (let i = 0; i < Math.max(1, Number(args.repeat)); ++i) {
-    const t0 = process.hrtime.bigint();
-    result = await session.run(feeds);
-    times.push(Number(process.hrtime.bigint() - t0) / 1e6);
+    for (let k = 0; k < sessions.length; ++k) {
+      const t0 = process.hrtime.bigint();
+      outputs[k] = await sessions[k].run(feeds[k]);
+      times[k].push(Number(process.hrtime.bigint() - t0) / 1e6);
+    }
   }
-  const out = result[session.outputNames[0]];
-  if (args.output) {
-    const f = Float32Array.from(out.data);
-    fs.writeFileSync(args.output, Buffer.from(f.buffer));
-  }
-  const sorted = [...times].sort((a, b) => a - b);
-  const pick = (q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
-  console.log(JSON.stringify({output_shape: out.dims, median_ms: pick(0.5), p90_ms: pick(0.9), times_ms: times}));
+  const results = sessions.map((s, k) => {
+    const out = outputs[k][s.outputNames[0]];
+    if (k === 0 && args.output) {
+      const f = Float32Array.from(out.data);
+      fs.writeFileSync(args.output, Buffer.from(f.buffer));
+    }
+    const sorted = [...times[k]].sort((a, b) => a - b);
+    const pick = (q) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
+    return {output_shape: out.dims, median_ms: pick(0.5), p90_ms: pick(0.9), times_ms: times[k]};
+  });
+  console.log(JSON.stringify({results}));
 }
 
 main().catch((e) => {
