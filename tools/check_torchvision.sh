@@ -23,15 +23,19 @@ for arch in resnet18 mobilenet_v2; do
     "$bin" bench --model "$work/$arch-run/model.pfm" --model "$work/$arch-finetuned.onnx" --batch 1 --repeat 10
 done
 echo "== mobilenet_v2 pruned to 70% of its MACs (depthwise coupling), then checked and benchmarked"
-cat >"$work/prune.yaml" <<YAML
-name: mobilenet-v2-cp70
+for multiple in 1 16; do
+    name=mobilenet_v2-cp70-m$multiple
+    cat >"$work/$name.yaml" <<YAML
+name: $name
 model: {onnx: $work/mobilenet_v2.onnx}
 data: {dataset: synthetic, batch_size: 16, synthetic: {train: 64, test: 32, classes: 1000, shape: [3, 224, 224]}}
-pipeline: [{learner: channel_pruning, flops_target: 0.7, criterion: l1, finetune_epochs: 0}]
+pipeline: [{learner: channel_pruning, flops_target: 0.7, criterion: l1, channel_multiple: $multiple, finetune_epochs: 0}]
 export: {onnx: true}
-output_dir: $work/mobilenet_v2-cp70
+output_dir: $work/$name
 YAML
-"$bin" --json compress --config "$work/prune.yaml" >"$work/mobilenet_v2-cp70.json"
-/usr/bin/python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print('MACs kept %.3f, params %d -> %d' % (s['macs']/s['macs_before'], s['params_before'], s['params']))" "$work/mobilenet_v2-cp70.json"
-"$bin" export --model "$work/mobilenet_v2-cp70/model.pfm" -o "$work/mobilenet_v2-cp70.onnx" --check
-"$bin" bench --model "$work/mobilenet_v2.onnx" --model "$work/mobilenet_v2-cp70.onnx" --batch 1,16 --repeat 20
+    "$bin" --json compress --config "$work/$name.yaml" >"$work/$name.json"
+    /usr/bin/python3 -c "import json,sys; s=json.load(open(sys.argv[1])); print('channel_multiple %s: MACs kept %.3f, params %d -> %d' % (sys.argv[2], s['macs']/s['macs_before'], s['params_before'], s['params']))" "$work/$name.json" "$multiple"
+    "$bin" export --model "$work/$name/model.pfm" -o "$work/$name.onnx" --check
+done
+"$bin" bench --model "$work/mobilenet_v2.onnx" --model "$work/mobilenet_v2-cp70-m1.onnx" \
+    --model "$work/mobilenet_v2-cp70-m16.onnx" --batch 1,16 --repeat 20

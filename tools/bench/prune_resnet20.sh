@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # SPDX-License-Identifier: Apache-2.0
 # The channel-pruning benchmark of docs/performance.md: ResNet-20 on Fashion-MNIST, pruned to 50% and
-# 33% of its MACs with each criterion, with and without distillation, 4 fine-tuning epochs each
-# (configs/resnet20_fmnist_cp.yaml), then latency of the pruned models with `pocketflow bench`.
+# 33% of its MACs with each criterion, with and without distillation, with free channel counts and
+# in blocks of 16 (channel_multiple), 4 fine-tuning epochs each
+# (configs/resnet20_fmnist_cp.yaml). The latency table's `pocketflow bench` command is in
+# docs/performance.md.
 #   tools/bench/prune_resnet20.sh BASE_MODEL.pfm [OUT_DIR] [RUNS...]
 # RUNS are target:criterion:distill[:channel_multiple] (default: the full table). About 5-6 minutes
 # per run on 2 cores. PF_BIN overrides the binary (e.g. a copy, so a rebuild cannot change it midway).
@@ -15,7 +17,7 @@ runs=("$@")
 if ((${#runs[@]} == 0)); then
     runs=(0.5:lasso:1:16 0.5:lasso:0:16 0.5:l1:1:16 0.5:fpgm:1:16
           0.5:lasso:1 0.5:lasso:0 0.5:l1:1 0.5:fpgm:1
-          0.33:lasso:1 0.33:lasso:0 0.33:l1:1 0.33:fpgm:1)
+          0.33:lasso:1 0.33:lasso:0 0.33:l1:1 0.33:fpgm:1 0.5:lasso:1:8)
 fi
 mkdir -p "$out"
 bin=${PF_BIN:-build/bin/pocketflow}

@@ -5,8 +5,8 @@
 //   node tools/ort/run.js --model m.onnx [--model m2.onnx ...] --input x.f32 --shape 2,3,32,32
 //        [--output y.f32] [--warmup 3] [--repeat 20] [--threads 2]
 //
-// With several models the timed runs are interleaved (run k of every model, then run k+1), so a
-// change in the machine's load affects all of them alike and their ratios stay fair.
+// With several models the timed runs are interleaved in blocks (up to 10 rounds of every model), so
+// a change in the machine's load affects all of them alike and their ratios stay fair.
 // Prints one JSON object: {"results": [{"output_shape": [...], "median_ms": ..., "p90_ms": ...,
 // "times_ms": [...]}, ...]}, one entry per model in order. --output gets the first model's output.
 // Input and output files are little-endian float32 arrays (what pocketflow's tests and bench write).
@@ -57,12 +57,28 @@ async function main() {
   for (let k = 0; k < sessions.length; ++k) {
     for (let i = 0; i < Number(args.warmup); ++i) outputs[k] = await sessions[k].run(feeds[k]);
   }
+  // Interleaved in blocks: each session's worker threads spin for a while after a run (ORT's
+  // default, kept because it is what deployments see), so switching sessions on every run would
+  // time one model against the spinning threads of another (measured: 18 ms became 46-52 ms). In
+  // each block a model first runs untimed for 50 ms, while the previous model's threads go idle,
+  // then its share of the timed runs.
+  const repeat = Math.max(1, Number(args.repeat));
+  const blocks = sessions.length > 1 ? Math.min(repeat, 10) : 1;
   const times = sessions.map(() => []);
-  for (let i = 0; i < Math.max(1, Number(args.repeat)); ++i) {
+  for (let b = 0; b < blocks; ++b) {
+    const runs = Math.floor(repeat / blocks) + (b < repeat % blocks ? 1 : 0);
     for (let k = 0; k < sessions.length; ++k) {
-      const t0 = process.hrtime.bigint();
-      outputs[k] = await sessions[k].run(feeds[k]);
-      times[k].push(Number(process.hrtime.bigint() - t0) / 1e6);
+      if (sessions.length > 1) {
+        const start = process.hrtime.bigint();
+        do {
+          outputs[k] = await sessions[k].run(feeds[k]);
+        } while (process.hrtime.bigint() - start < 50000000n);  // 50 ms of untimed runs
+      }
+      for (let i = 0; i < runs; ++i) {
+        const t0 = process.hrtime.bigint();
+        outputs[k] = await sessions[k].run(feeds[k]);
+        times[k].push(Number(process.hrtime.bigint() - t0) / 1e6);
+      }
     }
   }
   const results = sessions.map((s, k) => {
