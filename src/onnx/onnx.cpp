@@ -1193,15 +1193,22 @@ std::vector<OrtRun> run_onnxruntime(const std::vector<std::string>& onnx_paths,
     at::Tensor x = input.detach().to(at::kFloat).contiguous();
     write_file_atomic(dir / "input.f32", std::string_view(static_cast<const char*>(x.data_ptr()),
                                                           static_cast<size_t>(x.numel()) * 4));
+    auto quote = [](const std::string& text) {  // one shell word, whatever the path holds
+        std::string q = "'";
+        for (char c : text) {
+            q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+        }
+        return q + "'";
+    };
     std::string models;
     for (const auto& path : onnx_paths) {
-        models += fmt::format("--model '{}' ", path);
+        models += "--model " + quote(path) + " ";
     }
     std::string cmd = fmt::format(
-        "node '{}' {}--input '{}' --shape {} --output '{}' --warmup {} --repeat {} --threads {} "
-        "2>'{}'",
-        runner, models, (dir / "input.f32").string(), fmt::join(x.sizes().vec(), ","),
-        (dir / "output.f32").string(), warmup, repeat, threads, (dir / "err.txt").string());
+        "node {} {}--input {} --shape {} --output {} --warmup {} --repeat {} --threads {} 2>{}",
+        quote(runner), models, quote((dir / "input.f32").string()), fmt::join(x.sizes().vec(), ","),
+        quote((dir / "output.f32").string()), warmup, repeat, threads,
+        quote((dir / "err.txt").string()));
     std::string out;
     FILE* pipe = ::popen(cmd.c_str(), "r");
     PF_CHECK(pipe != nullptr, Error, "failed to start node for ONNX Runtime");

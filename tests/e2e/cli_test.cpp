@@ -245,6 +245,10 @@ TEST(CliTest, ExportImportAndBench) {
         json cj = json::parse(checked.out);
         EXPECT_EQ(cj["check"], "passed");
         EXPECT_LE(cj["max_rel_diff_import"].get<double>(), 1e-4);
+        // Paths reach ONNX Runtime's runner through a shell: quotes in them are safe.
+        fs::copy_file(dir.path() / "run" / "model.onnx", dir.path() / "it's.onnx");
+        Result quoted = cli("--json export --model \"it's.onnx\" -o q.onnx --check", dir);
+        ASSERT_EQ(quoted.code, 0) << quoted.err;
         Result both =
             cli("--json bench --model run/model.pfm --model run/model.onnx --batch 2 --warmup 1 "
                 "--repeat 2",

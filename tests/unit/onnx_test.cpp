@@ -113,7 +113,8 @@ TEST(OnnxImportTest, FixturesMapEveryOp) {
     std::set<Op> seen;
     for (const char* f :
          {"tiny_resnet_opset11.onnx", "tiny_resnet_training.onnx", "tiny_mobile_opset14.onnx"}) {
-        for (const auto& n : import_onnx(fixture(f).string()).graph.nodes()) {
+        const ModelFile file = import_onnx(fixture(f).string());  // outlives the loop
+        for (const auto& n : file.graph.nodes()) {
             seen.insert(n.op);
         }
     }
