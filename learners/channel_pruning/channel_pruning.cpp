@@ -367,7 +367,8 @@ void register_channel_pruning(LearnerRegistry& registry) {
              r.read("keep_first_conv", o.keep_first_conv,
                     "never prune the first conv's output channels");
              r.read("channel_multiple", o.channel_multiple,
-                    "round kept channels to a multiple of this", ConfigReader::in_range(1, 256));
+                    "keep whole blocks of this many channels (narrower groups stay whole)",
+                    ConfigReader::in_range(1, 256));
              o.reconstruct = true;
              r.read("reconstruct", o.reconstruct,
                     "least-squares reconstruction of consumers (lasso)");

@@ -15,7 +15,7 @@ struct ChannelPruningOptions {
     std::string criterion = "lasso";   ///< lasso | l1 | l2 | fpgm | bn_scale
     std::vector<std::string> exclude;  ///< glob patterns of layer names never pruned
     bool keep_first_conv = true;       ///< never prune the first conv's output channels
-    int64_t channel_multiple = 1;      ///< kept channels rounded to a multiple (8: SIMD-friendly)
+    int64_t channel_multiple = 1;      ///< whole blocks of channels (16: AVX-512, 8: AVX2)
     bool reconstruct = true;           ///< least-squares reconstruction of consumers (lasso only)
     int64_t samples = 256;             ///< lasso: calibration images from the training split
     int64_t positions = 10;            ///< lasso: sampled output positions per image
