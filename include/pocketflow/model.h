@@ -47,8 +47,12 @@ private:
     std::vector<int> last_use_;  // index of the last node reading each value, to free it early
     std::vector<bool> shares_storage_;  // values that may alias another (views, identities)
 
-    /// Whether node `i` (ReLU or Add) may overwrite its first input in an inference forward.
-    bool can_overwrite(const Node& n, size_t i, const std::vector<int>& capture) const;
+    /// Whether node `i` (ReLU or Add, reading `args`) may overwrite its first input in an
+    /// inference forward.
+    bool can_overwrite(const Node& n,
+                       size_t i,
+                       const std::vector<int>& capture,
+                       const std::vector<at::Tensor>& args) const;
 };
 
 /// Evaluates a single node's op on its input values (shared by Model and tests).

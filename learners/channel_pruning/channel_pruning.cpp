@@ -268,8 +268,7 @@ nlohmann::json ChannelPruning::run(RunContext& ctx) {
     }
     spdlog::info("[{}] pruned to {} of {} MACs ({:.1f}%), {} of {} params in {:.1f} s",
                  ctx.stage.path, human_count(static_cast<double>(macs_after)),
-                 human_count(static_cast<double>(macs_before)),
-                 100.0 * static_cast<double>(macs_after) / static_cast<double>(macs_before),
+                 human_count(static_cast<double>(macs_before)), 100.0 * kept_fraction,
                  human_count(static_cast<double>(graph.total_params())),
                  human_count(static_cast<double>(before.total_params())), prune_seconds);
 
@@ -299,16 +298,15 @@ nlohmann::json ChannelPruning::run(RunContext& ctx) {
         spdlog::info("{:<28}{:>10}{:>10}{:>14}{:>14}", a.name, fmt::format("{}→{}", in(a), in(b)),
                      fmt::format("{}→{}", out_a, out_b), stats_before[i].macs, stats_after[i].macs);
     }
-    nlohmann::json summary = {
-        {"criterion", options_.criterion},
-        {"flops_target", options_.flops_target},
-        {"ratios", ratios},
-        {"macs_before", macs_before},
-        {"macs_after", macs_after},
-        {"macs_kept", static_cast<double>(macs_after) / static_cast<double>(macs_before)},
-        {"prune_seconds", prune_seconds},
-        {"selection_seconds", selection_seconds},
-        {"layers", layers}};
+    nlohmann::json summary = {{"criterion", options_.criterion},
+                              {"flops_target", options_.flops_target},
+                              {"ratios", ratios},
+                              {"macs_before", macs_before},
+                              {"macs_after", macs_after},
+                              {"macs_kept", kept_fraction},
+                              {"prune_seconds", prune_seconds},
+                              {"selection_seconds", selection_seconds},
+                              {"layers", layers}};
     if (options_.finetune_epochs > 0) {
         TrainConfig tc = ctx.job.train;
         tc.epochs = options_.finetune_epochs;

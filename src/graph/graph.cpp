@@ -729,14 +729,18 @@ Model::Model(Graph graph, ModelMeta meta) : graph_(std::move(graph)), meta_(std:
     }
 }
 
-bool Model::can_overwrite(const Node& n, size_t i, const std::vector<int>& capture) const {
+bool Model::can_overwrite(const Node& n,
+                          size_t i,
+                          const std::vector<int>& capture,
+                          const std::vector<at::Tensor>& args) const {
     if ((n.op != Op::kReLU && n.op != Op::kAdd) ||
         shares_storage_[static_cast<size_t>(n.inputs[0])] ||
         last_use_[static_cast<size_t>(n.inputs[0])] != static_cast<int>(i) ||
         std::find(capture.begin(), capture.end(), n.inputs[0]) != capture.end()) {
         return false;  // the input, a captured value, one read later or a view's base stays intact
     }
-    return n.op == Op::kReLU || n.inputs[1] != n.inputs[0];
+    // Add: the sum must have the first input's shape (no broadcasting into it).
+    return n.op == Op::kReLU || (n.inputs[1] != n.inputs[0] && args[0].sizes() == args[1].sizes());
 }
 
 at::Tensor Model::forward(const at::Tensor& input) {
@@ -765,8 +769,7 @@ at::Tensor Model::forward_capture(const at::Tensor& input,
         for (int in : n.inputs) {
             args.push_back(values[static_cast<size_t>(in)]);
         }
-        if (in_place && can_overwrite(n, i, capture) &&
-            (n.op == Op::kReLU || args[0].sizes() == args[1].sizes())) {
+        if (in_place && can_overwrite(n, i, capture, args)) {
             // Inference: ReLU and residual Add overwrite an input no later node reads.
             at::Tensor& v = values[static_cast<size_t>(n.inputs[0])];
             values[i] = n.op == Op::kReLU ? v.relu_() : v.add_(args[1]);
