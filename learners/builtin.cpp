@@ -3,12 +3,14 @@
 #include "pocketflow/learner.h"
 
 #include "channel_pruning/channel_pruning.h"
+#include "discr_channel_pruning/discr_channel_pruning.h"
 #include "full_precision/full_precision.h"
 
 namespace pocketflow {
 
 void register_builtin_learners(LearnerRegistry& registry) {
     learners::register_channel_pruning(registry);
+    learners::register_discr_channel_pruning(registry);
     learners::register_full_precision(registry);
 }
 

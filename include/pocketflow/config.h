@@ -94,6 +94,9 @@ struct ModelConfig {
     std::string init;  ///< a .pfm whose weights initialise `arch` (same graph)
     int64_t num_classes = 0;  ///< 0: from the dataset
     int64_t in_channels = 0;  ///< 0: from the dataset
+    /// Re-insert BatchNorm after the convs of a BN-folded (eval-mode) export before training:
+    /// auto (ONNX models with no BatchNorm and at least 6 biased convs), true, false.
+    std::string restore_bn = "auto";
 };
 
 struct AugmentConfig {

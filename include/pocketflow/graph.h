@@ -154,6 +154,22 @@ private:
 /// match the original in eval mode (running statistics) up to float rounding.
 Graph fold_batch_norm(const Graph& graph);
 
+/// The convs of a BN-folded graph (an eval-mode export): convs with a bias whose output no
+/// BatchNorm2d reads. A graph that has any BatchNorm2d yields none.
+std::vector<int> folded_convs(const Graph& graph);
+
+/// The inverse of fold_batch_norm for training: a copy of `graph` with a BatchNorm2d after each
+/// conv of `convs`, given the per-channel mean and variance of that conv's output on real data.
+/// The conv is rescaled to the weight RMS of a He initialisation and loses its bias; the BN's
+/// statistics, scale and shift are set so that the model computes the same function in eval mode. Trained, it
+/// behaves like the BN network it was exported from: a BN-free network at the learning rates of
+/// a BN recipe diverges (docs/performance.md).
+Graph insert_batch_norm(const Graph& graph,
+                        const std::vector<int>& convs,
+                        const std::vector<at::Tensor>& mean,
+                        const std::vector<at::Tensor>& var,
+                        double eps = 1e-5);
+
 /// Initialises weights the way PyTorch's modules do by default for training from scratch:
 /// Kaiming-normal (fan_out, ReLU) for convs, U(±1/√fan_in) for linear weights and biases, BN gamma
 /// 1 and beta 0, zero running mean and unit running variance.

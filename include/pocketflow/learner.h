@@ -102,6 +102,29 @@ Trainer make_trainer(RunContext& ctx, const TrainConfig& config, const std::stri
 /// stage's input model; nullptr when distillation is off.
 std::shared_ptr<Model> make_teacher(const RunContext& ctx);
 
+/// A seeded subset of `count` training-split images (sorted, no augmentation, `batch_size` a
+/// batch) for calibration: LASSO patches, DCP selection, quantisation ranges. `salt` separates
+/// the subsets of different uses.
+std::unique_ptr<Loader> calibration_loader(const RunContext& ctx,
+                                           int64_t count,
+                                           uint64_t salt,
+                                           int64_t batch_size = 128);
+std::unique_ptr<Loader> calibration_loader(const DataBundle& data,
+                                           const Job& job,
+                                           int64_t count,
+                                           uint64_t salt,
+                                           int64_t batch_size = 128);
+
+/// Applies `model.restore_bn` to a freshly loaded model: for a BN-folded graph (folded_convs),
+/// measures each conv's output mean and variance on 1,024 training images and re-inserts
+/// BatchNorm (insert_batch_norm). Returns the number of BatchNorms inserted.
+int restore_batch_norm(const Job& job, const DataBundle& data, std::shared_ptr<Model>& model);
+
+/// The final fine-tuning of a compression stage: `epochs` of the job's training recipe at
+/// learning rate `lr` (distillation as the job says). Adds finetune_epochs, images_per_second and
+/// val_top1 to `summary`. Nothing when epochs is 0.
+void finetune_stage(RunContext& ctx, int64_t epochs, double lr, nlohmann::json& summary);
+
 /// Options of a whole run beyond the job itself.
 struct RunOptions {
     bool resume = false;

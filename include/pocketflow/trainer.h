@@ -61,12 +61,22 @@ public:
     using LossTerm = std::function<at::Tensor(
         const at::Tensor& images, const at::Tensor& logits, const at::Tensor& labels)>;
     using AfterStep = std::function<void(Model& model, int64_t step)>;
+    /// A loss on feature maps captured in the forward pass (values of graph nodes, in the order
+    /// of the capture list), e.g. auxiliary classifiers.
+    using FeatureLoss =
+        std::function<at::Tensor(const std::vector<at::Tensor>& features, const at::Tensor& labels)>;
 
     /// `tag` names this training's checkpoint inside the run directory (one per pipeline stage).
     Trainer(TrainConfig config, RunDir* run, std::string tag);
 
     void add_loss_term(LossTerm term) { loss_terms_.push_back(std::move(term)); }
     void add_after_step(AfterStep hook) { after_step_.push_back(std::move(hook)); }
+    /// Adds `loss` on the values of the graph nodes `capture` to every step's loss, and trains
+    /// `params` (tensors outside the model, e.g. an auxiliary head's) with the model. Those
+    /// tensors are not checkpointed: use it for trainings that need no resume.
+    void add_feature_loss(std::vector<int> capture,
+                          FeatureLoss loss,
+                          std::vector<at::Tensor> params = {});
     /// Uses `teacher` (eval mode, no gradients) for distillation with this config.
     void set_teacher(std::shared_ptr<Model> teacher, const DistillationConfig& config);
     /// Resume from this training's checkpoint if the run directory has one.
@@ -85,6 +95,9 @@ private:
     std::string tag_;
     std::vector<LossTerm> loss_terms_;
     std::vector<AfterStep> after_step_;
+    std::vector<int> capture_;
+    std::vector<std::pair<std::vector<int>, FeatureLoss>> feature_losses_;
+    std::vector<at::Tensor> extra_params_;
     std::shared_ptr<Model> teacher_;
     DistillationConfig distillation_;
     bool resume_ = false;

@@ -5,17 +5,14 @@
 #include <vector>
 
 #include "pocketflow/learner.h"
+#include "pocketflow/prune_plan.h"
 
 namespace pocketflow::learners {
 
 /// Options of the `channel_pruning` learner.
 struct ChannelPruningOptions {
-    double flops_target = 0;           ///< kept fraction of MACs (0: use `ratios` as given)
-    std::vector<double> ratios;        ///< per prunable group kept ratios (empty: uniform)
+    PruneBudget budget;                ///< flops_target/ratios, exclude, channel_multiple, target
     std::string criterion = "lasso";   ///< lasso | l1 | l2 | fpgm | bn_scale
-    std::vector<std::string> exclude;  ///< glob patterns of layer names never pruned
-    bool keep_first_conv = true;       ///< never prune the first conv's output channels
-    int64_t channel_multiple = 1;      ///< whole blocks of channels (16: AVX-512, 8: AVX2)
     bool reconstruct = true;           ///< least-squares reconstruction of consumers (lasso only)
     int64_t samples = 256;             ///< lasso: calibration images from the training split
     int64_t positions = 10;            ///< lasso: sampled output positions per image

@@ -418,6 +418,9 @@ void parse_model(ConfigReader& r, ModelConfig& m) {
            ConfigReader::at_least(0));
     r.read("input", m.input, "[C, H, W] for ONNX files with symbolic sizes",
            ConfigReader::in_range(1, 100000));
+    r.read("restore_bn", m.restore_bn,
+           "re-insert BatchNorm after the convs of a BN-folded export before training",
+           {"auto", "true", "false"});
     int sources = static_cast<int>(!m.arch.empty()) + static_cast<int>(!m.path.empty()) +
                   static_cast<int>(!m.onnx.empty());
     if (sources != 1) {

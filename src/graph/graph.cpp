@@ -589,6 +589,95 @@ Graph fold_batch_norm(const Graph& graph) {
     return out;
 }
 
+std::vector<int> folded_convs(const Graph& graph) {
+    const auto& nodes = graph.nodes();
+    for (const auto& n : nodes) {
+        if (n.op == Op::kBatchNorm2d) {
+            return {};
+        }
+    }
+    std::vector<int> convs;
+    for (size_t i = 0; i < nodes.size(); ++i) {
+        if (nodes[i].op == Op::kConv2d && nodes[i].params.count("bias") != 0 &&
+            static_cast<int>(i) != graph.output()) {
+            convs.push_back(static_cast<int>(i));
+        }
+    }
+    return convs;
+}
+
+Graph insert_batch_norm(const Graph& graph,
+                        const std::vector<int>& convs,
+                        const std::vector<at::Tensor>& mean,
+                        const std::vector<at::Tensor>& var,
+                        double eps) {
+    PF_CHECK(convs.size() == mean.size() && convs.size() == var.size(), Error,
+             "failed to insert BatchNorm: {} convs, {} means, {} variances", convs.size(),
+             mean.size(), var.size());
+    const auto& nodes = graph.nodes();
+    Graph out(graph.input_shape());
+    std::vector<int> remap(nodes.size(), 0);
+    at::NoGradGuard no_grad;
+    for (size_t i = 1; i < nodes.size(); ++i) {
+        Node copy = nodes[i];
+        for (auto* group : {&copy.params, &copy.buffers}) {
+            for (auto& [key, t] : *group) {
+                t = t.detach().clone();
+            }
+        }
+        for (int& in : copy.inputs) {
+            in = remap[static_cast<size_t>(in)];
+        }
+        auto at_conv = std::find(convs.begin(), convs.end(), static_cast<int>(i));
+        if (at_conv == convs.end()) {
+            remap[i] = out.add(std::move(copy));
+            continue;
+        }
+        const size_t k = static_cast<size_t>(at_conv - convs.begin());
+        PF_CHECK(copy.op == Op::kConv2d, Error, "failed to insert BatchNorm after {}: not a conv",
+                 copy.name);
+        // y = W x + b has mean μ and variance σ² per channel. The conv becomes k·W without bias
+        // (y' = k·(y − b)), and BN with running mean k·(μ − b), running variance k²·σ²,
+        // γ = √(k²σ² + ε)/k and β = μ gives back y exactly in eval mode, for any k > 0. A BN
+        // network is invariant to the scale of W, but its effective learning rate is not (it
+        // goes as lr/‖W‖²); the folded W carries the old BN's scale, arbitrary, so k rescales
+        // the layer to the weight RMS of a fresh He initialisation (init_weights), the scale a
+        // BN recipe's learning rate is tuned for. Relative filter norms stay as they were.
+        at::Tensor m = mean[k].to(at::kFloat), v = var[k].to(at::kFloat).clamp_min(0);
+        at::Tensor& w = copy.params.at("weight");
+        at::Tensor b = copy.params.count("bias") ? copy.params.at("bias")
+                                                 : at::zeros({w.size(0)}, w.options());
+        PF_CHECK(m.numel() == w.size(0) && v.numel() == w.size(0), Error,
+                 "failed to insert BatchNorm after {}: statistics of {} channels for {}",
+                 copy.name, m.numel(), w.size(0));
+        const double he = std::sqrt(2.0 / static_cast<double>(w.size(0) * w.size(2) * w.size(3)));
+        const double rms = std::sqrt(w.pow(2).mean().item<double>());
+        const double scale = rms > 0 ? he / rms : 1.0;
+        w = (w * scale).contiguous();
+        copy.params.erase("bias");
+        std::string name = copy.name + "_bn";
+        while (graph.find(name) >= 0 || out.find(name) >= 0) {
+            name += "_";
+        }
+        const int conv = out.add(std::move(copy));
+        Node bn;
+        bn.name = name;
+        bn.op = Op::kBatchNorm2d;
+        bn.inputs = {conv};
+        bn.attrs.eps = eps;
+        bn.attrs.momentum = 0.1;
+        at::Tensor running_var = v * (scale * scale);
+        bn.buffers["running_mean"] = ((m - b) * scale).contiguous();
+        bn.buffers["running_var"] = running_var.contiguous();
+        bn.params["weight"] = (at::sqrt(running_var + eps) / scale).contiguous();
+        bn.params["bias"] = m.clone();
+        remap[i] = out.add(std::move(bn));
+    }
+    out.set_output(remap[static_cast<size_t>(graph.output())]);
+    out.validate();
+    return out;
+}
+
 void init_weights(Graph& graph, uint64_t seed) {
     at::Generator gen = at::make_generator<at::CPUGeneratorImpl>(seed);
     at::NoGradGuard no_grad;

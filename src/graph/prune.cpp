@@ -439,23 +439,73 @@ int64_t kept_channels(int64_t channels, double ratio, int64_t multiple) {
     return k;
 }
 
+PrunedMacs::PrunedMacs(const Graph& graph, const std::vector<ChannelGroup>& groups) {
+    const auto& nodes = graph.nodes();
+    std::vector<int> out_group(nodes.size(), -1), in_group(nodes.size(), -1);
+    std::vector<int64_t> in_factor(nodes.size(), 1);
+    for (const auto& g : groups) {
+        if (!g.prunable) {
+            continue;
+        }
+        const int r = static_cast<int>(channels_.size());
+        channels_.push_back(g.channels);
+        for (int p : g.producers) {
+            out_group[static_cast<size_t>(p)] = r;
+        }
+        for (int d : g.depthwise) {  // one input per group: only the output count changes
+            out_group[static_cast<size_t>(d)] = r;
+        }
+        for (size_t k = 0; k < g.consumers.size(); ++k) {
+            in_group[static_cast<size_t>(g.consumers[k])] = r;
+            in_factor[static_cast<size_t>(g.consumers[k])] = g.consumer_spatial[k];
+        }
+    }
+    const auto stats = graph.layer_stats();
+    for (size_t i = 0; i < nodes.size(); ++i) {
+        const Node& n = nodes[i];
+        if (n.op != Op::kConv2d && n.op != Op::kLinear) {
+            continue;
+        }
+        total_ += stats[i].macs;
+        const at::Tensor& w = n.params.at("weight");
+        Layer l;
+        l.out = w.size(0);
+        l.in = w.size(1);  // conv: input channels per group; linear: input features
+        l.unit = stats[i].macs / (l.out * l.in);
+        l.out_group = out_group[i];
+        l.in_group = in_group[i];
+        l.in_factor = in_factor[i];
+        layers_.push_back(l);
+    }
+}
+
+int64_t PrunedMacs::at(const std::vector<int64_t>& kept) const {
+    PF_CHECK(kept.size() == channels_.size(), Error,
+             "failed to count MACs: {} kept counts for {} prunable groups", kept.size(),
+             channels_.size());
+    int64_t total = 0;
+    for (const Layer& l : layers_) {
+        int64_t out = l.out_group < 0 ? l.out : kept[static_cast<size_t>(l.out_group)];
+        int64_t in =
+            l.in_group < 0 ? l.in : kept[static_cast<size_t>(l.in_group)] * l.in_factor;
+        total += l.unit * out * in;
+    }
+    return total;
+}
+
+int64_t PrunedMacs::at_ratios(const std::vector<double>& ratios, int64_t multiple) const {
+    std::vector<int64_t> kept;
+    for (size_t r = 0; r < channels_.size(); ++r) {
+        kept.push_back(kept_channels(channels_[r], ratios.at(r), multiple));
+    }
+    return at(kept);
+}
+
 int64_t macs_with_ratios(const Graph& graph,
                          const std::vector<ChannelGroup>& groups,
                          const std::vector<double>& ratios,
                          int64_t multiple) {
-    // Structure only: prune a shallow copy whose weights are replaced by the pruned shapes.
-    Graph g = graph;
-    size_t r = 0;
-    for (const auto& group : groups) {
-        if (!group.prunable) {
-            continue;
-        }
-        int64_t k = kept_channels(group.channels, ratios.at(r++), multiple);
-        std::vector<int64_t> keep(static_cast<size_t>(k));
-        std::iota(keep.begin(), keep.end(), 0);
-        prune_group(g, group, keep);
-    }
-    return g.total_macs();
+    return PrunedMacs(graph, groups).at_ratios(ratios, multiple);
 }
 
 RatioFit ratios_for_target(const Graph& graph,
@@ -468,9 +518,10 @@ RatioFit ratios_for_target(const Graph& graph,
             channels.push_back(g.channels);
         }
     }
-    const double total = static_cast<double>(graph.total_macs());
+    const PrunedMacs macs(graph, groups);
+    const double total = static_cast<double>(macs.total());
     auto fraction = [&](const std::vector<double>& ratios) {
-        return static_cast<double>(macs_with_ratios(graph, groups, ratios, multiple)) / total;
+        return static_cast<double>(macs.at_ratios(ratios, multiple)) / total;
     };
     // One ratio for all groups, by bisection; the larger bound keeps at least the target.
     RatioFit fit;

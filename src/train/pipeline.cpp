@@ -1,8 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 // Runs a job: run directory, model, pipeline of learner stages, final evaluation and outputs.
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <mutex>
+#include <random>
 
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
@@ -218,6 +220,103 @@ Trainer make_trainer(RunContext& ctx, const TrainConfig& config, const std::stri
     return trainer;
 }
 
+std::unique_ptr<Loader> calibration_loader(const DataBundle& data,
+                                           const Job& job,
+                                           int64_t count,
+                                           uint64_t salt,
+                                           int64_t batch_size) {
+    std::vector<int64_t> subset = data.train_indices;
+    std::shuffle(subset.begin(), subset.end(), std::mt19937_64(job.seed + salt));
+    subset.resize(std::min<size_t>(subset.size(), static_cast<size_t>(count)));
+    std::sort(subset.begin(), subset.end());
+    LoaderOptions lo;
+    lo.batch_size = batch_size;
+    lo.mean = data.mean;
+    lo.std = data.std;
+    lo.crop = job.data.dataset == "imagefolder" ? job.data.image_size : 0;
+    return std::make_unique<Loader>(data.train_set, subset, lo);
+}
+
+std::unique_ptr<Loader> calibration_loader(const RunContext& ctx,
+                                           int64_t count,
+                                           uint64_t salt,
+                                           int64_t batch_size) {
+    return calibration_loader(ctx.data, ctx.job, count, salt, batch_size);
+}
+
+int restore_batch_norm(const Job& job, const DataBundle& data, std::shared_ptr<Model>& model) {
+    const std::string& mode = job.model.restore_bn;
+    if (mode == "false" || (mode == "auto" && job.model.onnx.empty())) {
+        return 0;
+    }
+    const std::vector<int> convs = folded_convs(model->graph());
+    // auto: only deep BN-free networks, the ones whose training diverges at a BN recipe's rates
+    // (a LeNet-style network of a few biased convs trains fine as it is).
+    constexpr size_t kDeep = 6;
+    if (mode == "auto" && convs.size() < kDeep) {
+        return 0;
+    }
+    if (convs.empty()) {
+        if (mode == "true") {
+            spdlog::info("model.restore_bn: the model has BatchNorm already (or no conv with a "
+                         "bias); nothing to restore");
+        }
+        return 0;
+    }
+    // Per-channel mean and variance of each conv's output over calibration images (eval mode).
+    auto loader = calibration_loader(data, job, 1024, 313);
+    std::vector<at::Tensor> sum(convs.size()), sq(convs.size());
+    std::vector<double> count(convs.size(), 0.0);  // values per channel seen
+    int64_t images = 0;
+    model->eval();
+    {
+        at::NoGradGuard no_grad;
+        loader->start_epoch(0);
+        while (auto batch = loader->next()) {
+            std::vector<at::Tensor> out;
+            model->forward_capture(batch->images, convs, out);
+            for (size_t k = 0; k < convs.size(); ++k) {
+                at::Tensor v = out[k].to(at::kDouble);
+                at::Tensor s1 = v.sum({0, 2, 3}), s2 = v.pow(2).sum({0, 2, 3});
+                sum[k] = sum[k].defined() ? sum[k] + s1 : s1;
+                sq[k] = sq[k].defined() ? sq[k] + s2 : s2;
+                count[k] += static_cast<double>(v.numel() / v.size(1));
+            }
+            images += batch->images.size(0);
+        }
+    }
+    std::vector<at::Tensor> mean, var;
+    for (size_t k = 0; k < convs.size(); ++k) {
+        at::Tensor m = sum[k] / count[k];
+        mean.push_back(m);
+        var.push_back((sq[k] / count[k] - m * m).clamp_min(0));
+    }
+    Graph restored = insert_batch_norm(model->graph(), convs, mean, var);
+    model = std::make_shared<Model>(std::move(restored), model->meta());
+    spdlog::info(
+        "model.restore_bn: re-inserted BatchNorm after {} convs of the BN-folded model (statistics "
+        "of {} training images); the model computes the same function and trains like a BN "
+        "network (set model.restore_bn: false to train it as it is)",
+        convs.size(), images);
+    return static_cast<int>(convs.size());
+}
+
+void finetune_stage(RunContext& ctx, int64_t epochs, double lr, nlohmann::json& summary) {
+    if (epochs <= 0) {
+        return;
+    }
+    TrainConfig tc = ctx.job.train;
+    tc.epochs = epochs;
+    tc.optimizer.lr = lr;
+    Trainer trainer = make_trainer(ctx, tc);
+    TrainResult r = trainer.fit(*ctx.model, ctx.data, ctx.job.data, ctx.job.seed + 1000);
+    summary["finetune_epochs"] = tc.epochs;
+    summary["images_per_second"] = r.images_per_second;
+    if (r.val.samples > 0) {
+        summary["val_top1"] = r.val.top1;
+    }
+}
+
 namespace {
 
 fs::path choose_run_dir(const Job& job, bool resume) {
@@ -293,6 +392,7 @@ json run_job(const Job& job, const RunOptions& options) {
                  job.data.dataset, data.train_indices.size(), data.val_indices.size(),
                  data.test_indices.size(), fmt::join(data.input_shape, ", "), data.num_classes);
     auto model = make_model(job, data.input_shape, data.num_classes, data.mean, data.std);
+    restore_batch_norm(job, data, model);
     const int64_t macs_before = model->graph().total_macs();
     const int64_t params_before = model->graph().total_params();
     spdlog::info("model {}: {} params, {} MACs", model->meta().arch,

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "pocketflow/trainer.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
@@ -104,8 +105,11 @@ EvalResult evaluate(Model& model, Loader& loader) {
 
 namespace {
 
-std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerConfig& c, Model& model) {
+std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerConfig& c,
+                                                        Model& model,
+                                                        const std::vector<at::Tensor>& extra) {
     auto params = model.parameters();
+    params.insert(params.end(), extra.begin(), extra.end());
     if (c.name == "sgd") {
         return std::make_unique<torch::optim::SGD>(params, torch::optim::SGDOptions(c.lr)
                                                                .momentum(c.momentum)
@@ -191,6 +195,18 @@ std::string format_eta(double seconds) {
 Trainer::Trainer(TrainConfig config, RunDir* run, std::string tag)
     : config_(std::move(config)), run_(run), tag_(std::move(tag)) {}
 
+void Trainer::add_feature_loss(std::vector<int> capture,
+                               FeatureLoss loss,
+                               std::vector<at::Tensor> params) {
+    for (int node : capture) {
+        if (std::find(capture_.begin(), capture_.end(), node) == capture_.end()) {
+            capture_.push_back(node);
+        }
+    }
+    feature_losses_.emplace_back(std::move(capture), std::move(loss));
+    extra_params_.insert(extra_params_.end(), params.begin(), params.end());
+}
+
 void Trainer::set_teacher(std::shared_ptr<Model> teacher, const DistillationConfig& config) {
     teacher_ = std::move(teacher);
     distillation_ = config;
@@ -220,7 +236,7 @@ TrainResult Trainer::fit(Model& model,
              "failed to train: no full batch of {} in {} training images", data_config.batch_size,
              loader->num_samples());
     const int64_t total_steps = per_epoch * config_.epochs;
-    auto optimizer = make_optimizer(config_.optimizer, model);
+    auto optimizer = make_optimizer(config_.optimizer, model, extra_params_);
     Position pos;
     const fs::path ckpt = run_ ? run_->checkpoint(tag_) : fs::path();
     if (resume_ && run_ && fs::exists(ckpt)) {
@@ -257,7 +273,10 @@ TrainResult Trainer::fit(Model& model,
                 group.options().set_lr(lr);
             }
             optimizer->zero_grad();
-            at::Tensor logits = model.forward(batch->images);
+            std::vector<at::Tensor> features;
+            at::Tensor logits = capture_.empty()
+                                    ? model.forward(batch->images)
+                                    : model.forward_capture(batch->images, capture_, features);
             at::Tensor loss = cross_entropy(logits, batch->labels, config_.label_smoothing);
             if (teacher_ && distillation_.enabled) {
                 at::Tensor teacher_logits;
@@ -271,6 +290,14 @@ TrainResult Trainer::fit(Model& model,
             }
             for (const auto& term : loss_terms_) {
                 loss = loss + term(batch->images, logits, batch->labels);
+            }
+            for (const auto& [nodes, term] : feature_losses_) {
+                std::vector<at::Tensor> mine;
+                for (int node : nodes) {
+                    auto at_node = std::find(capture_.begin(), capture_.end(), node);
+                    mine.push_back(features[static_cast<size_t>(at_node - capture_.begin())]);
+                }
+                loss = loss + term(mine, batch->labels);
             }
             double loss_value = loss.item<double>();
             if (!std::isfinite(loss_value)) {

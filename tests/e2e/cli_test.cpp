@@ -285,7 +285,7 @@ TEST(CliTest, ChannelPruningPipelineEndToEnd) {
         cli("--json compress --config prune.yaml --set output_dir=pruned --set model.arch= "
             "--set model.path=base/model.pfm "
             "--set 'pipeline=[{learner: channel_pruning, flops_target: 0.5, criterion: lasso, "
-            "samples: 64, "
+            "samples: 64, target: avx512, "
             "finetune_epochs: 1, finetune_lr: 0.02}]'",
             dir);
     ASSERT_EQ(r.code, 0) << r.err;
@@ -315,6 +315,25 @@ TEST(CliTest, ChannelPruningPipelineEndToEnd) {
     ASSERT_EQ(rows.size(), 2u);
     EXPECT_NEAR(rows[1]["macs_ratio"].get<double>(), 2.0, 0.1);
     EXPECT_GT(rows[1]["speedup"].get<double>(), 0.0);
+    EXPECT_EQ(stage["channel_multiple"], 16);  // auto for the avx512 target
+    EXPECT_EQ(stage["target"], "avx512");
+    // A BN-folded import (what an eval-mode export gives) gets its BatchNorm back for training
+    // (model.restore_bn: auto), and prunes like the model it came from.
+    Result folded = cli("export --model base/model.pfm -o folded.onnx", dir);
+    ASSERT_EQ(folded.code, 0) << folded.err;
+    Result imported =
+        cli("--json compress --config prune.yaml --set output_dir=imported --set model.arch= "
+            "--set model.onnx=folded.onnx "
+            "--set 'pipeline=[{learner: channel_pruning, flops_target: 0.5, criterion: l1, "
+            "target: avx2, finetune_epochs: 1, finetune_lr: 0.02}]'",
+            dir);
+    ASSERT_EQ(imported.code, 0) << imported.err;
+    EXPECT_NE(imported.err.find("re-inserted BatchNorm after 21 convs"), std::string::npos)
+        << imported.err;
+    json is = json::parse(imported.out);
+    EXPECT_EQ(is["stages"][0]["channel_multiple"], 8);
+    EXPECT_NEAR(is["macs"].get<double>() / b["macs"].get<double>(), 0.5, 0.02);
+    EXPECT_GT(is["top1"].get<double>(), 30.0);
     Result bad =
         cli("compress --config prune.yaml --set model.path=base/model.pfm --set model.arch= "
             "--set 'pipeline=[{learner: channel_pruning, ratios: [0.5, 0.5]}]'",

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "pocketflow/config.h"
+#include "pocketflow/cpu.h"
 
 #include <filesystem>
 #include <fstream>
@@ -164,6 +165,29 @@ TEST(RegistryTest, ChannelPruningBudgetErrors) {
         [&] { create("{learner: channel_pruning, flops_target: 0.5, criterion: l3}"); },
         "must be one of: lasso, l1, l2, fpgm, bn_scale");
     EXPECT_NO_THROW(create("{learner: channel_pruning, flops_target: 0.5, exclude: [fc*]}"));
+    EXPECT_NO_THROW(create("{learner: channel_pruning, flops_target: 0.5, channel_multiple: auto, "
+                           "target: neon}"));
+    EXPECT_NO_THROW(create("{learner: channel_pruning, flops_target: 0.5, channel_multiple: 8}"));
+    expect_error<ConfigError>(
+        [&] { create("{learner: channel_pruning, flops_target: 0.5, channel_multiple: fast}"); },
+        "pipeline[0].channel_multiple");
+    expect_error<ConfigError>(
+        [&] { create("{learner: channel_pruning, flops_target: 0.5, target: avx3}"); },
+        "must be one of: native, avx512, avx2, neon, generic");
+    expect_error<ConfigError>(
+        [&] { create("{learner: channel_pruning, flops_targte: 0.5}"); },
+        "did you mean 'flops_target'");
+}
+
+TEST(CpuTargetTest, BlocksFollowTheSimdWidth) {
+    EXPECT_EQ(cpu_target("avx512").channel_block, 16);
+    EXPECT_EQ(cpu_target("avx2").channel_block, 8);
+    EXPECT_EQ(cpu_target("neon").channel_block, 4);
+    EXPECT_EQ(cpu_target("generic").channel_block, 4);
+    CpuTarget native = cpu_target("native");
+    EXPECT_GE(native.channel_block, 4);
+    EXPECT_NE(native.description.find("this machine"), std::string::npos);
+    EXPECT_THROW(cpu_target("avx3"), std::invalid_argument);
 }
 
 TEST(RegistryTest, LearnerValidatesItsOwnOptions) {

@@ -325,6 +325,49 @@ TEST(InferenceTest, FoldedBatchNormAndInPlaceForwardMatchTheReference) {
     }
 }
 
+TEST(InferenceTest, RestoredBatchNormComputesTheFoldedFunction) {
+    // An eval-mode export folds BN into biased convs; insert_batch_norm puts BN back with the
+    // conv rescaled to unit output variance. In eval mode the result must equal the folded model,
+    // and in training mode (batch statistics of the same data) nearly so.
+    torch::manual_seed(1);
+    for (const char* arch : {"resnet20", "mobilenet_v2"}) {
+        SCOPED_TRACE(arch);
+        Graph g = build_zoo_model(arch, 7, {3, 32, 32});
+        randomize_batch_norms(g);
+        Graph folded = fold_batch_norm(g);
+        EXPECT_TRUE(folded_convs(g).empty()) << "a graph with BN has nothing to restore";
+        std::vector<int> convs = folded_convs(folded);
+        ASSERT_FALSE(convs.empty());
+        Model fm(folded.clone(), {});
+        fm.eval();
+        torch::Tensor x = torch::randn({16, 3, 32, 32});
+        std::vector<torch::Tensor> outs, mean, var;
+        torch::Tensor expected;
+        {
+            torch::NoGradGuard no_grad;
+            expected = fm.forward_capture(x, convs, outs);
+        }
+        for (const auto& o : outs) {
+            mean.push_back(o.mean({0, 2, 3}));
+            var.push_back(o.var({0, 2, 3}, /*unbiased=*/false));
+        }
+        Graph restored = insert_batch_norm(folded, convs, mean, var);
+        EXPECT_EQ(restored.nodes().size(), folded.nodes().size() + convs.size());
+        EXPECT_TRUE(folded_convs(restored).empty());
+        Model rm(restored.clone(), {});
+        rm.eval();
+        torch::NoGradGuard no_grad;
+        torch::Tensor y = rm.forward(x);
+        double scale = std::max(1.0, expected.abs().max().item<double>());
+        EXPECT_LT((y - expected).abs().max().item<double>() / scale, 1e-4);
+        // Folding the restored graph again gives the folded model back.
+        Model refolded(fold_batch_norm(restored), {});
+        refolded.eval();
+        EXPECT_LT((refolded.forward(x) - expected).abs().max().item<double>() / scale, 1e-4);
+        EXPECT_THROW(insert_batch_norm(folded, convs, {}, var), Error);
+    }
+}
+
 TEST(ZooTest, ErrorsAreClear) {
     expect_error<ConfigError>(
         [] {

@@ -2,6 +2,7 @@
 #include "pocketflow/prune.h"
 
 #include <numeric>
+#include <random>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
@@ -250,6 +251,34 @@ TEST(BudgetTest, TargetIsMetWithChannelBlocks) {
     // An unreachable target stops at the smallest allowed sizes.
     RatioFit floor = ratios_for_target(g, groups, 0.05, 16);
     EXPECT_GT(floor.kept_fraction, 0.3);
+}
+
+TEST(BudgetTest, ShapeOnlyMacsMatchSurgery) {
+    // The shape-only count must equal the MACs of the physically pruned graph, for plain,
+    // residual, depthwise (MobileNet) and flatten→linear (LeNet, VGG) coupling.
+    std::mt19937_64 rng(3);
+    for (const char* arch : {"lenet5", "resnet20", "mobilenet_v2", "vgg16"}) {
+        SCOPED_TRACE(arch);
+        Graph g = build_zoo_model(arch, 10, {3, 32, 32});
+        auto groups = channel_groups(g);
+        PrunedMacs macs(g, groups);
+        EXPECT_EQ(macs.total(), g.total_macs());
+        std::vector<int64_t> kept;
+        Graph pruned = g.clone();
+        for (const auto& group : groups) {
+            if (!group.prunable) {
+                continue;
+            }
+            int64_t k = std::uniform_int_distribution<int64_t>(1, group.channels)(rng);
+            kept.push_back(k);
+            std::vector<int64_t> keep(static_cast<size_t>(k));
+            std::iota(keep.begin(), keep.end(), 0);
+            prune_group(pruned, group, keep);
+        }
+        ASSERT_FALSE(kept.empty());
+        EXPECT_EQ(macs.at(kept), pruned.total_macs());
+        EXPECT_THROW(macs.at({}), Error);
+    }
 }
 
 TEST(BudgetTest, MacsFollowRatios) {
