@@ -13,6 +13,17 @@ find_package(PNG REQUIRED)
 find_package(Threads REQUIRED)
 find_library(TURBOJPEG_LIBRARY NAMES turbojpeg REQUIRED)
 find_path(TURBOJPEG_INCLUDE_DIR turbojpeg.h REQUIRED)
+set(POCKETFLOW_HAVE_ONEDNN OFF)
+if(POCKETFLOW_WITH_ONEDNN)
+    find_path(DNNL_INCLUDE_DIR oneapi/dnnl/dnnl.hpp)
+    find_library(DNNL_LIBRARY NAMES dnnl)
+    if(DNNL_INCLUDE_DIR AND DNNL_LIBRARY)
+        set(POCKETFLOW_HAVE_ONEDNN ON)
+        message(STATUS "oneDNN: ${DNNL_LIBRARY} (cached inference convolutions)")
+    else()
+        message(STATUS "oneDNN headers not found (libdnnl-dev): inference uses LibTorch's convolutions")
+    endif()
+endif()
 
 # LibTorch's ABI flag (-D_GLIBCXX_USE_CXX11_ABI=...) must match everything we link with: Debian's
 # yaml-cpp, spdlog and GTest are built with the new ABI, so a LibTorch built with the old one cannot link.

@@ -5,13 +5,13 @@
 # installed with --ignore-scripts so that its post-install does not try to download GPU binaries).
 #   tools/setup.sh            build + runtime dependencies
 #   tools/setup.sh --ort      also ONNX Runtime for Node.js under tools/ort (the tests use it)
-#   tools/setup.sh --bench    also python3-torch and python3-torchvision (tools/bench comparisons only)
+#   tools/setup.sh --bench    also python3-torch, python3-torchvision and python3-onnx (tools/bench only)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
     build-essential cmake ninja-build ccache pkg-config
-    libtorch-dev libgloo-dev libopenblas0-pthread
+    libtorch-dev libgloo-dev libopenblas0-pthread libdnnl-dev
     libyaml-cpp-dev libcli11-dev libspdlog-dev libfmt-dev libeigen3-dev nlohmann-json3-dev
     googletest libgtest-dev libgmock-dev zlib1g-dev libturbojpeg0-dev libpng-dev
     libonnx-dev libprotobuf-dev protobuf-compiler
@@ -21,7 +21,7 @@ want_ort=0
 for arg in "$@"; do
     case "$arg" in
         --ort) want_ort=1 ;;
-        --bench) packages+=(python3-torch python3-torchvision) ;;
+        --bench) packages+=(python3-torch python3-torchvision python3-onnx) ;;
         *) echo "setup: unknown option $arg (expected --ort or --bench)" >&2; exit 2 ;;
     esac
 done

@@ -10,6 +10,8 @@
 
 namespace pocketflow {
 
+class ConvCache;  // src/graph/onednn_conv.h
+
 /// What travels with a model besides its graph: where it came from and how inputs are normalised.
 struct ModelMeta {
     std::string arch;          ///< zoo name or "onnx"/"custom"
@@ -46,6 +48,10 @@ private:
     ModelMeta meta_;
     std::vector<int> last_use_;  // index of the last node reading each value, to free it early
     std::vector<bool> shares_storage_;  // values that may alias another (views, identities)
+    // Inference: cached oneDNN convolutions, and for each conv whether its only reader is a
+    // ReLU that the primitive can apply (fused_relu_[conv] = that ReLU's index, else -1).
+    std::shared_ptr<ConvCache> conv_cache_;
+    std::vector<int> fused_relu_;
 
     /// Whether node `i` (ReLU or Add, reading `args`) may overwrite its first input in an
     /// inference forward.

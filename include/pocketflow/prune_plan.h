@@ -45,6 +45,7 @@ struct PrunePlan {
     CpuTarget target;                  ///< resolved target (for `auto`)
     int64_t macs_before = 0;
     int64_t macs_planned = 0;  ///< MACs of the graph pruned as planned (shape-only count)
+    double seconds = 0;        ///< time taken by the planning (groups and budget search)
 };
 
 /// Plans the pruning of `graph` under `budget`: groups (excluding the first conv and `exclude`
@@ -63,13 +64,15 @@ std::vector<int> cut_points(const Graph& graph, int count);
 /// original: logged, and returned as JSON rows for the stage summary.
 nlohmann::json pruned_layer_table(const Graph& before, const Graph& after);
 
-/// Logs the result of a pruning (MACs and params kept, time) and warns when the MACs reached
-/// miss `flops_target` by more than 2 points; returns the kept MACs fraction.
-double report_pruning(const std::string& where,
-                      const PrunePlan& plan,
-                      const PruneBudget& budget,
-                      const Graph& before,
-                      const Graph& after,
-                      double seconds);
+/// Logs the result of a pruning (MACs and params kept, time; a warning when the MACs reached miss
+/// `flops_target` by more than 2 points) and returns the summary every pruning stage shares:
+/// flops_target, channel_multiple, target, ratios, macs_before/after, macs_kept, plan_seconds,
+/// prune_seconds and the per-layer table.
+nlohmann::json pruning_summary(const std::string& where,
+                               const PrunePlan& plan,
+                               const PruneBudget& budget,
+                               const Graph& before,
+                               const Graph& after,
+                               double seconds);
 
 }  // namespace pocketflow

@@ -281,19 +281,10 @@ nlohmann::json ChannelPruning::run(RunContext& ctx) {
     }
     const double prune_seconds = std::chrono::duration<double>(Clock::now() - start).count();
     ctx.model = std::make_shared<Model>(graph.clone(), ctx.model->meta());
-    const double kept_fraction =
-        report_pruning(ctx.stage.path, plan, options_.budget, before, graph, prune_seconds);
-    nlohmann::json summary = {{"criterion", options_.criterion},
-                              {"flops_target", options_.budget.flops_target},
-                              {"channel_multiple", plan.channel_multiple},
-                              {"target", plan.target.name},
-                              {"ratios", plan.ratios},
-                              {"macs_before", plan.macs_before},
-                              {"macs_after", graph.total_macs()},
-                              {"macs_kept", kept_fraction},
-                              {"prune_seconds", prune_seconds},
-                              {"selection_seconds", selection_seconds},
-                              {"layers", pruned_layer_table(before, graph)}};
+    nlohmann::json summary =
+        pruning_summary(ctx.stage.path, plan, options_.budget, before, graph, prune_seconds);
+    summary["criterion"] = options_.criterion;
+    summary["selection_seconds"] = selection_seconds;
     finetune_stage(ctx, options_.finetune_epochs, options_.finetune_lr, summary);
     return summary;
 }

@@ -329,25 +329,16 @@ nlohmann::json DiscrChannelPruning::run(RunContext& ctx) {
     }
     const double prune_seconds = std::chrono::duration<double>(Clock::now() - start).count();
     ctx.model = std::make_shared<Model>(graph.clone(), ctx.model->meta());
-    const double kept_fraction =
-        report_pruning(ctx.stage.path, plan, options_.budget, before, graph, prune_seconds);
+    nlohmann::json summary =
+        pruning_summary(ctx.stage.path, plan, options_.budget, before, graph, prune_seconds);
     std::vector<std::string> cut_names;
     for (int c : cuts) {
         cut_names.push_back(before.nodes()[static_cast<size_t>(c)].name);
     }
-    nlohmann::json summary = {{"flops_target", options_.budget.flops_target},
-                              {"channel_multiple", plan.channel_multiple},
-                              {"target", plan.target.name},
-                              {"ratios", plan.ratios},
-                              {"auxiliary", cut_names},
-                              {"selection", stage_log},
-                              {"macs_before", plan.macs_before},
-                              {"macs_after", graph.total_macs()},
-                              {"macs_kept", kept_fraction},
-                              {"prune_seconds", prune_seconds},
-                              {"block_finetune_seconds", block_seconds},
-                              {"selection_seconds", select_seconds},
-                              {"layers", pruned_layer_table(before, graph)}};
+    summary["auxiliary"] = cut_names;
+    summary["selection"] = stage_log;
+    summary["block_finetune_seconds"] = block_seconds;
+    summary["selection_seconds"] = select_seconds;
     // 4. Final fine-tuning (distillation from the stage's input model when enabled).
     finetune_stage(ctx, options_.finetune_epochs, options_.finetune_lr, summary);
     return summary;

@@ -3,6 +3,7 @@
 #include "pocketflow/prune_plan.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include <fnmatch.h>
@@ -72,6 +73,7 @@ void check_prune_budget(const ConfigReader& r, const PruneBudget& b) {
 }
 
 PrunePlan plan_pruning(const Graph& graph, const PruneBudget& budget, const std::string& where) {
+    const auto start = std::chrono::steady_clock::now();
     PrunePlan plan;
     std::vector<std::string> exclude = budget.exclude;
     if (budget.keep_first_conv) {
@@ -137,6 +139,8 @@ PrunePlan plan_pruning(const Graph& graph, const PruneBudget& budget, const std:
                                           plan.channel_multiple));
     }
     plan.macs_planned = macs.at(plan.keep);
+    plan.seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return plan;
 }
 
@@ -221,12 +225,12 @@ nlohmann::json pruned_layer_table(const Graph& before, const Graph& after) {
     return layers;
 }
 
-double report_pruning(const std::string& where,
-                      const PrunePlan& plan,
-                      const PruneBudget& budget,
-                      const Graph& before,
-                      const Graph& after,
-                      double seconds) {
+nlohmann::json pruning_summary(const std::string& where,
+                               const PrunePlan& plan,
+                               const PruneBudget& budget,
+                               const Graph& before,
+                               const Graph& after,
+                               double seconds) {
     const int64_t macs_after = after.total_macs();
     const double kept =
         static_cast<double>(macs_after) / static_cast<double>(plan.macs_before);
@@ -242,7 +246,16 @@ double report_pruning(const std::string& where,
                  human_count(static_cast<double>(plan.macs_before)), 100.0 * kept,
                  human_count(static_cast<double>(after.total_params())),
                  human_count(static_cast<double>(before.total_params())), seconds);
-    return kept;
+    return {{"flops_target", budget.flops_target},
+            {"channel_multiple", plan.channel_multiple},
+            {"target", plan.target.name},
+            {"ratios", plan.ratios},
+            {"macs_before", plan.macs_before},
+            {"macs_after", macs_after},
+            {"macs_kept", kept},
+            {"plan_seconds", plan.seconds},
+            {"prune_seconds", seconds},
+            {"layers", pruned_layer_table(before, after)}};
 }
 
 }  // namespace pocketflow

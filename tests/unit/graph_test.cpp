@@ -325,6 +325,42 @@ TEST(InferenceTest, FoldedBatchNormAndInPlaceForwardMatchTheReference) {
     }
 }
 
+TEST(InferenceTest, CachedConvolutionsFollowWeightUpdates) {
+    // The inference path packs conv weights once; an in-place update (an optimizer step) or new
+    // storage must repack them, or an evaluation after training would use stale weights.
+    torch::manual_seed(2);
+    Graph g = build_zoo_model("resnet20", 5, {3, 16, 16});
+    Model m(g.clone(), {});
+    m.eval();
+    torch::Tensor x = torch::randn({2, 3, 16, 16});
+    auto reference = [&] {
+        Model fresh(m.graph().clone(), {});
+        fresh.eval();
+        at::AutoGradMode grad(true);  // LibTorch's own path, no cache
+        return fresh.forward(x).detach();
+    };
+    torch::NoGradGuard no_grad;
+    EXPECT_LT((m.forward(x) - reference()).abs().max().item<double>(), 1e-4);
+    m.graph().nodes()[static_cast<size_t>(m.graph().find("layer1_0_conv1"))]
+        .params.at("weight")
+        .mul_(-2.0);
+    EXPECT_LT((m.forward(x) - reference()).abs().max().item<double>(), 1e-4);
+    for (auto& p : m.parameters()) {
+        p.add_(0.01);
+    }
+    EXPECT_LT((m.forward(x) - reference()).abs().max().item<double>(), 1e-4);
+    // Another batch size builds another primitive.
+    torch::Tensor x5 = torch::randn({5, 3, 16, 16});
+    Model fresh(m.graph().clone(), {});
+    fresh.eval();
+    torch::Tensor expected;
+    {
+        at::AutoGradMode grad(true);
+        expected = fresh.forward(x5).detach();
+    }
+    EXPECT_LT((m.forward(x5) - expected).abs().max().item<double>(), 1e-4);
+}
+
 TEST(InferenceTest, RestoredBatchNormComputesTheFoldedFunction) {
     // An eval-mode export folds BN into biased convs; insert_batch_norm puts BN back with the
     // conv rescaled to unit output variance. In eval mode the result must equal the folded model,

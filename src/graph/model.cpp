@@ -1,0 +1,222 @@
+// SPDX-License-Identifier: Apache-2.0
+// Execution of a Graph as a torch::nn::Module: training through LibTorch's functional ops,
+// inference with in-place ReLU/Add and cached oneDNN convolutions.
+#include "pocketflow/model.h"
+
+#include <algorithm>
+
+#include <ATen/ATen.h>
+
+#include "onednn_conv.h"
+#include "pocketflow/error.h"
+
+namespace pocketflow {
+
+// ------------------------------------------------------------------------------------------------
+// Execution
+
+at::Tensor run_node(const Node& n, const std::vector<at::Tensor>& in, bool training) {
+    auto opt = [&](const char* key) -> at::Tensor {
+        auto it = n.params.find(key);
+        return it == n.params.end() ? at::Tensor() : it->second;
+    };
+    const Attrs& a = n.attrs;
+    switch (n.op) {
+        case Op::kInput:
+            return in.at(0);
+        case Op::kConv2d:
+            if (!training && !at::GradMode::is_enabled() && at::hasMKLDNN() && in[0].is_cpu() &&
+                in[0].scalar_type() == at::kFloat) {
+                // Inference: oneDNN for every batch size. at::conv2d picks the im2col + GEMM path
+                // below batch 16, several times slower at batch 1 (docs/performance.md).
+                return at::mkldnn_convolution(in[0], n.params.at("weight"), opt("bias"), a.padding,
+                                              a.stride, a.dilation, a.groups);
+            }
+            return at::conv2d(in[0], n.params.at("weight"), opt("bias"), a.stride, a.padding,
+                              a.dilation, a.groups);
+        case Op::kBatchNorm2d:
+            return at::batch_norm(in[0], n.params.at("weight"), n.params.at("bias"),
+                                  n.buffers.at("running_mean"), n.buffers.at("running_var"),
+                                  training, a.momentum, a.eps, true);
+        case Op::kReLU:
+            return at::relu(in[0]);
+        case Op::kClip:
+            if (a.min == 0.0 && a.max == 6.0) {
+                return at::hardtanh(in[0], 0.0, 6.0);
+            }
+            return at::clamp(in[0], a.min, a.max);
+        case Op::kSigmoid:
+            return at::sigmoid(in[0]);
+        case Op::kHardSigmoid:
+            return at::clamp(in[0] * a.alpha + a.beta, 0.0, 1.0);
+        case Op::kHardSwish:
+            return at::hardswish(in[0]);
+        case Op::kAdd:
+            return at::add(in[0], in[1]);
+        case Op::kMul:
+            return at::mul(in[0], in[1]);
+        case Op::kConcat:
+            return at::cat(in, a.axis);
+        case Op::kMaxPool:
+            return at::max_pool2d(in[0], a.kernel, a.stride, a.padding, a.dilation, a.ceil_mode);
+        case Op::kAvgPool:
+            return at::avg_pool2d(in[0], a.kernel, a.stride, a.padding, a.ceil_mode,
+                                  a.count_include_pad);
+        case Op::kGlobalAvgPool:
+            return at::adaptive_avg_pool2d(in[0], {1, 1});
+        case Op::kFlatten:
+            return at::flatten(in[0], a.axis);
+        case Op::kReshape: {
+            std::vector<int64_t> shape = {in[0].size(0)};
+            shape.insert(shape.end(), a.shape.begin(), a.shape.end());
+            return at::reshape(in[0], shape);
+        }
+        case Op::kLinear:
+            return at::linear(in[0], n.params.at("weight"), opt("bias"));
+        case Op::kDropout:
+            return at::dropout(in[0], a.p, training);
+        case Op::kIdentity:
+            return in[0];
+    }
+    throw Error(fmt::format("node {}: unsupported op", n.name));
+}
+
+Model::Model(Graph graph, ModelMeta meta) : graph_(std::move(graph)), meta_(std::move(meta)) {
+    graph_.validate();
+    for (auto& n : graph_.nodes()) {
+        if (n.params.empty() && n.buffers.empty()) {
+            continue;
+        }
+        if (n.op == Op::kConv2d) {
+            // Channels-last (NHWC) lets oneDNN run convolutions without layout reorders: about 1.3x
+            // faster training on CPU (docs/performance.md). set_data keeps the tensor's identity,
+            // so the graph and the module still share it.
+            at::Tensor& w = n.params.at("weight");
+            w.set_data(w.contiguous(at::MemoryFormat::ChannelsLast));
+        }
+        auto holder = register_module(n.name, std::make_shared<torch::nn::Module>());
+        for (auto& [key, t] : n.params) {
+            holder->register_parameter(key, t);
+        }
+        for (auto& [key, t] : n.buffers) {
+            holder->register_buffer(key, t);
+        }
+    }
+    const auto& nodes = graph_.nodes();
+    last_use_.assign(nodes.size(), -1);
+    for (size_t i = 0; i < nodes.size(); ++i) {
+        for (int in : nodes[i].inputs) {
+            last_use_[static_cast<size_t>(in)] = static_cast<int>(i);
+        }
+    }
+    last_use_[static_cast<size_t>(graph_.output())] = static_cast<int>(nodes.size());
+    if (ConvCache::available()) {
+        conv_cache_ = std::make_shared<ConvCache>();
+    }
+    std::vector<int> readers(nodes.size(), 0), reader(nodes.size(), -1);
+    for (size_t i = 0; i < nodes.size(); ++i) {
+        for (int in : nodes[i].inputs) {
+            ++readers[static_cast<size_t>(in)];
+            reader[static_cast<size_t>(in)] = static_cast<int>(i);
+        }
+    }
+    fused_relu_.assign(nodes.size(), -1);
+    for (size_t i = 0; i < nodes.size(); ++i) {
+        if (nodes[i].op == Op::kConv2d && readers[i] == 1 &&
+            static_cast<int>(i) != graph_.output() &&
+            nodes[static_cast<size_t>(reader[i])].op == Op::kReLU) {
+            fused_relu_[i] = reader[i];
+        }
+    }
+    // Values that may share storage with another value: the model input, and whatever feeds or
+    // comes out of an op that can return its input or a view of it.
+    shares_storage_.assign(nodes.size(), false);
+    shares_storage_[0] = true;
+    for (size_t i = 0; i < nodes.size(); ++i) {
+        const Op op = nodes[i].op;
+        if (op == Op::kIdentity || op == Op::kDropout || op == Op::kFlatten || op == Op::kReshape) {
+            shares_storage_[i] = true;
+            for (int in : nodes[i].inputs) {
+                shares_storage_[static_cast<size_t>(in)] = true;
+            }
+        }
+    }
+}
+
+bool Model::can_overwrite(const Node& n,
+                          size_t i,
+                          const std::vector<int>& capture,
+                          const std::vector<at::Tensor>& args) const {
+    if ((n.op != Op::kReLU && n.op != Op::kAdd) ||
+        shares_storage_[static_cast<size_t>(n.inputs[0])] ||
+        last_use_[static_cast<size_t>(n.inputs[0])] != static_cast<int>(i) ||
+        std::find(capture.begin(), capture.end(), n.inputs[0]) != capture.end()) {
+        return false;  // the input, a captured value, one read later or a view's base stays intact
+    }
+    // Add: the sum must have the first input's shape (no broadcasting into it).
+    return n.op == Op::kReLU || (n.inputs[1] != n.inputs[0] && args[0].sizes() == args[1].sizes());
+}
+
+at::Tensor Model::forward(const at::Tensor& input) {
+    std::vector<at::Tensor> none;
+    return forward_capture(input, {}, none);
+}
+
+at::Tensor Model::forward_capture(const at::Tensor& input,
+                                  const std::vector<int>& capture,
+                                  std::vector<at::Tensor>& captured) {
+    const auto& nodes = graph_.nodes();
+    const auto& shape = graph_.input_shape();
+    PF_CHECK(input.dim() == 4 && input.size(1) == shape[0] && input.size(2) == shape[1] &&
+                 input.size(3) == shape[2],
+             InputError, "model expects input [N, {}, {}, {}], got [{}]", shape[0], shape[1],
+             shape[2], fmt::join(input.sizes().vec(), ", "));
+    std::vector<at::Tensor> values(nodes.size());
+    std::vector<at::Tensor> args;
+    captured.assign(capture.size(), at::Tensor());
+    const bool training = is_training();
+    const bool in_place = !training && !at::GradMode::is_enabled();
+    values[0] = input.contiguous(at::MemoryFormat::ChannelsLast);
+    std::vector<bool> fused(nodes.size(), false);  // ReLUs applied by their conv's primitive
+    auto captured_node = [&](size_t i) {
+        return std::find(capture.begin(), capture.end(), static_cast<int>(i)) != capture.end();
+    };
+    for (size_t i = 1; i < nodes.size(); ++i) {
+        const Node& n = nodes[i];
+        args.clear();
+        for (int in : n.inputs) {
+            args.push_back(values[static_cast<size_t>(in)]);
+        }
+        if (fused[i]) {
+            values[i] = args[0];  // the conv's output, ReLU already applied
+        } else if (in_place && conv_cache_ && ConvCache::supports(n, args[0])) {
+            // Inference: a cached oneDNN primitive with packed weights (and the ReLU fused).
+            const int relu = fused_relu_[i];
+            const bool fuse = relu >= 0 && !captured_node(i);
+            values[i] = conv_cache_->run(static_cast<int>(i), n, args[0], fuse);
+            if (fuse) {
+                fused[static_cast<size_t>(relu)] = true;
+            }
+        } else if (in_place && can_overwrite(n, i, capture, args)) {
+            // Inference: ReLU and residual Add overwrite an input no later node reads.
+            at::Tensor& v = values[static_cast<size_t>(n.inputs[0])];
+            values[i] = n.op == Op::kReLU ? v.relu_() : v.add_(args[1]);
+        } else {
+            values[i] = run_node(n, args, training);
+        }
+        for (size_t c = 0; c < capture.size(); ++c) {
+            if (capture[c] == static_cast<int>(i)) {
+                captured[c] = values[i];
+            }
+        }
+        // Drop values no later node reads, so peak memory follows the live set, not the graph.
+        for (int in : n.inputs) {
+            if (last_use_[static_cast<size_t>(in)] == static_cast<int>(i)) {
+                values[static_cast<size_t>(in)].reset();
+            }
+        }
+    }
+    return values[static_cast<size_t>(graph_.output())];
+}
+
+}  // namespace pocketflow

@@ -1,0 +1,172 @@
+// SPDX-License-Identifier: Apache-2.0
+#include "onednn_conv.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <map>
+
+#include <ATen/ATen.h>
+
+#include "pocketflow/error.h"
+
+#ifdef POCKETFLOW_HAVE_ONEDNN
+#include <oneapi/dnnl/dnnl.hpp>
+#endif
+
+namespace pocketflow {
+
+#ifdef POCKETFLOW_HAVE_ONEDNN
+
+namespace {
+
+using dnnl::memory;
+
+memory::dims dims_of(at::IntArrayRef sizes) {
+    return memory::dims(sizes.begin(), sizes.end());
+}
+
+}  // namespace
+
+struct ConvCache::Impl {
+    struct Entry {
+        std::vector<int64_t> input;  ///< input sizes the primitive was built for
+        bool relu = false;
+        std::vector<int64_t> output;
+        dnnl::convolution_forward primitive;
+        memory::desc src_md, dst_md;
+        memory weights;              ///< packed
+        at::Tensor bias;             ///< contiguous copy (kept alive for the memory object)
+        memory bias_mem;
+        const void* weight_ptr = nullptr;
+        int64_t weight_version = -1;
+        const void* bias_ptr = nullptr;
+        int64_t bias_version = -1;
+    };
+    dnnl::engine engine{dnnl::engine::kind::cpu, 0};
+    dnnl::stream stream{engine};
+    std::map<int, Entry> entries;
+
+    void build(Entry& e, const Node& n, const at::Tensor& x, bool relu) {
+        const Attrs& a = n.attrs;
+        const at::Tensor& w = n.params.at("weight");
+        const int64_t g = a.groups;
+        std::vector<int64_t> out = {x.size(0), w.size(0)};
+        for (int d = 0; d < 2; ++d) {
+            const int64_t k = (w.size(2 + d) - 1) * a.dilation[d] + 1;
+            out.push_back((x.size(2 + d) + 2 * a.padding[d] - k) / a.stride[d] + 1);
+        }
+        e.input = x.sizes().vec();
+        e.output = out;
+        e.relu = relu;
+        e.src_md = memory::desc(dims_of(x.sizes()), memory::data_type::f32, memory::format_tag::nhwc);
+        e.dst_md = memory::desc(dims_of(out), memory::data_type::f32, memory::format_tag::nhwc);
+        memory::dims wdims = g == 1 ? dims_of(w.sizes())
+                                    : memory::dims{g, w.size(0) / g, w.size(1), w.size(2), w.size(3)};
+        memory::desc w_any(wdims, memory::data_type::f32, memory::format_tag::any);
+        memory::desc b_md({w.size(0)}, memory::data_type::f32, memory::format_tag::a);
+        memory::dims stride = {a.stride[0], a.stride[1]};
+        memory::dims dilation = {a.dilation[0] - 1, a.dilation[1] - 1};
+        memory::dims pad = {a.padding[0], a.padding[1]};
+        const bool has_bias = n.params.count("bias") != 0;
+        dnnl::primitive_attr attr;
+        if (relu) {
+            dnnl::post_ops ops;
+            ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+            attr.set_post_ops(ops);
+        }
+        auto desc = has_bias ? dnnl::convolution_forward::desc(
+                                   dnnl::prop_kind::forward_inference,
+                                   dnnl::algorithm::convolution_direct, e.src_md, w_any, b_md,
+                                   e.dst_md, stride, dilation, pad, pad)
+                             : dnnl::convolution_forward::desc(
+                                   dnnl::prop_kind::forward_inference,
+                                   dnnl::algorithm::convolution_direct, e.src_md, w_any, e.dst_md,
+                                   stride, dilation, pad, pad);
+        dnnl::convolution_forward::primitive_desc pd(desc, attr, engine);
+        e.primitive = dnnl::convolution_forward(pd);
+        e.weights = memory(pd.weights_desc(), engine);
+        e.weight_ptr = nullptr;  // packed on first use
+        e.bias_ptr = nullptr;
+    }
+
+    void pack(Entry& e, const Node& n) {
+        const at::Tensor& w = n.params.at("weight");
+        if (e.weight_ptr != w.data_ptr() || e.weight_version != w._version()) {
+            at::Tensor plain = w.detach().contiguous();  // OIHW
+            const int64_t g = n.attrs.groups;
+            memory::dims wdims = g == 1 ? dims_of(w.sizes())
+                                        : memory::dims{g, w.size(0) / g, w.size(1), w.size(2),
+                                                       w.size(3)};
+            memory user({wdims, memory::data_type::f32,
+                         g == 1 ? memory::format_tag::oihw : memory::format_tag::goihw},
+                        engine, plain.data_ptr());
+            dnnl::reorder(user, e.weights).execute(stream, user, e.weights);
+            stream.wait();
+            e.weight_ptr = w.data_ptr();
+            e.weight_version = w._version();
+        }
+        auto it = n.params.find("bias");
+        if (it != n.params.end() &&
+            (e.bias_ptr != it->second.data_ptr() || e.bias_version != it->second._version())) {
+            e.bias = it->second.detach().contiguous().clone();
+            e.bias_mem = memory({{e.bias.size(0)}, memory::data_type::f32, memory::format_tag::a},
+                                engine, e.bias.data_ptr());
+            e.bias_ptr = it->second.data_ptr();
+            e.bias_version = it->second._version();
+        }
+    }
+};
+
+ConvCache::ConvCache() : impl_(available() ? std::make_unique<Impl>() : nullptr) {}
+ConvCache::~ConvCache() = default;
+
+bool ConvCache::available() {
+    static const bool on = [] {
+        const char* env = std::getenv("POCKETFLOW_ONEDNN");
+        return env == nullptr || std::strcmp(env, "0") != 0;
+    }();
+    return on;
+}
+
+bool ConvCache::supports(const Node& node, const at::Tensor& input) {
+    return node.op == Op::kConv2d && input.dim() == 4 && input.is_cpu() &&
+           input.scalar_type() == at::kFloat && !input.requires_grad() &&
+           node.params.at("weight").scalar_type() == at::kFloat;
+}
+
+at::Tensor ConvCache::run(int id, const Node& node, const at::Tensor& input, bool relu) {
+    PF_CHECK(impl_ != nullptr, Error, "oneDNN convolutions are not available in this build");
+    at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
+    Impl::Entry& e = impl_->entries[id];
+    if (e.input != x.sizes().vec() || e.relu != relu) {
+        impl_->build(e, node, x, relu);
+    }
+    impl_->pack(e, node);
+    at::Tensor y = at::empty(e.output, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+    memory src(e.src_md, impl_->engine, x.data_ptr());
+    memory dst(e.dst_md, impl_->engine, y.data_ptr());
+    std::unordered_map<int, memory> args = {
+        {DNNL_ARG_SRC, src}, {DNNL_ARG_WEIGHTS, e.weights}, {DNNL_ARG_DST, dst}};
+    if (node.params.count("bias") != 0) {
+        args.emplace(DNNL_ARG_BIAS, e.bias_mem);
+    }
+    e.primitive.execute(impl_->stream, args);
+    impl_->stream.wait();
+    return y;
+}
+
+#else  // no oneDNN in this build: Model keeps LibTorch's path
+
+struct ConvCache::Impl {};
+ConvCache::ConvCache() = default;
+ConvCache::~ConvCache() = default;
+bool ConvCache::available() { return false; }
+bool ConvCache::supports(const Node&, const at::Tensor&) { return false; }
+at::Tensor ConvCache::run(int, const Node& node, const at::Tensor&, bool) {
+    throw Error(fmt::format("node {}: oneDNN convolutions are not available in this build",
+                            node.name));
+}
+
+#endif
+
+}  // namespace pocketflow

@@ -1,0 +1,43 @@
+// SPDX-License-Identifier: Apache-2.0
+// Private to src/graph: cached oneDNN convolutions for Model's inference path.
+#pragma once
+
+#include <memory>
+
+#include <ATen/core/Tensor.h>
+
+#include "pocketflow/graph.h"
+
+namespace pocketflow {
+
+/// Convolutions for inference (no autograd, float32, CPU), each a oneDNN primitive built once per
+/// node and input shape, with its weights reordered once into the primitive's blocked layout and
+/// an optional fused ReLU. LibTorch's own oneDNN path (at::mkldnn_convolution) rebuilds the
+/// primitive and reorders the weights on every call: 2-3× slower per convolution at batch 1
+/// (docs/performance.md). Weights are repacked when their tensor changes (new storage or a bumped
+/// version counter: an optimizer step), so training between evaluations stays correct.
+///
+/// Example:
+///   ConvCache cache;
+///   if (cache.available()) y = cache.run(i, node, x, /*relu=*/true);
+class ConvCache {
+public:
+    ConvCache();
+    ~ConvCache();
+    ConvCache(const ConvCache&) = delete;
+    ConvCache& operator=(const ConvCache&) = delete;
+
+    /// Whether this build has oneDNN (POCKETFLOW_WITH_ONEDNN) and the environment allows it
+    /// (POCKETFLOW_ONEDNN=0 turns it off, for comparisons).
+    static bool available();
+    /// Whether `run` can take this convolution on this input.
+    static bool supports(const Node& node, const at::Tensor& input);
+    /// y = conv(x) (+ ReLU when `relu`), channels-last output.
+    at::Tensor run(int id, const Node& node, const at::Tensor& input, bool relu);
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace pocketflow
