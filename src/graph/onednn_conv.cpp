@@ -29,7 +29,8 @@ memory::dims dims_of(at::IntArrayRef sizes) {
 
 struct ConvCache::Impl {
     struct Entry {
-        std::vector<int64_t> input;  ///< input sizes the primitive was built for
+        std::vector<int64_t> input;   ///< input sizes the primitive was built for
+        std::vector<int64_t> weight;  ///< weight sizes it was built for
         bool relu = false;
         std::vector<int64_t> output;
         dnnl::convolution_forward primitive;
@@ -56,6 +57,7 @@ struct ConvCache::Impl {
             out.push_back((x.size(2 + d) + 2 * a.padding[d] - k) / a.stride[d] + 1);
         }
         e.input = x.sizes().vec();
+        e.weight = w.sizes().vec();
         e.output = out;
         e.relu = relu;
         e.src_md = memory::desc(dims_of(x.sizes()), memory::data_type::f32, memory::format_tag::nhwc);
@@ -138,7 +140,8 @@ at::Tensor ConvCache::run(int id, const Node& node, const at::Tensor& input, boo
     PF_CHECK(impl_ != nullptr, Error, "oneDNN convolutions are not available in this build");
     at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
     Impl::Entry& e = impl_->entries[id];
-    if (e.input != x.sizes().vec() || e.relu != relu) {
+    if (e.input != x.sizes().vec() || e.relu != relu ||
+        e.weight != node.params.at("weight").sizes().vec()) {
         impl_->build(e, node, x, relu);
     }
     impl_->pack(e, node);

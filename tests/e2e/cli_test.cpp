@@ -334,6 +334,24 @@ TEST(CliTest, ChannelPruningPipelineEndToEnd) {
     EXPECT_EQ(is["stages"][0]["channel_multiple"], 8);
     EXPECT_NEAR(is["macs"].get<double>() / b["macs"].get<double>(), 0.5, 0.02);
     EXPECT_GT(is["top1"].get<double>(), 30.0);
+    // DCP through the CLI: the same budget, a smaller model that exports and runs in ONNX Runtime.
+    Result dcp =
+        cli("--json compress --config prune.yaml --set output_dir=dcp --set model.arch= "
+            "--set model.path=base/model.pfm "
+            "--set 'pipeline=[{learner: discr_channel_pruning, flops_target: 0.5, target: avx2, "
+            "samples: 32, batch_size: 16, block_steps: 4, layer_steps: 1, finetune_epochs: 1, "
+            "finetune_lr: 0.02}]'",
+            dir);
+    ASSERT_EQ(dcp.code, 0) << dcp.err;
+    json ds = json::parse(dcp.out);
+    EXPECT_NEAR(ds["macs"].get<double>() / b["macs"].get<double>(), 0.5, 0.02);
+    EXPECT_EQ(ds["stages"][0]["learner"], "discr_channel_pruning");
+    EXPECT_EQ(ds["stages"][0]["auxiliary"].size(), 3u);
+    EXPECT_TRUE(fs::exists(dir.path() / "dcp" / "model.onnx"));
+    if (!ort_runner_path().empty()) {
+        Result checked = cli("--json export --model dcp/model.pfm -o d.onnx --check", dir);
+        ASSERT_EQ(checked.code, 0) << checked.err;
+    }
     Result bad =
         cli("compress --config prune.yaml --set model.path=base/model.pfm --set model.arch= "
             "--set 'pipeline=[{learner: channel_pruning, ratios: [0.5, 0.5]}]'",
