@@ -52,6 +52,10 @@ private:
     // ReLU that the primitive can apply (fused_relu_[conv] = that ReLU's index, else -1).
     std::shared_ptr<ConvCache> conv_cache_;
     std::vector<int> fused_relu_;
+    // ... whether its only reader is a residual Add the primitive can accumulate into the other
+    // operand (-1: no), and whether that Add's only reader is a ReLU (-1: no).
+    std::vector<int> fused_add_, add_relu_;
+    std::vector<std::vector<int64_t>> shapes_;  // per node, [C, H, W] or [F]
 
     /// Whether node `i` (ReLU or Add, reading `args`) may overwrite its first input in an
     /// inference forward.

@@ -121,13 +121,29 @@ Model::Model(Graph graph, ModelMeta meta) : graph_(std::move(graph)), meta_(std:
         }
     }
     fused_relu_.assign(nodes.size(), -1);
+    fused_add_.assign(nodes.size(), -1);
+    add_relu_.assign(nodes.size(), -1);
+    auto only_reader_is = [&](size_t i, Op op) {
+        return readers[i] == 1 && static_cast<int>(i) != graph_.output() &&
+               nodes[static_cast<size_t>(reader[i])].op == op;
+    };
     for (size_t i = 0; i < nodes.size(); ++i) {
-        if (nodes[i].op == Op::kConv2d && readers[i] == 1 &&
-            static_cast<int>(i) != graph_.output() &&
-            nodes[static_cast<size_t>(reader[i])].op == Op::kReLU) {
+        if (nodes[i].op == Op::kConv2d && only_reader_is(i, Op::kReLU)) {
             fused_relu_[i] = reader[i];
         }
+        if (nodes[i].op == Op::kConv2d && only_reader_is(i, Op::kAdd)) {
+            // The Add's other operand must be computed before this conv (and not be the conv).
+            const Node& add = nodes[static_cast<size_t>(reader[i])];
+            const int other = add.inputs[0] == static_cast<int>(i) ? add.inputs[1] : add.inputs[0];
+            if (other != static_cast<int>(i) && other < static_cast<int>(i)) {
+                fused_add_[i] = reader[i];
+            }
+        }
+        if (nodes[i].op == Op::kAdd && only_reader_is(i, Op::kReLU)) {
+            add_relu_[i] = reader[i];
+        }
     }
+    shapes_ = graph_.infer_shapes();
     // Values that may share storage with another value: the model input, and whatever feeds or
     // comes out of an op that can return its input or a view of it.
     shares_storage_.assign(nodes.size(), false);
@@ -177,9 +193,11 @@ at::Tensor Model::forward_capture(const at::Tensor& input,
     const bool training = is_training();
     const bool in_place = !training && !at::GradMode::is_enabled();
     values[0] = input.contiguous(at::MemoryFormat::ChannelsLast);
-    std::vector<bool> fused(nodes.size(), false);  // ReLUs applied by their conv's primitive
-    auto captured_node = [&](size_t i) {
-        return std::find(capture.begin(), capture.end(), static_cast<int>(i)) != capture.end();
+    // fused_from[j] = i: node j (a ReLU or residual Add) was computed by conv i's primitive; its
+    // value is node i's.
+    std::vector<int> fused_from(nodes.size(), -1);
+    auto captured_node = [&](int i) {
+        return std::find(capture.begin(), capture.end(), i) != capture.end();
     };
     for (size_t i = 1; i < nodes.size(); ++i) {
         const Node& n = nodes[i];
@@ -187,15 +205,42 @@ at::Tensor Model::forward_capture(const at::Tensor& input,
         for (int in : n.inputs) {
             args.push_back(values[static_cast<size_t>(in)]);
         }
-        if (fused[i]) {
-            values[i] = args[0];  // the conv's output, ReLU already applied
+        const int id = static_cast<int>(i);
+        if (fused_from[i] >= 0) {
+            values[i] = values[static_cast<size_t>(fused_from[i])];
         } else if (in_place && conv_cache_ && ConvCache::supports(n, args[0])) {
-            // Inference: a cached oneDNN primitive with packed weights (and the ReLU fused).
-            const int relu = fused_relu_[i];
-            const bool fuse = relu >= 0 && !captured_node(i);
-            values[i] = conv_cache_->run(static_cast<int>(i), n, args[0], fuse);
-            if (fuse) {
-                fused[static_cast<size_t>(relu)] = true;
+            // Inference: a cached oneDNN primitive with packed weights; a residual Add (into the
+            // other operand, when nothing else needs it) and a ReLU after it are fused.
+            const int add = fused_add_[i];
+            at::Tensor* sum_into = nullptr;
+            if (add >= 0 && !captured_node(id) && !captured_node(add)) {
+                const Node& a = nodes[static_cast<size_t>(add)];
+                const int other = a.inputs[0] == id ? a.inputs[1] : a.inputs[0];
+                at::Tensor& v = values[static_cast<size_t>(other)];
+                std::vector<int64_t> want = {args[0].size(0)};
+                want.insert(want.end(), shapes_[i].begin(), shapes_[i].end());
+                if (!shares_storage_[static_cast<size_t>(other)] &&
+                    last_use_[static_cast<size_t>(other)] == add && !captured_node(other) &&
+                    v.defined() && v.scalar_type() == at::kFloat && v.sizes().vec() == want &&
+                    v.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+                    !v.is_alias_of(args[0])) {  // never the conv's own input
+                    sum_into = &v;
+                }
+            }
+            if (sum_into != nullptr) {
+                const int relu = add_relu_[static_cast<size_t>(add)];
+                values[i] = conv_cache_->run(id, n, args[0], relu >= 0, sum_into);
+                fused_from[static_cast<size_t>(add)] = id;
+                if (relu >= 0) {
+                    fused_from[static_cast<size_t>(relu)] = add;
+                }
+            } else {
+                const int relu = fused_relu_[i];
+                const bool fuse = relu >= 0 && !captured_node(id);
+                values[i] = conv_cache_->run(id, n, args[0], fuse);
+                if (fuse) {
+                    fused_from[static_cast<size_t>(relu)] = id;
+                }
             }
         } else if (in_place && can_overwrite(n, i, capture, args)) {
             // Inference: ReLU and residual Add overwrite an input no later node reads.

@@ -32,6 +32,7 @@ struct ConvCache::Impl {
         std::vector<int64_t> input;   ///< input sizes the primitive was built for
         std::vector<int64_t> weight;  ///< weight sizes it was built for
         bool relu = false;
+        bool sum = false;
         std::vector<int64_t> output;
         dnnl::convolution_forward primitive;
         memory::desc src_md, dst_md;
@@ -47,7 +48,7 @@ struct ConvCache::Impl {
     dnnl::stream stream{engine};
     std::map<int, Entry> entries;
 
-    void build(Entry& e, const Node& n, const at::Tensor& x, bool relu) {
+    void build(Entry& e, const Node& n, const at::Tensor& x, bool relu, bool sum) {
         const Attrs& a = n.attrs;
         const at::Tensor& w = n.params.at("weight");
         const int64_t g = a.groups;
@@ -60,6 +61,7 @@ struct ConvCache::Impl {
         e.weight = w.sizes().vec();
         e.output = out;
         e.relu = relu;
+        e.sum = sum;
         e.src_md = memory::desc(dims_of(x.sizes()), memory::data_type::f32, memory::format_tag::nhwc);
         e.dst_md = memory::desc(dims_of(out), memory::data_type::f32, memory::format_tag::nhwc);
         memory::dims wdims = g == 1 ? dims_of(w.sizes())
@@ -71,11 +73,14 @@ struct ConvCache::Impl {
         memory::dims pad = {a.padding[0], a.padding[1]};
         const bool has_bias = n.params.count("bias") != 0;
         dnnl::primitive_attr attr;
-        if (relu) {
-            dnnl::post_ops ops;
-            ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
-            attr.set_post_ops(ops);
+        dnnl::post_ops ops;
+        if (sum) {
+            ops.append_sum(1.f);  // dst = conv(x) + dst: a residual Add done by the primitive
         }
+        if (relu) {
+            ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+        }
+        attr.set_post_ops(ops);
         auto desc = has_bias ? dnnl::convolution_forward::desc(
                                    dnnl::prop_kind::forward_inference,
                                    dnnl::algorithm::convolution_direct, e.src_md, w_any, b_md,
@@ -136,16 +141,29 @@ bool ConvCache::supports(const Node& node, const at::Tensor& input) {
            node.params.at("weight").scalar_type() == at::kFloat;
 }
 
-at::Tensor ConvCache::run(int id, const Node& node, const at::Tensor& input, bool relu) {
+at::Tensor ConvCache::run(int id,
+                          const Node& node,
+                          const at::Tensor& input,
+                          bool relu,
+                          at::Tensor* sum_into) {
     PF_CHECK(impl_ != nullptr, Error, "oneDNN convolutions are not available in this build");
     at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
     Impl::Entry& e = impl_->entries[id];
-    if (e.input != x.sizes().vec() || e.relu != relu ||
+    const bool sum = sum_into != nullptr;
+    if (e.input != x.sizes().vec() || e.relu != relu || e.sum != sum ||
         e.weight != node.params.at("weight").sizes().vec()) {
-        impl_->build(e, node, x, relu);
+        impl_->build(e, node, x, relu, sum);
     }
     impl_->pack(e, node);
-    at::Tensor y = at::empty(e.output, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+    at::Tensor y;
+    if (sum) {
+        PF_CHECK(sum_into->sizes().vec() == e.output &&
+                     sum_into->is_contiguous(at::MemoryFormat::ChannelsLast),
+                 Error, "node {}: the residual to add into has the wrong shape or layout", node.name);
+        y = *sum_into;
+    } else {
+        y = at::empty(e.output, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+    }
     memory src(e.src_md, impl_->engine, x.data_ptr());
     memory dst(e.dst_md, impl_->engine, y.data_ptr());
     std::unordered_map<int, memory> args = {
@@ -165,7 +183,7 @@ ConvCache::ConvCache() = default;
 ConvCache::~ConvCache() = default;
 bool ConvCache::available() { return false; }
 bool ConvCache::supports(const Node&, const at::Tensor&) { return false; }
-at::Tensor ConvCache::run(int, const Node& node, const at::Tensor&, bool) {
+at::Tensor ConvCache::run(int, const Node& node, const at::Tensor&, bool, at::Tensor*) {
     throw Error(fmt::format("node {}: oneDNN convolutions are not available in this build",
                             node.name));
 }

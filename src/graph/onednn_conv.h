@@ -12,7 +12,7 @@ namespace pocketflow {
 
 /// Convolutions for inference (no autograd, float32, CPU), each a oneDNN primitive built once per
 /// node and input shape, with its weights reordered once into the primitive's blocked layout and
-/// an optional fused ReLU. LibTorch's own oneDNN path (at::mkldnn_convolution) rebuilds the
+/// an optional fused residual Add and ReLU. LibTorch's own oneDNN path (at::mkldnn_convolution) rebuilds the
 /// primitive and reorders the weights on every call: 2-3× slower per convolution at batch 1
 /// (docs/performance.md). Weights are repacked when their tensor changes (new storage or a bumped
 /// version counter: an optimizer step), so training between evaluations stays correct.
@@ -32,8 +32,13 @@ public:
     static bool available();
     /// Whether `run` can take this convolution on this input.
     static bool supports(const Node& node, const at::Tensor& input);
-    /// y = conv(x) (+ ReLU when `relu`), channels-last output.
-    at::Tensor run(int id, const Node& node, const at::Tensor& input, bool relu);
+    /// y = conv(x) (+ `*sum_into` when given: the conv accumulates into that tensor, in place, a
+    /// residual Add; then ReLU when `relu`), channels-last output.
+    at::Tensor run(int id,
+                   const Node& node,
+                   const at::Tensor& input,
+                   bool relu,
+                   at::Tensor* sum_into = nullptr);
 
 private:
     struct Impl;
