@@ -133,9 +133,16 @@ Model::Model(Graph graph, ModelMeta meta) : graph_(std::move(graph)), meta_(std:
         }
         if (nodes[i].op == Op::kConv2d && only_reader_is(i, Op::kAdd)) {
             // The Add's other operand must be computed before this conv (and not be the conv).
+            // It is overwritten when the conv runs, so every other reader of it must come before
+            // the conv (a branch between the conv and the Add would read the sum).
             const Node& add = nodes[static_cast<size_t>(reader[i])];
             const int other = add.inputs[0] == static_cast<int>(i) ? add.inputs[1] : add.inputs[0];
-            if (other != static_cast<int>(i) && other < static_cast<int>(i)) {
+            bool read_between = false;
+            for (int m = static_cast<int>(i) + 1; m < reader[i]; ++m) {
+                const auto& in = nodes[static_cast<size_t>(m)].inputs;
+                read_between = read_between || std::find(in.begin(), in.end(), other) != in.end();
+            }
+            if (other != static_cast<int>(i) && other < static_cast<int>(i) && !read_between) {
                 fused_add_[i] = reader[i];
             }
         }

@@ -33,6 +33,7 @@ struct ConvCache::Impl {
         std::vector<int64_t> weight;  ///< weight sizes it was built for
         bool relu = false;
         bool sum = false;
+        bool has_bias = false;
         std::vector<int64_t> output;
         dnnl::convolution_forward primitive;
         memory::desc src_md, dst_md;
@@ -62,6 +63,7 @@ struct ConvCache::Impl {
         e.output = out;
         e.relu = relu;
         e.sum = sum;
+        e.has_bias = n.params.count("bias") != 0;
         e.src_md = memory::desc(dims_of(x.sizes()), memory::data_type::f32, memory::format_tag::nhwc);
         e.dst_md = memory::desc(dims_of(out), memory::data_type::f32, memory::format_tag::nhwc);
         memory::dims wdims = g == 1 ? dims_of(w.sizes())
@@ -151,6 +153,7 @@ at::Tensor ConvCache::run(int id,
     Impl::Entry& e = impl_->entries[id];
     const bool sum = sum_into != nullptr;
     if (e.input != x.sizes().vec() || e.relu != relu || e.sum != sum ||
+        e.has_bias != (node.params.count("bias") != 0) ||
         e.weight != node.params.at("weight").sizes().vec()) {
         impl_->build(e, node, x, relu, sum);
     }

@@ -361,6 +361,34 @@ TEST(InferenceTest, CachedConvolutionsFollowWeightUpdates) {
     EXPECT_LT((m.forward(x5) - expected).abs().max().item<double>(), 1e-4);
 }
 
+TEST(InferenceTest, FusedResidualAddNeverOverwritesAValueStillRead) {
+    // x = conv0(input); y = conv2(input); c = conv1(y); p = relu(x) (a branch between the conv
+    // and the Add); a = x + c; out = a + p. Accumulating c into x in place would hand p the sum.
+    Graph g({4, 6, 6});
+    int x = g.add_conv("conv0", 0, 4, 4, 3, 1, 1, 1, true);
+    int y = g.add_conv("conv2", 0, 4, 4, 3, 1, 1, 1, true);
+    int c = g.add_conv("conv1", y, 4, 4, 3, 1, 1, 1, true);
+    int p = g.add_unary("branch", Op::kReLU, x);
+    int a = g.add_binary("add", Op::kAdd, x, c);
+    int out = g.add_binary("out", Op::kAdd, a, p);
+    g.set_output(out);
+    torch::manual_seed(4);
+    for (int id : {x, y, c}) {
+        g.nodes()[static_cast<size_t>(id)].params.at("weight").normal_(0, 0.3);
+        g.nodes()[static_cast<size_t>(id)].params.at("bias").normal_(0, 0.3);
+    }
+    torch::Tensor in = torch::randn({2, 4, 6, 6});
+    Model m(g.clone(), {});
+    m.eval();
+    torch::Tensor expected;
+    {
+        at::AutoGradMode grad(true);
+        expected = m.forward(in).detach();
+    }
+    torch::NoGradGuard no_grad;
+    EXPECT_LT((m.forward(in) - expected).abs().max().item<double>(), 1e-5);
+}
+
 TEST(InferenceTest, RestoredBatchNormComputesTheFoldedFunction) {
     // An eval-mode export folds BN into biased convs; insert_batch_norm puts BN back with the
     // conv rescaled to unit output variance. In eval mode the result must equal the folded model,
