@@ -161,9 +161,9 @@ std::vector<int> folded_convs(const Graph& graph);
 /// The inverse of fold_batch_norm for training: a copy of `graph` with a BatchNorm2d after each
 /// conv of `convs`, given the per-channel mean and variance of that conv's output on real data.
 /// The conv is rescaled to the weight RMS of a He initialisation and loses its bias; the BN's
-/// statistics, scale and shift are set so that the model computes the same function in eval mode. Trained, it
-/// behaves like the BN network it was exported from: a BN-free network at the learning rates of
-/// a BN recipe diverges (docs/performance.md).
+/// statistics, scale and shift are set so that the model computes the same function in eval mode.
+/// Trained, it behaves like the BN network it was exported from: a BN-free network at the learning
+/// rates of a BN recipe diverges (docs/performance.md).
 Graph insert_batch_norm(const Graph& graph,
                         const std::vector<int>& convs,
                         const std::vector<at::Tensor>& mean,

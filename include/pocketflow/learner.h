@@ -109,11 +109,8 @@ std::unique_ptr<Loader> calibration_loader(const RunContext& ctx,
                                            int64_t count,
                                            uint64_t salt,
                                            int64_t batch_size = 128);
-std::unique_ptr<Loader> calibration_loader(const DataBundle& data,
-                                           const Job& job,
-                                           int64_t count,
-                                           uint64_t salt,
-                                           int64_t batch_size = 128);
+std::unique_ptr<Loader> calibration_loader(
+    const DataBundle& data, const Job& job, int64_t count, uint64_t salt, int64_t batch_size = 128);
 
 /// Applies `model.restore_bn` to a freshly loaded model: for a BN-folded graph (folded_convs),
 /// measures each conv's output mean and variance on 1,024 training images and re-inserts

@@ -89,12 +89,12 @@ public:
 
 private:
     struct Layer {
-        int64_t unit = 0;      ///< MACs per (output channel × input feature per group)
-        int out_group = -1;    ///< prunable group of the output channels (-1: fixed)
-        int in_group = -1;     ///< prunable group of the input channels (-1: fixed)
-        int64_t out = 0;       ///< output channels
-        int64_t in = 0;        ///< input features per group (channels × spatial for a linear)
-        int64_t in_factor = 1; ///< input features per channel of `in_group`
+        int64_t unit = 0;       ///< MACs per (output channel × input feature per group)
+        int out_group = -1;     ///< prunable group of the output channels (-1: fixed)
+        int in_group = -1;      ///< prunable group of the input channels (-1: fixed)
+        int64_t out = 0;        ///< output channels
+        int64_t in = 0;         ///< input features per group (channels × spatial for a linear)
+        int64_t in_factor = 1;  ///< input features per channel of `in_group`
     };
     std::vector<Layer> layers_;
     std::vector<int64_t> channels_;

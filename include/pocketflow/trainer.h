@@ -63,8 +63,8 @@ public:
     using AfterStep = std::function<void(Model& model, int64_t step)>;
     /// A loss on feature maps captured in the forward pass (values of graph nodes, in the order
     /// of the capture list), e.g. auxiliary classifiers.
-    using FeatureLoss =
-        std::function<at::Tensor(const std::vector<at::Tensor>& features, const at::Tensor& labels)>;
+    using FeatureLoss = std::function<at::Tensor(const std::vector<at::Tensor>& features,
+                                                 const at::Tensor& labels)>;
 
     /// `tag` names this training's checkpoint inside the run directory (one per pipeline stage).
     Trainer(TrainConfig config, RunDir* run, std::string tag);

@@ -87,7 +87,9 @@ public:
         if (value.dim() != 4) {
             return value.reshape({n, -1}).contiguous();
         }
-        return value.flatten(2).permute({0, 2, 1}).reshape({-1, value.size(1)})
+        return value.flatten(2)
+            .permute({0, 2, 1})
+            .reshape({-1, value.size(1)})
             .index_select(0, rows(consumer, value.size(2) * value.size(3), first, n));
     }
 
@@ -209,8 +211,7 @@ nlohmann::json ChannelPruning::run(RunContext& ctx) {
                 const int c = group.consumers[k];
                 const Node& node = graph.nodes()[static_cast<size_t>(c)];
                 at::Tensor x = at::cat(xs[k]);
-                at::Tensor y =
-                    targets->y(c).index_select(1, at::tensor(kept_out.at(c), at::kLong));
+                at::Tensor y = targets->y(c).index_select(1, at::tensor(kept_out.at(c), at::kLong));
                 at::Tensor w = node.params.at("weight").detach().contiguous();
                 if (node.params.count("bias")) {
                     y = y - node.params.at("bias").detach().unsqueeze(0);

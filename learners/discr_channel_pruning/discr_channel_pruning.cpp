@@ -135,11 +135,11 @@ std::vector<int64_t> dcp_select(Model& model,
         std::vector<at::Tensor> ref;
         {
             at::NoGradGuard no_grad;
-            reference.forward_capture(batch.images, std::vector<int>(capture.begin(),
-                                                                     capture.begin() +
-                                                                         static_cast<long>(
-                                                                             consumers.size())),
-                                      ref);
+            reference.forward_capture(
+                batch.images,
+                std::vector<int>(capture.begin(),
+                                 capture.begin() + static_cast<long>(consumers.size())),
+                ref);
         }
         std::vector<at::Tensor> cur;
         at::Tensor logits = model.forward_capture(batch.images, capture, cur);
@@ -223,8 +223,8 @@ nlohmann::json DiscrChannelPruning::run(RunContext& ctx) {
     // loss lies after all of its consumers (the final loss for the last stage).
     const std::vector<int> cuts = cut_points(before, static_cast<int>(options_.stages));
     if (static_cast<int64_t>(cuts.size()) < options_.stages) {
-        spdlog::warn("[{}] the model has room for {} auxiliary classifiers, not {}",
-                     ctx.stage.path, cuts.size(), options_.stages);
+        spdlog::warn("[{}] the model has room for {} auxiliary classifiers, not {}", ctx.stage.path,
+                     cuts.size(), options_.stages);
     }
     const auto shapes = before.infer_shapes();
     std::vector<std::unique_ptr<AuxHead>> heads;
@@ -265,8 +265,8 @@ nlohmann::json DiscrChannelPruning::run(RunContext& ctx) {
             at::Tensor on = at::zeros({g.channels});
             on.index_fill_(0, at::tensor(keep, at::kLong), 1.0);
             for (size_t k = 0; k < g.consumers.size(); ++k) {
-                at::Tensor& w = m.graph().nodes()[static_cast<size_t>(g.consumers[k])].params.at(
-                    "weight");
+                at::Tensor& w =
+                    m.graph().nodes()[static_cast<size_t>(g.consumers[k])].params.at("weight");
                 w.mul_(w.dim() == 4 ? on.reshape({1, -1, 1, 1})
                                     : on.repeat_interleave(g.consumer_spatial[k]).reshape({1, -1}));
             }
@@ -312,9 +312,10 @@ nlohmann::json DiscrChannelPruning::run(RunContext& ctx) {
             const double seconds =
                 std::chrono::duration<double>(Clock::now() - select_start).count();
             select_seconds += seconds;
-            spdlog::info("[{}] stage {}/{} group {}: kept {} of {} channels ({} consumers, {:.1f} s)",
-                         ctx.stage.path, p + 1, stage_groups.size(), g.name, kept[r].size(),
-                         g.channels, g.consumers.size(), seconds);
+            spdlog::info(
+                "[{}] stage {}/{} group {}: kept {} of {} channels ({} consumers, {:.1f} s)",
+                ctx.stage.path, p + 1, stage_groups.size(), g.name, kept[r].size(), g.channels,
+                g.consumers.size(), seconds);
             stage_log.push_back({{"stage", p + 1},
                                  {"group", g.name},
                                  {"kept", kept[r].size()},
@@ -360,8 +361,8 @@ void register_discr_channel_pruning(LearnerRegistry& registry) {
                     ConfigReader::in_open_range(0, 10));
              r.read("samples", o.samples, "selection images", ConfigReader::in_range(8, 100000));
              r.read("batch_size", o.batch_size, "selection batch", ConfigReader::in_range(1, 4096));
-             r.read("layer_steps", o.layer_steps,
-                    "re-optimisation steps after each added channel", ConfigReader::at_least(0));
+             r.read("layer_steps", o.layer_steps, "re-optimisation steps after each added channel",
+                    ConfigReader::at_least(0));
              r.read("layer_lr", o.layer_lr, "re-optimisation (Adam) learning rate",
                     ConfigReader::in_open_range(0, 1));
              r.read("aux_weight", o.aux_weight, "weight of the discrimination loss",

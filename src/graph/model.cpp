@@ -7,8 +7,9 @@
 
 #include <ATen/ATen.h>
 
-#include "onednn_conv.h"
 #include "pocketflow/error.h"
+
+#include "onednn_conv.h"
 
 namespace pocketflow {
 

@@ -37,8 +37,8 @@ struct ConvCache::Impl {
         std::vector<int64_t> output;
         dnnl::convolution_forward primitive;
         memory::desc src_md, dst_md;
-        memory weights;              ///< packed
-        at::Tensor bias;             ///< contiguous copy (kept alive for the memory object)
+        memory weights;   ///< packed
+        at::Tensor bias;  ///< contiguous copy (kept alive for the memory object)
         memory bias_mem;
         const void* weight_ptr = nullptr;
         int64_t weight_version = -1;
@@ -64,10 +64,12 @@ struct ConvCache::Impl {
         e.relu = relu;
         e.sum = sum;
         e.has_bias = n.params.count("bias") != 0;
-        e.src_md = memory::desc(dims_of(x.sizes()), memory::data_type::f32, memory::format_tag::nhwc);
+        e.src_md =
+            memory::desc(dims_of(x.sizes()), memory::data_type::f32, memory::format_tag::nhwc);
         e.dst_md = memory::desc(dims_of(out), memory::data_type::f32, memory::format_tag::nhwc);
-        memory::dims wdims = g == 1 ? dims_of(w.sizes())
-                                    : memory::dims{g, w.size(0) / g, w.size(1), w.size(2), w.size(3)};
+        memory::dims wdims = g == 1
+                                 ? dims_of(w.sizes())
+                                 : memory::dims{g, w.size(0) / g, w.size(1), w.size(2), w.size(3)};
         memory::desc w_any(wdims, memory::data_type::f32, memory::format_tag::any);
         memory::desc b_md({w.size(0)}, memory::data_type::f32, memory::format_tag::a);
         memory::dims stride = {a.stride[0], a.stride[1]};
@@ -83,14 +85,14 @@ struct ConvCache::Impl {
             ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
         }
         attr.set_post_ops(ops);
-        auto desc = has_bias ? dnnl::convolution_forward::desc(
-                                   dnnl::prop_kind::forward_inference,
-                                   dnnl::algorithm::convolution_direct, e.src_md, w_any, b_md,
-                                   e.dst_md, stride, dilation, pad, pad)
-                             : dnnl::convolution_forward::desc(
-                                   dnnl::prop_kind::forward_inference,
-                                   dnnl::algorithm::convolution_direct, e.src_md, w_any, e.dst_md,
-                                   stride, dilation, pad, pad);
+        auto desc =
+            has_bias
+                ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference,
+                                                  dnnl::algorithm::convolution_direct, e.src_md,
+                                                  w_any, b_md, e.dst_md, stride, dilation, pad, pad)
+                : dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference,
+                                                  dnnl::algorithm::convolution_direct, e.src_md,
+                                                  w_any, e.dst_md, stride, dilation, pad, pad);
         dnnl::convolution_forward::primitive_desc pd(desc, attr, engine);
         e.primitive = dnnl::convolution_forward(pd);
         e.weights = memory(pd.weights_desc(), engine);
@@ -103,9 +105,9 @@ struct ConvCache::Impl {
         if (e.weight_ptr != w.data_ptr() || e.weight_version != w._version()) {
             at::Tensor plain = w.detach().contiguous();  // OIHW
             const int64_t g = n.attrs.groups;
-            memory::dims wdims = g == 1 ? dims_of(w.sizes())
-                                        : memory::dims{g, w.size(0) / g, w.size(1), w.size(2),
-                                                       w.size(3)};
+            memory::dims wdims =
+                g == 1 ? dims_of(w.sizes())
+                       : memory::dims{g, w.size(0) / g, w.size(1), w.size(2), w.size(3)};
             memory user({wdims, memory::data_type::f32,
                          g == 1 ? memory::format_tag::oihw : memory::format_tag::goihw},
                         engine, plain.data_ptr());
@@ -143,11 +145,8 @@ bool ConvCache::supports(const Node& node, const at::Tensor& input) {
            node.params.at("weight").scalar_type() == at::kFloat;
 }
 
-at::Tensor ConvCache::run(int id,
-                          const Node& node,
-                          const at::Tensor& input,
-                          bool relu,
-                          at::Tensor* sum_into) {
+at::Tensor ConvCache::run(
+    int id, const Node& node, const at::Tensor& input, bool relu, at::Tensor* sum_into) {
     PF_CHECK(impl_ != nullptr, Error, "oneDNN convolutions are not available in this build");
     at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
     Impl::Entry& e = impl_->entries[id];
@@ -162,7 +161,8 @@ at::Tensor ConvCache::run(int id,
     if (sum) {
         PF_CHECK(sum_into->sizes().vec() == e.output &&
                      sum_into->is_contiguous(at::MemoryFormat::ChannelsLast),
-                 Error, "node {}: the residual to add into has the wrong shape or layout", node.name);
+                 Error, "node {}: the residual to add into has the wrong shape or layout",
+                 node.name);
         y = *sum_into;
     } else {
         y = at::empty(e.output, x.options().memory_format(at::MemoryFormat::ChannelsLast));
@@ -184,11 +184,15 @@ at::Tensor ConvCache::run(int id,
 struct ConvCache::Impl {};
 ConvCache::ConvCache() = default;
 ConvCache::~ConvCache() = default;
-bool ConvCache::available() { return false; }
-bool ConvCache::supports(const Node&, const at::Tensor&) { return false; }
+bool ConvCache::available() {
+    return false;
+}
+bool ConvCache::supports(const Node&, const at::Tensor&) {
+    return false;
+}
 at::Tensor ConvCache::run(int, const Node& node, const at::Tensor&, bool, at::Tensor*) {
-    throw Error(fmt::format("node {}: oneDNN convolutions are not available in this build",
-                            node.name));
+    throw Error(
+        fmt::format("node {}: oneDNN convolutions are not available in this build", node.name));
 }
 
 #endif

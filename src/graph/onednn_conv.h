@@ -12,10 +12,10 @@ namespace pocketflow {
 
 /// Convolutions for inference (no autograd, float32, CPU), each a oneDNN primitive built once per
 /// node and input shape, with its weights reordered once into the primitive's blocked layout and
-/// an optional fused residual Add and ReLU. LibTorch's own oneDNN path (at::mkldnn_convolution) rebuilds the
-/// primitive and reorders the weights on every call: 2-3× slower per convolution at batch 1
-/// (docs/performance.md). Weights are repacked when their tensor changes (new storage or a bumped
-/// version counter: an optimizer step), so training between evaluations stays correct.
+/// an optional fused residual Add and ReLU. LibTorch's own oneDNN path (at::mkldnn_convolution)
+/// rebuilds the primitive and reorders the weights on every call: 2-3× slower per convolution at
+/// batch 1 (docs/performance.md). Weights are repacked when their tensor changes (new storage or a
+/// bumped version counter: an optimizer step), so training between evaluations stays correct.
 ///
 /// Example:
 ///   ConvCache cache;

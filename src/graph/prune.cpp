@@ -486,8 +486,7 @@ int64_t PrunedMacs::at(const std::vector<int64_t>& kept) const {
     int64_t total = 0;
     for (const Layer& l : layers_) {
         int64_t out = l.out_group < 0 ? l.out : kept[static_cast<size_t>(l.out_group)];
-        int64_t in =
-            l.in_group < 0 ? l.in : kept[static_cast<size_t>(l.in_group)] * l.in_factor;
+        int64_t in = l.in_group < 0 ? l.in : kept[static_cast<size_t>(l.in_group)] * l.in_factor;
         total += l.unit * out * in;
     }
     return total;

@@ -62,7 +62,8 @@ void read_prune_budget(ConfigReader& r, PruneBudget& b) {
 
 void check_prune_budget(const ConfigReader& r, const PruneBudget& b) {
     if (b.ratios.empty() && b.flops_target <= 0) {
-        r.fail("flops_target", "give flops_target (kept fraction of MACs, e.g. 0.5) or a list of ratios");
+        r.fail("flops_target",
+               "give flops_target (kept fraction of MACs, e.g. 0.5) or a list of ratios");
     }
     if (!b.ratios.empty() && b.flops_target > 0) {
         r.fail("ratios", "give either flops_target (uniform ratio) or a list of ratios, not both");
@@ -90,8 +91,8 @@ PrunePlan plan_pruning(const Graph& graph, const PruneBudget& budget, const std:
             used = used || ::fnmatch(pattern.c_str(), n.name.c_str(), 0) == 0;
         }
         PF_CHECK(used, ConfigError,
-                 "{}: failed to apply exclude pattern '{}': it matches no layer of the model", where,
-                 pattern);
+                 "{}: failed to apply exclude pattern '{}': it matches no layer of the model",
+                 where, pattern);
     }
     plan.groups = channel_groups(graph, exclude);
     for (size_t g = 0; g < plan.groups.size(); ++g) {
@@ -114,8 +115,8 @@ PrunePlan plan_pruning(const Graph& graph, const PruneBudget& budget, const std:
     const PrunedMacs macs(graph, plan.groups);
     plan.macs_before = macs.total();
     if (budget.ratios.empty()) {
-        RatioFit fit = ratios_for_target(graph, plan.groups, budget.flops_target,
-                                         plan.channel_multiple);
+        RatioFit fit =
+            ratios_for_target(graph, plan.groups, budget.flops_target, plan.channel_multiple);
         plan.ratios = fit.ratios;
         spdlog::info(
             "[{}] uniform kept ratio {:.4f} for {} groups to keep {:.1f}% of MACs ({} groups then "
@@ -139,8 +140,7 @@ PrunePlan plan_pruning(const Graph& graph, const PruneBudget& budget, const std:
                                           plan.channel_multiple));
     }
     plan.macs_planned = macs.at(plan.keep);
-    plan.seconds =
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    plan.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return plan;
 }
 
@@ -167,7 +167,8 @@ std::vector<int> cut_points(const Graph& graph, int count) {
     std::vector<int> candidates;
     for (int i = 1; i < n - 1; ++i) {
         if (shapes[static_cast<size_t>(i)].size() == 3 && i != graph.output() &&
-            min_input_after[static_cast<size_t>(i)] >= i && convs_upto[static_cast<size_t>(i)] > 0) {
+            min_input_after[static_cast<size_t>(i)] >= i &&
+            convs_upto[static_cast<size_t>(i)] > 0) {
             candidates.push_back(i);
         }
     }
@@ -232,8 +233,7 @@ nlohmann::json pruning_summary(const std::string& where,
                                const Graph& after,
                                double seconds) {
     const int64_t macs_after = after.total_macs();
-    const double kept =
-        static_cast<double>(macs_after) / static_cast<double>(plan.macs_before);
+    const double kept = static_cast<double>(macs_after) / static_cast<double>(plan.macs_before);
     if (budget.flops_target > 0 && kept > budget.flops_target + 0.02) {
         spdlog::warn(
             "[{}] reached {:.1f}% of the MACs for flops_target {}: the channel granularity "

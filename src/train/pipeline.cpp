@@ -220,11 +220,8 @@ Trainer make_trainer(RunContext& ctx, const TrainConfig& config, const std::stri
     return trainer;
 }
 
-std::unique_ptr<Loader> calibration_loader(const DataBundle& data,
-                                           const Job& job,
-                                           int64_t count,
-                                           uint64_t salt,
-                                           int64_t batch_size) {
+std::unique_ptr<Loader> calibration_loader(
+    const DataBundle& data, const Job& job, int64_t count, uint64_t salt, int64_t batch_size) {
     std::vector<int64_t> subset = data.train_indices;
     std::shuffle(subset.begin(), subset.end(), std::mt19937_64(job.seed + salt));
     subset.resize(std::min<size_t>(subset.size(), static_cast<size_t>(count)));
@@ -258,8 +255,9 @@ int restore_batch_norm(const Job& job, const DataBundle& data, std::shared_ptr<M
     }
     if (convs.empty()) {
         if (mode == "true") {
-            spdlog::info("model.restore_bn: the model has BatchNorm already (or no conv with a "
-                         "bias); nothing to restore");
+            spdlog::info(
+                "model.restore_bn: the model has BatchNorm already (or no conv with a "
+                "bias); nothing to restore");
         }
         return 0;
     }

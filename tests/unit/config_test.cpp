@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "pocketflow/config.h"
-#include "pocketflow/cpu.h"
 
 #include <filesystem>
 #include <fstream>
 
 #include <gtest/gtest.h>
 
+#include "pocketflow/cpu.h"
 #include "pocketflow/error.h"
 #include "pocketflow/learner.h"
 #include "pocketflow/util.h"
@@ -165,8 +165,9 @@ TEST(RegistryTest, ChannelPruningBudgetErrors) {
         [&] { create("{learner: channel_pruning, flops_target: 0.5, criterion: l3}"); },
         "must be one of: lasso, l1, l2, fpgm, bn_scale");
     EXPECT_NO_THROW(create("{learner: channel_pruning, flops_target: 0.5, exclude: [fc*]}"));
-    EXPECT_NO_THROW(create("{learner: channel_pruning, flops_target: 0.5, channel_multiple: auto, "
-                           "target: neon}"));
+    EXPECT_NO_THROW(
+        create("{learner: channel_pruning, flops_target: 0.5, channel_multiple: auto, "
+               "target: neon}"));
     EXPECT_NO_THROW(create("{learner: channel_pruning, flops_target: 0.5, channel_multiple: 8}"));
     expect_error<ConfigError>(
         [&] { create("{learner: channel_pruning, flops_target: 0.5, channel_multiple: fast}"); },
@@ -174,9 +175,8 @@ TEST(RegistryTest, ChannelPruningBudgetErrors) {
     expect_error<ConfigError>(
         [&] { create("{learner: channel_pruning, flops_target: 0.5, target: avx3}"); },
         "must be one of: native, avx512, avx2, neon, generic");
-    expect_error<ConfigError>(
-        [&] { create("{learner: channel_pruning, flops_targte: 0.5}"); },
-        "did you mean 'flops_target'");
+    expect_error<ConfigError>([&] { create("{learner: channel_pruning, flops_targte: 0.5}"); },
+                              "did you mean 'flops_target'");
 }
 
 TEST(CpuTargetTest, BlocksFollowTheSimdWidth) {

@@ -69,8 +69,8 @@ TEST(DcpTest, AuxiliaryHeadsAttachAtBlockOutputs) {
     // Imported graphs (PyTorch exports) too; a tiny one has room for fewer heads.
     for (const char* file : {"tiny_resnet_opset13.onnx", "tiny_mobile_opset17.onnx"}) {
         SCOPED_TRACE(file);
-        ModelFile f = import_onnx(std::string(POCKETFLOW_SOURCE_DIR) + "/tests/fixtures/onnx/" + file,
-                                  {});
+        ModelFile f =
+            import_onnx(std::string(POCKETFLOW_SOURCE_DIR) + "/tests/fixtures/onnx/" + file, {});
         std::vector<int> cuts = cut_points(f.graph, 2);
         EXPECT_FALSE(cuts.empty());
         for (int c : cuts) {
@@ -117,12 +117,14 @@ TEST(DcpTest, GreedySelectionPicksTheChannelsTheConsumerUses) {
     g.set_output(l);
     {
         torch::NoGradGuard no_grad;
-        g.nodes()[static_cast<size_t>(a)].params.at("weight") =
-            torch::eye(8).reshape({8, 8, 1, 1});
+        g.nodes()[static_cast<size_t>(a)].params.at("weight") = torch::eye(8).reshape({8, 8, 1, 1});
         torch::Tensor w = torch::zeros({4, 8, 1, 1});
-        w.index_put_({torch::indexing::Slice(), 2}, torch::tensor({1.0, -0.5, 0.8, 0.3}).reshape({4, 1, 1}));
-        w.index_put_({torch::indexing::Slice(), 5}, torch::tensor({-0.7, 0.9, 0.4, -1.0}).reshape({4, 1, 1}));
-        w.index_put_({torch::indexing::Slice(), 6}, torch::tensor({0.1, 0.05, -0.1, 0.05}).reshape({4, 1, 1}));
+        w.index_put_({torch::indexing::Slice(), 2},
+                     torch::tensor({1.0, -0.5, 0.8, 0.3}).reshape({4, 1, 1}));
+        w.index_put_({torch::indexing::Slice(), 5},
+                     torch::tensor({-0.7, 0.9, 0.4, -1.0}).reshape({4, 1, 1}));
+        w.index_put_({torch::indexing::Slice(), 6},
+                     torch::tensor({0.1, 0.05, -0.1, 0.05}).reshape({4, 1, 1}));
         g.nodes()[static_cast<size_t>(b)].params.at("weight") = w;
         g.nodes()[static_cast<size_t>(l)].params.at("weight").uniform_(-0.1, 0.1);
     }
@@ -185,10 +187,15 @@ TEST(DcpTest, PrunesToTheBudgetAndRunsLikeItsMaskedSelf) {
     t.fit(*base, data, job.data, 1);
     testing::TempDir dir;
     RunDir run(dir.path());
-    auto learner =
-        builtin_registry().get("discr_channel_pruning").create(job.pipeline[0], job);
-    RunContext ctx{job,  job.pipeline[0], 0,     std::make_shared<Model>(base->graph().clone(), base->meta()),
-                   data, run,             false, 0,
+    auto learner = builtin_registry().get("discr_channel_pruning").create(job.pipeline[0], job);
+    RunContext ctx{job,
+                   job.pipeline[0],
+                   0,
+                   std::make_shared<Model>(base->graph().clone(), base->meta()),
+                   data,
+                   run,
+                   false,
+                   0,
                    std::make_shared<const Model>(base->graph().clone(), base->meta())};
     nlohmann::json s = learner->run(ctx);
     EXPECT_NEAR(s["macs_kept"].get<double>(), 0.5, 0.02);

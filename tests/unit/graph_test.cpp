@@ -341,7 +341,8 @@ TEST(InferenceTest, CachedConvolutionsFollowWeightUpdates) {
     };
     torch::NoGradGuard no_grad;
     EXPECT_LT((m.forward(x) - reference()).abs().max().item<double>(), 1e-4);
-    m.graph().nodes()[static_cast<size_t>(m.graph().find("layer1_0_conv1"))]
+    m.graph()
+        .nodes()[static_cast<size_t>(m.graph().find("layer1_0_conv1"))]
         .params.at("weight")
         .mul_(-2.0);
     EXPECT_LT((m.forward(x) - reference()).abs().max().item<double>(), 1e-4);
