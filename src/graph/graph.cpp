@@ -8,7 +8,6 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "pocketflow/error.h"
-#include "pocketflow/model.h"
 
 namespace pocketflow {
 
@@ -648,8 +647,8 @@ Graph insert_batch_norm(const Graph& graph,
         at::Tensor b = copy.params.count("bias") ? copy.params.at("bias")
                                                  : at::zeros({w.size(0)}, w.options());
         PF_CHECK(m.numel() == w.size(0) && v.numel() == w.size(0), Error,
-                 "failed to insert BatchNorm after {}: statistics of {} channels for {}",
-                 copy.name, m.numel(), w.size(0));
+                 "failed to insert BatchNorm after {}: statistics of {} channels for {}", copy.name,
+                 m.numel(), w.size(0));
         const double he = std::sqrt(2.0 / static_cast<double>(w.size(0) * w.size(2) * w.size(3)));
         const double rms = std::sqrt(w.pow(2).mean().item<double>());
         const double scale = rms > 0 ? he / rms : 1.0;
