@@ -39,9 +39,17 @@ at::Tensor AuxHead::loss(const at::Tensor& features, const at::Tensor& labels, b
 
 namespace {
 
-/// Which input columns of a consumer belong to which channel of its group: conv weights
-/// [O, C, kh, kw] have one column block per channel, a linear consumer after a flatten has
-/// `factor` features per channel.
+/// A mask that broadcasts over a consumer's weight: `on` (one value per channel of its group)
+/// spread over the channel's input columns — one [kh, kw] block per channel for a conv
+/// [O, C, kh, kw], `factor` features per channel for a linear consumer after a flatten.
+at::Tensor column_mask(const at::Tensor& weight, const at::Tensor& on, int64_t factor) {
+    if (weight.dim() == 4) {
+        return on.reshape({1, -1, 1, 1});
+    }
+    return on.repeat_interleave(factor).reshape({1, -1});
+}
+
+/// A consumer of the group being selected, its weight and the columns that belong to each channel.
 struct Consumer {
     int node = -1;
     int64_t factor = 1;
@@ -49,12 +57,7 @@ struct Consumer {
     at::Tensor original;  ///< its values before selection (restored when a channel is added)
 
     /// A mask shaped to broadcast over the weight: 1 for the channels in `keep`.
-    at::Tensor mask(const at::Tensor& keep) const {
-        if (weight.dim() == 4) {
-            return keep.reshape({1, -1, 1, 1});
-        }
-        return keep.repeat_interleave(factor).reshape({1, -1});
-    }
+    at::Tensor mask(const at::Tensor& keep) const { return column_mask(weight, keep, factor); }
     /// Squared Frobenius norm of each channel's columns of a gradient.
     at::Tensor channel_norms(const at::Tensor& grad) const {
         if (grad.dim() == 4) {
@@ -105,7 +108,13 @@ std::vector<int64_t> dcp_select(Model& model,
     // Only the consumers' weights take gradients; the model runs in eval mode (fixed BN).
     const bool was_training = model.is_training();
     std::vector<std::pair<at::Tensor, bool>> grad_state;
-    for (auto& p : model.parameters()) {
+    std::vector<at::Tensor> frozen = model.parameters();
+    if (discrimination.head != nullptr) {  // the head is trained before, not during, selection
+        for (const auto& p : discrimination.head->parameters()) {
+            frozen.push_back(p);
+        }
+    }
+    for (auto& p : frozen) {
         grad_state.emplace_back(p, p.requires_grad());
         p.set_requires_grad(false);
     }
@@ -256,20 +265,14 @@ nlohmann::json DiscrChannelPruning::run(RunContext& ctx) {
         p.set_requires_grad(false);
     }
     auto calibration = calibration_loader(ctx, options_.samples, 131, options_.batch_size);
-    // Channels kept so far, per pruned group, and the masks that keep the rest at zero.
+    // Channels kept so far, per pruned group, and the consumer weights with the masks that keep
+    // the dropped channels at zero through the stage-wise fine-tuning.
     std::map<size_t, std::vector<int64_t>> kept;
-    auto reapply_masks = [&](Model& m, int64_t) {
+    std::vector<std::pair<at::Tensor, at::Tensor>> masks;  // (weight, mask)
+    auto reapply_masks = [&](Model&, int64_t) {
         at::NoGradGuard no_grad;
-        for (const auto& [r, keep] : kept) {
-            const ChannelGroup& g = groups[plan.prunable[r]];
-            at::Tensor on = at::zeros({g.channels});
-            on.index_fill_(0, at::tensor(keep, at::kLong), 1.0);
-            for (size_t k = 0; k < g.consumers.size(); ++k) {
-                at::Tensor& w =
-                    m.graph().nodes()[static_cast<size_t>(g.consumers[k])].params.at("weight");
-                w.mul_(w.dim() == 4 ? on.reshape({1, -1, 1, 1})
-                                    : on.repeat_interleave(g.consumer_spatial[k]).reshape({1, -1}));
-            }
+        for (auto& [w, mask] : masks) {
+            w.mul_(mask);
         }
     };
     double block_seconds = 0, select_seconds = 0;
@@ -309,6 +312,13 @@ nlohmann::json DiscrChannelPruning::run(RunContext& ctx) {
             auto select_start = Clock::now();
             kept[r] = dcp_select(*model, reference, g, plan.keep[r], {head, node}, *calibration,
                                  options_);
+            at::Tensor on = at::zeros({g.channels});
+            on.index_fill_(0, at::tensor(kept[r], at::kLong), 1.0);
+            for (size_t k = 0; k < g.consumers.size(); ++k) {
+                at::Tensor w =
+                    model->graph().nodes()[static_cast<size_t>(g.consumers[k])].params.at("weight");
+                masks.emplace_back(w, column_mask(w, on, g.consumer_spatial[k]));
+            }
             const double seconds =
                 std::chrono::duration<double>(Clock::now() - select_start).count();
             select_seconds += seconds;
