@@ -5,6 +5,7 @@
 #include "channel_pruning/channel_pruning.h"
 #include "discr_channel_pruning/discr_channel_pruning.h"
 #include "full_precision/full_precision.h"
+#include "uniform_quantization/uniform_quantization.h"
 
 namespace pocketflow {
 
@@ -12,6 +13,7 @@ void register_builtin_learners(LearnerRegistry& registry) {
     learners::register_channel_pruning(registry);
     learners::register_discr_channel_pruning(registry);
     learners::register_full_precision(registry);
+    learners::register_uniform_quantization(registry);
 }
 
 }  // namespace pocketflow

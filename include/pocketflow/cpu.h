@@ -16,9 +16,13 @@ namespace pocketflow {
 ///   CpuTarget t = cpu_target("native");  // on an AVX-512 machine: {"avx512", 16, ...}
 ///   int64_t block = t.channel_block;
 struct CpuTarget {
-    std::string name;           ///< avx512 | avx2 | neon | generic
+    std::string name;           ///< avx512vnni | avx512 | avx2 | neon | generic
     int64_t channel_block = 1;  ///< channels per SIMD register (float32)
     std::string description;    ///< for logs: what was detected or named
+    /// Whether int8 kernels accumulate u8×s8 products in 32 bits (x86 VNNI; ARM): without it
+    /// x86 kernels add pairs of products in saturating 16 bits, so 8-bit weights must stay
+    /// within ±63 (quant.h).
+    bool int8_exact = false;
 };
 
 /// Resolves a target name: "native" detects this machine's widest SIMD; the others name a
@@ -26,7 +30,7 @@ struct CpuTarget {
 /// validate against cpu_target_names()).
 CpuTarget cpu_target(const std::string& name);
 
-/// The names cpu_target accepts: native, avx512, avx2, neon, generic.
+/// The names cpu_target accepts: native, avx512vnni, avx512, avx2, neon, generic.
 std::vector<std::string> cpu_target_names();
 
 }  // namespace pocketflow

@@ -64,6 +64,17 @@ struct Attrs {
     std::vector<int64_t> shape;
 };
 
+/// How a node is quantized (uniform_quantization; include/pocketflow/quant.h computes with it).
+/// Zero bits: float. The numbers live in the node's buffers, so checkpoints, .pfm and every pass
+/// see them: `weight_scale` ([C_out] per channel, or [1]) for weights, `act_range` ([lo, hi]) for
+/// the node's output value.
+struct QuantSpec {
+    int weight_bits = 0;  ///< Conv2d/Linear: signed symmetric integers, scales in weight_scale
+    int weight_qmax = 0;  ///< largest integer magnitude (2^(bits-1) - 1, or less: see quant.h)
+    int act_bits = 0;     ///< the node's output is quantized: unsigned, asymmetric, from act_range
+    bool any() const { return weight_bits > 0 || act_bits > 0; }
+};
+
 /// One node of the graph: an op, its input edges (indices of earlier nodes), attributes and named
 /// parameter/buffer tensors (Conv2d: weight [+bias]; BatchNorm2d: weight, bias, running_mean,
 /// running_var; Linear: weight, bias).
@@ -72,6 +83,7 @@ struct Node {
     Op op = Op::kIdentity;
     std::vector<int> inputs;
     Attrs attrs;
+    QuantSpec quant;
     std::map<std::string, at::Tensor> params;   ///< trainable
     std::map<std::string, at::Tensor> buffers;  ///< not trainable (BN running statistics)
 };
@@ -131,7 +143,8 @@ public:
     std::vector<LayerStats> layer_stats() const;
     int64_t total_params() const;
     int64_t total_macs() const;
-    /// Bytes of all parameters and buffers as stored (float32).
+    /// Bytes of all parameters and buffers as stored in a .pfm: float32, quantized weights packed
+    /// at their bit width.
     int64_t weight_bytes() const;
     /// Number of classes: the output's last dimension.
     int64_t num_classes() const;

@@ -43,6 +43,12 @@ public:
     const ModelMeta& meta() const { return meta_; }
     ModelMeta& meta() { return meta_; }
 
+    /// Quantized graphs (quant.h): whether activation values are fake-quantized (off: observe
+    /// float values, e.g. to calibrate their ranges; weights stay quantized).
+    void set_activation_quant(bool on) { act_quant_ = on; }
+    /// Weight of each training batch in the moving average of activation ranges.
+    void set_range_momentum(double momentum) { range_momentum_ = momentum; }
+
 private:
     Graph graph_;
     ModelMeta meta_;
@@ -56,6 +62,13 @@ private:
     // operand (-1: no), and whether that Add's only reader is a ReLU (-1: no).
     std::vector<int> fused_add_, add_relu_;
     std::vector<std::vector<int64_t>> shapes_;  // per node, [C, H, W] or [F]
+    // Quantization: per node, the node whose activation quantization its value carries (-1:
+    // float), whether activations are fake-quantized, and the range EMA's batch weight.
+    std::vector<int> act_source_;
+    bool act_quant_ = true;
+    double range_momentum_ = 0.01;
+
+    at::Tensor run_quantized_layer(size_t i, const at::Tensor& x, bool training);
 
     /// Whether node `i` (ReLU or Add, reading `args`) may overwrite its first input in an
     /// inference forward.

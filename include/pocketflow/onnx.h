@@ -53,13 +53,15 @@ struct OrtRun {
 std::string ort_runner_path();
 
 /// Runs an ONNX file in ONNX Runtime (CPU, through Node.js and onnxruntime-node) on `input`,
-/// `warmup` untimed runs then `repeat` timed ones. Throws Error when the runtime is missing or
-/// fails.
+/// `warmup` untimed runs then `repeat` timed ones. With `optimized_path`, ONNX Runtime also saves
+/// the model as it optimised it there (which kernels it chose, e.g. QLinearConv for int8). Throws
+/// Error when the runtime is missing or fails.
 OrtRun run_onnxruntime(const std::string& onnx_path,
                        const at::Tensor& input,
                        int64_t warmup = 0,
                        int64_t repeat = 1,
-                       int64_t threads = 0);
+                       int64_t threads = 0,
+                       const std::string& optimized_path = "");
 
 /// Runs several ONNX files on the same input in one ONNX Runtime process, their timed runs
 /// interleaved (run k of each model, then run k+1) so that load changes affect all alike; one
@@ -68,6 +70,7 @@ std::vector<OrtRun> run_onnxruntime(const std::vector<std::string>& onnx_paths,
                                     const at::Tensor& input,
                                     int64_t warmup,
                                     int64_t repeat,
-                                    int64_t threads);
+                                    int64_t threads,
+                                    const std::string& optimized_path = "");
 
 }  // namespace pocketflow

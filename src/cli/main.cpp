@@ -19,6 +19,7 @@
 #include "pocketflow/learner.h"
 #include "pocketflow/onnx.h"
 #include "pocketflow/pfm.h"
+#include "pocketflow/quant.h"
 #include "pocketflow/trainer.h"
 #include "pocketflow/util.h"
 #include "pocketflow/zoo.h"
@@ -160,44 +161,117 @@ int cmd_info(const std::string& model_path,
         title = fmt::format("{} [{}] {} classes", arch, input, classes);
     }
     auto stats = graph.layer_stats();
+    const auto& nodes = graph.nodes();
+    const bool quantized = pf::is_quantized(graph);
+    const std::vector<int> act_source = pf::quantized_values(graph);
+    // Per node: quantization ("w8 a8": weight bits, bits of the value it outputs) and the bytes
+    // its tensors take in a .pfm.
+    auto bits_text = [&](size_t i) {
+        const pf::QuantSpec& q = nodes[i].quant;
+        std::string t = q.weight_bits > 0 ? fmt::format("w{}", q.weight_bits) : "";
+        if (q.act_bits > 0) {
+            t += fmt::format("{}a{}", t.empty() ? "" : " ", q.act_bits);
+        }
+        return t.empty() ? std::string("-") : t;
+    };
+    auto node_bytes = [&](size_t i) {
+        int64_t b = 0;
+        const pf::Node& n = nodes[i];
+        for (const auto* group : {&n.params, &n.buffers}) {
+            for (const auto& [key, t] : *group) {
+                b += key == "weight" && n.quant.weight_bits > 0
+                         ? pf::packed_bytes(t.numel(), n.quant.weight_bits)
+                         : t.numel() * 4;
+            }
+        }
+        return b;
+    };
     json layers = json::array();
-    for (const auto& s : stats) {
-        layers.push_back({{"name", s.name},
-                          {"op", pf::op_name(s.op)},
-                          {"shape", s.out_shape},
-                          {"params", s.params},
-                          {"macs", s.macs}});
+    for (size_t i = 0; i < stats.size(); ++i) {
+        const auto& s = stats[i];
+        json row = {{"name", s.name},
+                    {"op", pf::op_name(s.op)},
+                    {"shape", s.out_shape},
+                    {"params", s.params},
+                    {"macs", s.macs},
+                    {"bytes", node_bytes(i)}};
+        const pf::QuantSpec& q = nodes[i].quant;
+        if (q.weight_bits > 0) {
+            const at::Tensor& ws = nodes[i].buffers.at("weight_scale");
+            row["weight_bits"] = q.weight_bits;
+            row["weight_range"] = q.weight_qmax;
+            row["weight_scale"] = {ws.min().item<double>(), ws.max().item<double>()};
+        }
+        if (q.act_bits > 0) {
+            const pf::ActParams p = pf::act_params(nodes[i]);
+            row["act_bits"] = q.act_bits;
+            row["act_scale"] = p.scale;
+            row["act_zero_point"] = p.zero_point;
+        } else if (act_source[i] >= 0) {
+            row["act_from"] = nodes[static_cast<size_t>(act_source[i])].name;
+        }
+        layers.push_back(std::move(row));
     }
     int64_t params = graph.total_params(), macs = graph.total_macs();
     if (g.json) {
         std::cout << json{{"params", params},
                           {"macs", macs},
                           {"weight_bytes", graph.weight_bytes()},
+                          {"quantized", quantized},
                           {"input", graph.input_shape()},
                           {"layers", layers}}
                          .dump()
                   << std::endl;
         return 0;
     }
-    fmt::print("{}\n{:<28}{:<14}{:<18}{:>12}{:>14}\n", title, "layer", "op", "output", "params",
+    fmt::print("{}\n{:<28}{:<14}{:<18}{:>12}{:>14}", title, "layer", "op", "output", "params",
                "MACs");
-    for (const auto& s : stats) {
-        fmt::print("{:<28}{:<14}{:<18}{:>12}{:>14}\n", s.name, pf::op_name(s.op),
-                   fmt::format("{}", fmt::join(s.out_shape, "x")), s.params, s.macs);
+    if (quantized) {
+        fmt::print("{:>10}{:>10}  {}", "bytes", "bits", "scales");
     }
-    fmt::print("{:<60}{:>12}{:>14}\ntotal: {} params, {} MACs, {} of weights\n", "total", params,
+    fmt::print("\n");
+    for (size_t i = 0; i < stats.size(); ++i) {
+        const auto& s = stats[i];
+        fmt::print("{:<28}{:<14}{:<18}{:>12}{:>14}", s.name, pf::op_name(s.op),
+                   fmt::format("{}", fmt::join(s.out_shape, "x")), s.params, s.macs);
+        if (quantized) {
+            const json& row = layers[i];
+            std::string scales;
+            if (row.contains("weight_scale")) {
+                scales = fmt::format("w {:.3g}–{:.3g} (±{})", row["weight_scale"][0].get<double>(),
+                                     row["weight_scale"][1].get<double>(),
+                                     row["weight_range"].get<int>());
+            }
+            if (row.contains("act_scale")) {
+                scales += fmt::format("{}out {:.3g} zp {}", scales.empty() ? "" : ", ",
+                                      row["act_scale"].get<double>(),
+                                      row["act_zero_point"].get<int64_t>());
+            }
+            fmt::print("{:>10}{:>10}  {}", row["bytes"].get<int64_t>(), bits_text(i), scales);
+        }
+        fmt::print("\n");
+    }
+    fmt::print("{:<60}{:>12}{:>14}\ntotal: {} params, {} MACs, {} of weights{}\n", "total", params,
                macs, pf::human_count(static_cast<double>(params)),
                pf::human_count(static_cast<double>(macs)),
-               pf::human_bytes(static_cast<double>(graph.weight_bytes())));
+               pf::human_bytes(static_cast<double>(graph.weight_bytes())),
+               quantized ? " (quantized weights packed at their bit width)" : "");
     return 0;
 }
 
-/// Runs `onnx_path` in ONNX Runtime and `graph` in LibTorch on the same random batch; returns the
-/// largest absolute difference relative to the largest output magnitude (at least 1).
-double compare_with_onnxruntime(const pf::Graph& graph, const std::string& onnx_path) {
-    const auto& shape = graph.input_shape();
-    at::manual_seed(0);
-    at::Tensor x = at::randn({2, shape[0], shape[1], shape[2]});
+/// ONNX Runtime against pocketflow's own execution of the same graph on the same batch.
+struct OrtComparison {
+    double max_rel_diff = 0;  ///< largest |difference| / max(1, largest |output|)
+    double agreement = 1;     ///< fraction of samples with the same top-1 class
+    /// Quantized graphs: the largest difference in 8-bit steps of the output's range (range of
+    /// the simulated outputs / 255); else -1.
+    double max_steps = -1;
+    int64_t samples = 0;
+};
+
+OrtComparison compare_with_onnxruntime(const pf::Graph& graph,
+                                       const std::string& onnx_path,
+                                       const at::Tensor& x) {
     pf::Model model(graph.clone(), {});
     model.eval();
     at::Tensor y;
@@ -209,7 +283,44 @@ double compare_with_onnxruntime(const pf::Graph& graph, const std::string& onnx_
     PF_CHECK(r.output.sizes() == y.sizes(), Error,
              "ONNX Runtime gave output shape [{}], LibTorch [{}]",
              fmt::join(r.output.sizes().vec(), ", "), fmt::join(y.sizes().vec(), ", "));
-    return (r.output - y).abs().max().item<double>() / std::max(1.0, y.abs().max().item<double>());
+    OrtComparison c;
+    at::Tensor diff = (r.output - y).abs();
+    c.samples = y.size(0);
+    c.max_rel_diff = diff.max().item<double>() / std::max(1.0, y.abs().max().item<double>());
+    if (y.dim() == 2) {
+        c.agreement = r.output.argmax(1).eq(y.argmax(1)).to(at::kDouble).mean().item<double>();
+    }
+    if (pf::is_quantized(graph)) {
+        const double step = (y.max() - y.min()).item<double>() / 255.0;
+        c.max_steps = diff.max().item<double>() / std::max(step, 1e-12);
+    }
+    return c;
+}
+
+/// The batch `export --check` runs: for a quantized model the first 256 test images of the job
+/// when one is given (real inputs exercise the calibrated ranges), else 64 random ones; 2 random
+/// inputs for a float model.
+at::Tensor check_batch(const pf::Graph& graph, const JobOptions& o, const GlobalOptions& g) {
+    const auto& shape = graph.input_shape();
+    at::manual_seed(0);
+    if (!pf::is_quantized(graph)) {
+        return at::randn({2, shape[0], shape[1], shape[2]});
+    }
+    if (o.config.empty()) {
+        return at::randn({64, shape[0], shape[1], shape[2]});
+    }
+    pf::Job job = load(o, g, {"data.test_limit=256"});
+    pf::DataBundle data = pf::load_data(job.data, job.seed);
+    PF_CHECK(data.input_shape == shape, ConfigError,
+             "export --check: the model takes input [{}] but {} gives [{}]",
+             fmt::join(shape, ", "), job.data.dataset, fmt::join(data.input_shape, ", "));
+    auto loader = data.test_loader(job.data);
+    std::vector<at::Tensor> images;
+    loader->start_epoch(0);
+    while (auto batch = loader->next()) {
+        images.push_back(batch->images);
+    }
+    return at::cat(images);
 }
 
 int cmd_export(const std::string& model_path,
@@ -218,6 +329,7 @@ int cmd_export(const std::string& model_path,
                int64_t opset,
                const std::string& batch,
                bool check,
+               const JobOptions& check_job,
                const GlobalOptions& g) {
     PF_CHECK(format == "onnx", ConfigError, "--format {}: only onnx is supported", format);
     PF_CHECK(batch == "dynamic" || batch == "1", ConfigError, "--batch {}: expected dynamic or 1",
@@ -233,27 +345,50 @@ int cmd_export(const std::string& model_path,
     json result = {{"model", model_path}, {"onnx", target}, {"bytes", bytes}, {"opset", opset}};
     if (check) {
         // The exported file in ONNX Runtime against pocketflow's own execution and, for an ONNX
-        // input, the original file too (that is: the import was faithful).
-        constexpr double kTolerance = 1e-4;
-        double exported = compare_with_onnxruntime(file.graph, target);
-        result["max_rel_diff_export"] = exported;
-        bool ok = exported <= kTolerance;
+        // input, the original file too (that is: the import was faithful). A quantized model is
+        // compared with its simulation: top-1 agreement, and differences in quantization steps.
+        const bool quantized = pf::is_quantized(file.graph);
+        at::Tensor x = check_batch(file.graph, check_job, g);
+        OrtComparison exported = compare_with_onnxruntime(file.graph, target, x);
+        result["max_rel_diff_export"] = exported.max_rel_diff;
+        constexpr double kTolerance = 1e-4, kAgreement = 0.98, kSteps = 2.0;
+        bool ok = exported.max_rel_diff <= kTolerance;
+        if (quantized) {
+            result["agreement"] = exported.agreement;
+            result["check_samples"] = exported.samples;
+            if (exported.max_steps >= 0) {
+                result["max_steps"] = exported.max_steps;
+            }
+            ok = exported.agreement >= kAgreement &&
+                 (exported.max_steps < 0 || exported.max_steps <= kSteps);
+        }
         if (std::filesystem::path(model_path).extension() == ".onnx") {
-            double original = compare_with_onnxruntime(file.graph, model_path);
+            double original = compare_with_onnxruntime(file.graph, model_path, x).max_rel_diff;
             result["max_rel_diff_import"] = original;
             ok = ok && original <= kTolerance;
         }
         result["check"] = ok ? "passed" : "failed";
-        if (!g.json) {
-            fmt::print("ONNX Runtime vs pocketflow: export max rel. diff {:.3g}{}: {}\n", exported,
+        if (!g.json && quantized) {
+            fmt::print(
+                "ONNX Runtime (int8) vs pocketflow's simulation on {} {} inputs: top-1 agreement "
+                "{:.2f}%, max difference {} (max rel. diff {:.3g}): {}\n",
+                exported.samples, check_job.config.empty() ? "random" : "test",
+                100 * exported.agreement,
+                exported.max_steps >= 0 ? fmt::format("{:.2f} steps", exported.max_steps) : "n/a",
+                exported.max_rel_diff, ok ? "passed" : "FAILED");
+        } else if (!g.json) {
+            fmt::print("ONNX Runtime vs pocketflow: export max rel. diff {:.3g}{}: {}\n",
+                       exported.max_rel_diff,
                        result.contains("max_rel_diff_import")
                            ? fmt::format(", original file {:.3g}",
                                          result["max_rel_diff_import"].get<double>())
                            : "",
                        ok ? "passed" : "FAILED");
         }
-        PF_CHECK(ok, Error, "the ONNX Runtime check of {} failed (tolerance {})", target,
-                 kTolerance);
+        PF_CHECK(ok, Error, "the ONNX Runtime check of {} failed ({})", target,
+                 quantized ? fmt::format("top-1 agreement >= {:.0f}% and at most {} steps",
+                                         100 * kAgreement, kSteps)
+                           : fmt::format("tolerance {}", kTolerance));
     }
     if (g.json) {
         std::cout << result.dump() << std::endl;
@@ -492,6 +627,11 @@ int run_cli(int argc, char** argv) {
     exporter->add_flag(
         "--check", export_check,
         "run the result (and an ONNX input) in ONNX Runtime and compare with pocketflow");
+    JobOptions export_job;
+    exporter
+        ->add_option("-c,--config", export_job.config,
+                     "--check a quantized model on this job's test images (default: random)")
+        ->check(CLI::ExistingFile);
 
     std::vector<std::string> bench_models;
     std::string bench_batches = "1,64", bench_runtimes = "libtorch,onnxruntime";
@@ -541,7 +681,7 @@ int run_cli(int argc, char** argv) {
     }
     if (exporter->parsed()) {
         return cmd_export(export_model, export_format, export_out, export_opset, export_batch,
-                          export_check, g);
+                          export_check, export_job, g);
     }
     if (bench->parsed()) {
         return cmd_bench(bench_models, bench_batches, bench_runtimes, bench_warmup, bench_repeat,

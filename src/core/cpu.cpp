@@ -8,16 +8,19 @@ namespace pocketflow {
 namespace {
 
 CpuTarget named(const std::string& name, const std::string& description) {
+    if (name == "avx512vnni") {
+        return {name, 16, description, true};  // 16 floats per zmm register; vpdpbusd
+    }
     if (name == "avx512") {
-        return {name, 16, description};  // 16 floats per zmm register
+        return {name, 16, description, false};
     }
     if (name == "avx2") {
-        return {name, 8, description};  // 8 floats per ymm register
+        return {name, 8, description, false};  // 8 floats per ymm register
     }
     if (name == "neon") {
-        return {name, 4, description};  // 4 floats per q register
+        return {name, 4, description, true};  // 4 floats per q register; 32-bit accumulation
     }
-    return {"generic", 4, description};  // SSE-class: 4 floats
+    return {"generic", 4, description, false};  // SSE-class: 4 floats
 }
 
 }  // namespace
@@ -33,6 +36,9 @@ CpuTarget cpu_target(const std::string& name) {
     }
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vnni")) {
+        return named("avx512vnni", "this machine (AVX-512 VNNI)");
+    }
     if (__builtin_cpu_supports("avx512f")) {
         return named("avx512", "this machine (AVX-512)");
     }
@@ -48,7 +54,7 @@ CpuTarget cpu_target(const std::string& name) {
 }
 
 std::vector<std::string> cpu_target_names() {
-    return {"native", "avx512", "avx2", "neon", "generic"};
+    return {"native", "avx512vnni", "avx512", "avx2", "neon", "generic"};
 }
 
 }  // namespace pocketflow

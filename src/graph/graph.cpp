@@ -464,6 +464,25 @@ void Graph::validate() const {
                          "invalid graph: tensor {}.{} is not float32", n.name, key);
             }
         }
+        const QuantSpec& q = n.quant;
+        if (q.weight_bits != 0) {
+            const bool layer = n.op == Op::kConv2d || n.op == Op::kLinear;
+            PF_CHECK(layer && q.weight_bits >= 2 && q.weight_bits <= 8 && q.weight_qmax >= 1 &&
+                         q.weight_qmax < (1 << (q.weight_bits - 1)) && n.params.count("bias") &&
+                         n.buffers.count("weight_scale") &&
+                         (n.buffers.at("weight_scale").numel() == 1 ||
+                          n.buffers.at("weight_scale").numel() == n.params.at("weight").size(0)),
+                     InputError,
+                     "invalid graph: node {} has inconsistent weight quantization ({} bits, range "
+                     "±{})",
+                     n.name, q.weight_bits, q.weight_qmax);
+        }
+        if (q.act_bits != 0) {
+            PF_CHECK(q.act_bits >= 2 && q.act_bits <= 8 && n.buffers.count("act_range") &&
+                         n.buffers.at("act_range").numel() == 2,
+                     InputError, "invalid graph: node {} has inconsistent activation quantization",
+                     n.name);
+        }
     }
     PF_CHECK(output_ > 0 && static_cast<size_t>(output_) < nodes_.size(), InputError,
              "invalid graph: output node {} out of range", output_);
@@ -516,7 +535,9 @@ int64_t Graph::weight_bytes() const {
     for (const auto& n : nodes_) {
         for (const auto* group : {&n.params, &n.buffers}) {
             for (const auto& [key, t] : *group) {
-                bytes += t.numel() * static_cast<int64_t>(t.element_size());
+                bytes += key == "weight" && n.quant.weight_bits > 0
+                             ? (t.numel() * n.quant.weight_bits + 7) / 8  // packed (quant.h)
+                             : t.numel() * static_cast<int64_t>(t.element_size());
             }
         }
     }
@@ -555,11 +576,16 @@ Graph fold_batch_norm(const Graph& graph) {
     Graph out(graph.input_shape());
     std::vector<int> remap(nodes.size(), 0);  // old node index -> new node index
     at::NoGradGuard no_grad;
+    out.nodes()[0].quant = nodes[0].quant;  // a quantized input keeps its range
+    for (const auto& [key, t] : nodes[0].buffers) {
+        out.nodes()[0].buffers[key] = t.detach().clone();
+    }
     for (size_t i = 1; i < nodes.size(); ++i) {
         const Node& n = nodes[i];
         const bool foldable =
             n.op == Op::kBatchNorm2d && nodes[static_cast<size_t>(n.inputs[0])].op == Op::kConv2d &&
-            readers[static_cast<size_t>(n.inputs[0])] == 1 && n.inputs[0] != graph.output();
+            readers[static_cast<size_t>(n.inputs[0])] == 1 && n.inputs[0] != graph.output() &&
+            !nodes[static_cast<size_t>(n.inputs[0])].quant.any();  // scales fit the weights
         if (foldable) {
             // y = γ (W x + b − μ) / √(σ² + ε) + β: scale the conv's output rows, shift its bias.
             Node& conv = out.nodes()[static_cast<size_t>(remap[static_cast<size_t>(n.inputs[0])])];

@@ -8,6 +8,7 @@
 #include <ATen/ATen.h>
 
 #include "pocketflow/error.h"
+#include "pocketflow/quant.h"
 
 #include "onednn_conv.h"
 
@@ -124,9 +125,11 @@ Model::Model(Graph graph, ModelMeta meta) : graph_(std::move(graph)), meta_(std:
     fused_relu_.assign(nodes.size(), -1);
     fused_add_.assign(nodes.size(), -1);
     add_relu_.assign(nodes.size(), -1);
+    // Fusions skip quantized nodes: their values are rounded between the fused ops.
     auto only_reader_is = [&](size_t i, Op op) {
         return readers[i] == 1 && static_cast<int>(i) != graph_.output() &&
-               nodes[static_cast<size_t>(reader[i])].op == op;
+               nodes[static_cast<size_t>(reader[i])].op == op && !nodes[i].quant.any() &&
+               !nodes[static_cast<size_t>(reader[i])].quant.any();
     };
     for (size_t i = 0; i < nodes.size(); ++i) {
         if (nodes[i].op == Op::kConv2d && only_reader_is(i, Op::kReLU)) {
@@ -143,7 +146,12 @@ Model::Model(Graph graph, ModelMeta meta) : graph_(std::move(graph)), meta_(std:
                 const auto& in = nodes[static_cast<size_t>(m)].inputs;
                 read_between = read_between || std::find(in.begin(), in.end(), other) != in.end();
             }
-            if (other != static_cast<int>(i) && other < static_cast<int>(i) && !read_between) {
+            const int add_reader = readers[static_cast<size_t>(reader[i])] == 1
+                                       ? reader[static_cast<size_t>(reader[i])]
+                                       : -1;
+            const bool quantized = add_reader >= 0 && nodes[static_cast<size_t>(add_reader)].quant.any();
+            if (other != static_cast<int>(i) && other < static_cast<int>(i) && !read_between &&
+                !quantized) {
                 fused_add_[i] = reader[i];
             }
         }
@@ -152,6 +160,7 @@ Model::Model(Graph graph, ModelMeta meta) : graph_(std::move(graph)), meta_(std:
         }
     }
     shapes_ = graph_.infer_shapes();
+    act_source_ = quantized_values(graph_);
     // Values that may share storage with another value: the model input, and whatever feeds or
     // comes out of an op that can return its input or a view of it.
     shares_storage_.assign(nodes.size(), false);
@@ -181,6 +190,19 @@ bool Model::can_overwrite(const Node& n,
     return n.op == Op::kReLU || (n.inputs[1] != n.inputs[0] && args[0].sizes() == args[1].sizes());
 }
 
+at::Tensor Model::run_quantized_layer(size_t i, const at::Tensor& x, bool training) {
+    Node& n = graph_.nodes()[i];
+    at::Tensor w = quantized_weight(n, training);
+    const int src = act_source_[static_cast<size_t>(n.inputs[0])];
+    at::Tensor b = n.params.at("bias");
+    if (src >= 0 && act_quant_) {
+        b = quantized_bias(n, act_params(graph_.nodes()[static_cast<size_t>(src)]).scale);
+    }
+    const Attrs& a = n.attrs;
+    return n.op == Op::kConv2d ? at::conv2d(x, w, b, a.stride, a.padding, a.dilation, a.groups)
+                               : at::linear(x, w, b);
+}
+
 at::Tensor Model::forward(const at::Tensor& input) {
     std::vector<at::Tensor> none;
     return forward_capture(input, {}, none);
@@ -201,6 +223,9 @@ at::Tensor Model::forward_capture(const at::Tensor& input,
     const bool training = is_training();
     const bool in_place = !training && !at::GradMode::is_enabled();
     values[0] = input.contiguous(at::MemoryFormat::ChannelsLast);
+    if (nodes[0].quant.act_bits > 0 && act_quant_) {
+        values[0] = quantize_activation(graph_.nodes()[0], values[0], training, range_momentum_);
+    }
     // fused_from[j] = i: node j (a ReLU or residual Add) was computed by conv i's primitive; its
     // value is node i's.
     std::vector<int> fused_from(nodes.size(), -1);
@@ -216,6 +241,8 @@ at::Tensor Model::forward_capture(const at::Tensor& input,
         const int id = static_cast<int>(i);
         if (fused_from[i] >= 0) {
             values[i] = values[static_cast<size_t>(fused_from[i])];
+        } else if (n.quant.weight_bits > 0) {
+            values[i] = run_quantized_layer(i, args[0], training);
         } else if (in_place && conv_cache_ && ConvCache::supports(n, args[0])) {
             // Inference: a cached oneDNN primitive with packed weights; a residual Add (into the
             // other operand, when nothing else needs it) and a ReLU after it are fused.
@@ -256,6 +283,9 @@ at::Tensor Model::forward_capture(const at::Tensor& input,
             values[i] = n.op == Op::kReLU ? v.relu_() : v.add_(args[1]);
         } else {
             values[i] = run_node(n, args, training);
+        }
+        if (n.quant.act_bits > 0 && act_quant_) {
+            values[i] = quantize_activation(graph_.nodes()[i], values[i], training, range_momentum_);
         }
         for (size_t c = 0; c < capture.size(); ++c) {
             if (capture[c] == static_cast<int>(i)) {

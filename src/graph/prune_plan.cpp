@@ -11,6 +11,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include "pocketflow/error.h"
+#include "pocketflow/quant.h"
 #include "pocketflow/util.h"
 
 namespace pocketflow {
@@ -75,6 +76,10 @@ void check_prune_budget(const ConfigReader& r, const PruneBudget& b) {
 
 PrunePlan plan_pruning(const Graph& graph, const PruneBudget& budget, const std::string& where) {
     const auto start = std::chrono::steady_clock::now();
+    PF_CHECK(!is_quantized(graph), ConfigError,
+             "{}: the model is quantized; prune before quantizing (put uniform_quantization "
+             "after the pruning stage)",
+             where);
     PrunePlan plan;
     std::vector<std::string> exclude = budget.exclude;
     if (budget.keep_first_conv) {

@@ -360,5 +360,86 @@ TEST(CliTest, ChannelPruningPipelineEndToEnd) {
     EXPECT_NE(bad.err.find("prunable channel groups"), std::string::npos) << bad.err;
 }
 
+TEST(CliTest, UniformQuantizationEndToEnd) {
+    testing::TempDir dir;
+    write_file_atomic(dir.file("job.yaml"),
+                      std::string(kTinyJob) + "export: {onnx: true}\n");
+    Result base = cli("--json train --config job.yaml --set output_dir=base", dir);
+    ASSERT_EQ(base.code, 0) << base.err;
+    json b = json::parse(base.out);
+    const std::string from_base = "--set model.arch= --set model.path=base/model.pfm ";
+    // Post-training: seconds, no training, the int8 model close to the float one.
+    Result ptq = cli("--json compress --config job.yaml --set output_dir=ptq " + from_base +
+                         "--set 'pipeline=[{learner: uniform_quantization, mode: ptq, "
+                         "calibration: mse, calibration_images: 64}]'",
+                     dir);
+    ASSERT_EQ(ptq.code, 0) << ptq.err;
+    json p = json::parse(ptq.out);
+    const json& stage = p["stages"][0];
+    EXPECT_EQ(stage["mode"], "ptq");
+    EXPECT_EQ(stage["bits"]["conv2"], "w8a8");
+    EXPECT_EQ(stage["calibration_images"], 64);
+    EXPECT_NEAR(p["top1"].get<double>(), b["top1"].get<double>(), 5.0);
+    EXPECT_LT(p["file_bytes"].get<double>(), 0.3 * b["file_bytes"].get<double>());
+    // eval simulates the int8 model: the same accuracy as the run measured.
+    Result e = cli("--json eval --model ptq/model.pfm --config job.yaml", dir);
+    ASSERT_EQ(e.code, 0) << e.err;
+    EXPECT_DOUBLE_EQ(json::parse(e.out)["top1"].get<double>(), p["top1"].get<double>());
+    Result info = cli("--json info --model ptq/model.pfm", dir);
+    ASSERT_EQ(info.code, 0) << info.err;
+    json layers = json::parse(info.out)["layers"];
+    int quantized_layers = 0;
+    for (const auto& l : layers) {
+        quantized_layers += l.value("weight_bits", 0) == 8 ? 1 : 0;
+    }
+    EXPECT_EQ(quantized_layers, 5);
+    Result text_info = cli("info --model ptq/model.pfm", dir);
+    EXPECT_NE(text_info.out.find("(±127)"), std::string::npos) << text_info.out;
+    if (!ort_runner_path().empty()) {
+        Result checked =
+            cli("--json export --model ptq/model.pfm -o q.onnx --check --config job.yaml", dir);
+        ASSERT_EQ(checked.code, 0) << checked.err;
+        json c = json::parse(checked.out);
+        EXPECT_EQ(c["check"], "passed");
+        EXPECT_GE(c["agreement"].get<double>(), 0.98);
+        EXPECT_EQ(c["check_samples"], 128);
+    }
+    // Pruning then quantization-aware training in one job: a pruned 4-bit model.
+    Result chained = cli(
+        "--json compress --config job.yaml --set output_dir=chained " + from_base +
+            "--set 'pipeline=[{learner: channel_pruning, flops_target: 0.6, criterion: l1, "
+            "channel_multiple: 1, finetune_epochs: 1}, {learner: uniform_quantization, bits: "
+            "{default: 4, \"fc2\": {weights: 8, activations: 8}}, epochs: 1, lr: 0.01}]'",
+        dir);
+    ASSERT_EQ(chained.code, 0) << chained.err;
+    json c = json::parse(chained.out);
+    EXPECT_LT(c["macs"].get<double>(), 0.7 * b["macs"].get<double>());
+    EXPECT_EQ(c["stages"][1]["bits"]["conv2"], "w4a4");
+    EXPECT_EQ(c["stages"][1]["bits"]["fc2"], "w8a8");
+    EXPECT_EQ(c["stages"][1]["bits"]["fc3"], "w8a8");  // the last linear keeps 8 bits
+    EXPECT_GT(c["top1"].get<double>(), 40.0);          // above chance (25%)
+    EXPECT_TRUE(fs::exists(dir.path() / "chained" / "model.onnx"));
+    // Bad input: exit 2, the key path and the rule.
+    Result bits9 = cli("compress --config job.yaml " + from_base +
+                           "--set 'pipeline=[{learner: uniform_quantization, bits: 9}]'",
+                       dir);
+    EXPECT_EQ(bits9.code, 2);
+    EXPECT_NE(bits9.err.find("pipeline[0].bits with 9: bits must be 2–8"), std::string::npos)
+        << bits9.err;
+    Result glob = cli("compress --config job.yaml " + from_base +
+                          "--set 'pipeline=[{learner: uniform_quantization, bits: {\"layer3_*\": "
+                          "4}}]'",
+                      dir);
+    EXPECT_EQ(glob.code, 2);
+    EXPECT_NE(glob.err.find("pipeline[0].bits.layer3_*: the glob matches no conv or linear layer"),
+              std::string::npos)
+        << glob.err;
+    Result late = cli("compress --config job.yaml --set model.arch= --set model.path=ptq/model.pfm "
+                      "--set 'pipeline=[{learner: channel_pruning, flops_target: 0.5}]'",
+                      dir);
+    EXPECT_EQ(late.code, 2);
+    EXPECT_NE(late.err.find("prune before quantizing"), std::string::npos) << late.err;
+}
+
 }  // namespace
 }  // namespace pocketflow

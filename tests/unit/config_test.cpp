@@ -174,7 +174,7 @@ TEST(RegistryTest, ChannelPruningBudgetErrors) {
         "pipeline[0].channel_multiple");
     expect_error<ConfigError>(
         [&] { create("{learner: channel_pruning, flops_target: 0.5, target: avx3}"); },
-        "must be one of: native, avx512, avx2, neon, generic");
+        "must be one of: native, avx512vnni, avx512, avx2, neon, generic");
     expect_error<ConfigError>([&] { create("{learner: channel_pruning, flops_targte: 0.5}"); },
                               "did you mean 'flops_target'");
 }

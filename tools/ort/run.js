@@ -3,13 +3,14 @@
 // Runs ONNX models in ONNX Runtime (CPU) on a raw float32 input and reports outputs and timings.
 //
 //   node tools/ort/run.js --model m.onnx [--model m2.onnx ...] --input x.f32 --shape 2,3,32,32
-//        [--output y.f32] [--warmup 3] [--repeat 20] [--threads 2]
+//        [--output y.f32] [--warmup 3] [--repeat 20] [--threads 2] [--optimized opt.onnx]
 //
 // With several models the timed runs are interleaved in blocks (up to 10 rounds of every model), so
 // a change in the machine's load affects all of them alike and their ratios stay fair.
 // Prints one JSON object: {"results": [{"output_shape": [...], "median_ms": ..., "p90_ms": ...,
 // "times_ms": [...]}, ...]}, one entry per model in order. --output gets the first model's output.
-// Input and output files are little-endian float32 arrays (what pocketflow's tests and bench write).
+// --optimized saves the first model as ONNX Runtime optimised it (which kernels it chose: e.g.
+// QLinearConv for an int8 QDQ model). Input and output files are little-endian float32 arrays (what pocketflow's tests and bench write).
 'use strict';
 const fs = require('fs');
 const path = require('path');
@@ -51,7 +52,10 @@ async function main() {
     options.interOpNumThreads = 1;
   }
   const sessions = [];
-  for (const model of args.model) sessions.push(await ort.InferenceSession.create(model, options));
+  for (const [k, model] of args.model.entries()) {
+    const o = k === 0 && args.optimized ? {...options, optimizedModelFilePath: args.optimized} : options;
+    sessions.push(await ort.InferenceSession.create(model, o));
+  }
   const feeds = sessions.map((s) => ({[s.inputNames[0]]: new ort.Tensor('float32', data, shape)}));
   const outputs = sessions.map(() => null);
   for (let k = 0; k < sessions.length; ++k) {

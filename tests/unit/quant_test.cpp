@@ -1,0 +1,315 @@
+// SPDX-License-Identifier: Apache-2.0
+// Uniform quantization: fake quantization against a reference, placement of the quantization
+// points, packing and .pfm round trips, range calibration, QDQ export in ONNX Runtime.
+#include "pocketflow/quant.h"
+
+#include <map>
+#include <numeric>
+#include <random>
+
+#include <gtest/gtest.h>
+#include <onnx/onnx_pb.h>
+#include <torch/torch.h>
+
+#include "pocketflow/data.h"
+#include "pocketflow/error.h"
+#include "pocketflow/model.h"
+#include "pocketflow/onnx.h"
+#include "pocketflow/pfm.h"
+#include "pocketflow/util.h"
+#include "pocketflow/zoo.h"
+
+#include "support/test_util.h"
+#include "uniform_quantization/uniform_quantization.h"
+
+namespace pocketflow {
+namespace {
+
+/// Every conv/linear of `graph` at `bits`.
+QuantizeOptions all_layers(const Graph& graph, LayerBits bits, int qmax_8bit = 127) {
+    QuantizeOptions o;
+    for (const auto& n : graph.nodes()) {
+        if (n.op == Op::kConv2d || n.op == Op::kLinear) {
+            o.layers[n.name] = bits;
+        }
+    }
+    o.qmax_8bit = qmax_8bit;
+    return o;
+}
+
+/// A BN-folded zoo model with quantization prepared and activation ranges calibrated on random
+/// images.
+std::shared_ptr<Model> quantized_zoo(const std::string& arch,
+                                     std::vector<int64_t> shape,
+                                     LayerBits bits,
+                                     int64_t classes = 10) {
+    Graph g = build_zoo_model(arch, classes, shape);
+    init_weights(g, 7);
+    g = fold_batch_norm(g);
+    prepare_quantization(g, all_layers(g, bits));
+    auto model = std::make_shared<Model>(std::move(g), ModelMeta{});
+    at::manual_seed(3);
+    model->set_activation_quant(false);
+    {
+        at::NoGradGuard no_grad;
+        model->eval();
+        std::vector<int> points;
+        auto& nodes = model->graph().nodes();
+        for (size_t i = 1; i < nodes.size(); ++i) {
+            if (nodes[i].quant.act_bits > 0) {
+                points.push_back(static_cast<int>(i));
+            }
+        }
+        std::vector<at::Tensor> values;
+        at::Tensor x = at::randn({16, shape[0], shape[1], shape[2]});
+        model->forward_capture(x, points, values);
+        nodes[0].buffers.at("act_range").copy_(at::stack({x.min(), x.max()}));
+        for (size_t k = 0; k < points.size(); ++k) {
+            nodes[static_cast<size_t>(points[k])].buffers.at("act_range").copy_(
+                at::stack({values[k].min(), values[k].max()}));
+        }
+    }
+    model->set_activation_quant(true);
+    return model;
+}
+
+TEST(QuantTest, PackingRoundTripsAtEveryBitWidth) {
+    std::mt19937 rng(1);
+    for (int bits = 2; bits <= 8; ++bits) {
+        const int lo = -(1 << (bits - 1)), hi = (1 << (bits - 1)) - 1;
+        std::uniform_int_distribution<int> dist(lo, hi);
+        for (int64_t count : {1, 7, 8, 9, 1000}) {
+            at::Tensor q = at::empty({count}, at::kInt);
+            for (int64_t i = 0; i < count; ++i) {
+                q[i] = dist(rng);
+            }
+            q[0] = lo;
+            std::string packed = pack_ints(q, bits);
+            EXPECT_EQ(static_cast<int64_t>(packed.size()), (count * bits + 7) / 8);
+            at::Tensor back = unpack_ints(packed.data(), packed.size(), count, bits);
+            EXPECT_TRUE(back.equal(q)) << bits << " bits, " << count << " values";
+        }
+    }
+    testing::expect_error<Error>([] { pack_ints(at::tensor({8}, at::kInt), 4); }, "does not fit 4 bits");
+}
+
+TEST(QuantTest, ActivationParametersHoldZeroAndTheRange) {
+    ActParams relu = act_params(0.0f, 2.55f, 8);
+    EXPECT_EQ(relu.zero_point, 0);
+    EXPECT_FLOAT_EQ(relu.scale, 0.01f);
+    ActParams both = act_params(-1.0f, 3.0f, 8);
+    EXPECT_EQ(both.zero_point, 64);  // round(1 / (4 / 255))
+    ActParams positive = act_params(0.5f, 1.0f, 4);  // widened to hold 0
+    EXPECT_EQ(positive.qmax, 15);
+    EXPECT_EQ(positive.zero_point, 0);
+    EXPECT_FLOAT_EQ(positive.scale, 1.0f / 15.0f);
+    EXPECT_GT(act_params(0.0f, 0.0f, 8).scale, 0.0f);  // a dead value still has a valid scale
+    EXPECT_EQ(weight_qmax(8), 127);
+    EXPECT_EQ(weight_qmax(8, 63), 63);
+    EXPECT_EQ(weight_qmax(4), 7);
+    EXPECT_EQ(weight_qmax(2), 1);
+}
+
+TEST(QuantTest, FakeQuantizedWeightsMatchTheReferenceAndPassGradientsStraightThrough) {
+    Graph g({3, 8, 8});
+    int x = g.add_conv("conv", g.input(), 3, 5, 3, 1, 1);
+    g.add_unary("relu", Op::kReLU, x);
+    g.set_output(2);
+    init_weights(g, 2);
+    for (int bits : {2, 4, 8}) {
+        Graph q = g.clone();
+        prepare_quantization(q, all_layers(q, {bits, 8}));
+        Node& conv = q.nodes()[1];
+        const at::Tensor w = conv.params.at("weight").detach().clone();
+        const double qmax = weight_qmax(bits);
+        // Reference: per output channel s = max|w| / qmax, q = round(w / s), w = s q.
+        at::Tensor s = std::get<0>(w.abs().reshape({5, -1}).max(1)) / qmax;
+        at::Tensor ref = at::round(w / s.reshape({-1, 1, 1, 1})).clamp(-qmax, qmax) *
+                         s.reshape({-1, 1, 1, 1});
+        conv.params.at("weight").set_requires_grad(true);
+        at::Tensor got = quantized_weight(conv, true);
+        EXPECT_TRUE(at::allclose(got, ref, 1e-6, 1e-7)) << bits << " bits";
+        EXPECT_LE(at::round(got / s.reshape({-1, 1, 1, 1})).abs().max().item<double>(), qmax);
+        at::Tensor upstream = at::randn(got.sizes());
+        (got * upstream).sum().backward();
+        EXPECT_TRUE(at::allclose(conv.params.at("weight").grad(), upstream));  // STE
+        at::Tensor ints = weight_ints(conv);
+        EXPECT_TRUE(ints.to(at::kFloat).mul(s.reshape({-1, 1, 1, 1})).allclose(ref));
+    }
+}
+
+TEST(QuantTest, FakeQuantizedActivationsMatchTheReferenceAndTrackTheirRange) {
+    Node n;
+    n.name = "a";
+    n.op = Op::kReLU;
+    n.quant.act_bits = 4;
+    n.buffers["act_range"] = at::tensor({0.0f, 1.5f});
+    at::Tensor x = at::tensor({-0.3f, 0.0f, 0.26f, 0.7f, 1.49f, 2.0f}).set_requires_grad(true);
+    at::Tensor y = quantize_activation(n, x, false, 0.1);
+    // scale 0.1, zero point 0, integers 0..15: clamp(round(x / 0.1)) · 0.1
+    at::Tensor ref = at::tensor({0.0f, 0.0f, 0.3f, 0.7f, 1.5f, 1.5f});
+    EXPECT_TRUE(at::allclose(y, ref, 1e-6, 1e-6)) << y;
+    y.sum().backward();
+    // Straight through inside the range, zero outside it.
+    EXPECT_TRUE(x.grad().equal(at::tensor({0.0f, 1.0f, 1.0f, 1.0f, 1.0f, 0.0f})));
+    quantize_activation(n, at::tensor({-1.0f, 3.5f}), true, 0.5);  // EMA: halfway to the batch
+    EXPECT_TRUE(at::allclose(n.buffers.at("act_range"), at::tensor({-0.5f, 2.5f})));
+}
+
+TEST(QuantTest, QuantizationPointsSitWhereAnInt8RuntimeHasThem) {
+    Graph g = fold_batch_norm(build_zoo_model("resnet20", 10, {1, 16, 16}));
+    QuantReport report = prepare_quantization(g, all_layers(g, {8, 8}));
+    EXPECT_EQ(report.layers.size(), 22u);  // 21 convs + fc
+    EXPECT_TRUE(report.float_nodes.empty());
+    auto quantized = [&](const std::string& name) {
+        return g.nodes()[static_cast<size_t>(g.find(name))].quant.act_bits > 0;
+    };
+    EXPECT_GT(g.nodes()[0].quant.act_bits, 0);  // the image entering conv1
+    EXPECT_FALSE(quantized("conv1"));            // conv → ReLU: after the ReLU
+    EXPECT_TRUE(quantized("conv1_relu"));
+    EXPECT_TRUE(quantized("layer1_0_conv2"));  // conv → residual Add: the conv's output
+    EXPECT_FALSE(quantized("layer1_0_add"));   // Add → ReLU: after the ReLU
+    EXPECT_TRUE(quantized("layer1_0_relu"));
+    EXPECT_TRUE(quantized("avgpool"));
+    EXPECT_FALSE(quantized("fc"));  // logits stay float
+    auto src = quantized_values(g);
+    EXPECT_EQ(src[static_cast<size_t>(g.find("flatten"))], g.find("avgpool"));  // pass-through
+    // A layer left float and an op without an int8 kernel are reported.
+    Graph m = build_zoo_model("mobilenet_v2", 10, {3, 32, 32});
+    m = fold_batch_norm(m);
+    QuantizeOptions some = all_layers(m, {8, 8});
+    some.layers.erase("fc");
+    QuantReport r = prepare_quantization(m, some);
+    bool fc_float = false;
+    for (const auto& [node, why] : r.float_nodes) {
+        fc_float = fc_float || (node == "fc" && why.find("bits") != std::string::npos);
+    }
+    EXPECT_TRUE(fc_float);
+}
+
+TEST(QuantTest, BadQuantizationRequestsAreInputErrors) {
+    Graph g = fold_batch_norm(build_zoo_model("lenet5", 10, {1, 28, 28}));
+    QuantizeOptions o;
+    o.layers["relu1"] = {8, 8};
+    testing::expect_error<InputError>([&] { prepare_quantization(g, o); }, "only Conv2d and Linear");
+    o.layers = {{"conv1", {9, 8}}};
+    testing::expect_error<InputError>([&] { prepare_quantization(g, o); }, "weight bits 9 outside 2–8");
+    o.layers = {{"conv1", {8, 1}}};
+    testing::expect_error<InputError>([&] { prepare_quantization(g, o); }, "activation bits 1");
+    o.layers = {{"nope", {8, 8}}};
+    testing::expect_error<InputError>([&] { prepare_quantization(g, o); }, "no such node");
+}
+
+TEST(QuantTest, LayerBitsFollowTheDefaultTheGlobsAndTheFirstLastRule) {
+    Graph g = fold_batch_norm(build_zoo_model("resnet20", 10, {1, 16, 16}));
+    learners::UniformQuantizationOptions o;
+    o.default_bits = {4, 8};
+    o.rules.push_back({"layer3_*", {2, 4}, "job.yaml:3:5"});
+    auto bits = learners::resolve_layer_bits(g, o, "pipeline[0]");
+    EXPECT_EQ(bits.at("conv1"), (LayerBits{8, 8}));  // first conv
+    EXPECT_EQ(bits.at("fc"), (LayerBits{8, 8}));     // last linear
+    EXPECT_EQ(bits.at("layer1_0_conv1"), (LayerBits{4, 8}));
+    EXPECT_EQ(bits.at("layer3_2_conv2"), (LayerBits{2, 4}));
+    o.rules.push_back({"fc", {4, 4}, "job.yaml:4:5"});  // named explicitly: no longer 8 bits
+    EXPECT_EQ(learners::resolve_layer_bits(g, o, "pipeline[0]").at("fc"), (LayerBits{4, 4}));
+    o.rules.push_back({"layer9_*", {4, 4}, "job.yaml:5:5"});
+    testing::expect_error<ConfigError>([&] { learners::resolve_layer_bits(g, o, "pipeline[0]"); },
+                              "job.yaml:5:5: failed to read pipeline[0].bits.layer9_*: the glob "
+                              "matches no conv or linear layer");
+}
+
+TEST(QuantTest, RangeCalibrationMethodsClipOutliers) {
+    at::manual_seed(0);
+    at::Tensor x = at::cat({at::randn({100000}).abs(), at::tensor({40.0f})});  // one outlier
+    const float hi = x.max().item<float>();
+    auto minmax = choose_range(x, 0, hi, 8, RangeMethod::kMinMax);
+    auto pct = choose_range(x, 0, hi, 8, RangeMethod::kPercentile, 99.9);
+    auto mse = choose_range(x, 0, hi, 4, RangeMethod::kMse);  // 4 bits: clipping pays
+    EXPECT_FLOAT_EQ(minmax.second, 40.0f);
+    EXPECT_NEAR(pct.second, 3.29, 0.15);  // the 99.9th percentile of |N(0, 1)|
+    EXPECT_LT(mse.second, 0.5 * hi);
+    EXPECT_EQ(pct.first, 0.0f);
+}
+
+TEST(QuantTest, QuantizedModelFilesAreSmallAndLoadExactly) {
+    testing::TempDir dir;
+    for (int bits : {8, 4}) {
+        auto model = quantized_zoo("resnet20", {1, 28, 28}, {bits, 8});
+        snap_quantized_weights(model->graph());
+        save_model(dir.file("q.pfm"), model->graph(), model->meta());
+        Graph float_graph = build_zoo_model("resnet20", 10, {1, 28, 28});
+        save_model(dir.file("f.pfm"), float_graph, {});
+        const double ratio = static_cast<double>(std::filesystem::file_size(dir.file("f.pfm"))) /
+                             static_cast<double>(std::filesystem::file_size(dir.file("q.pfm")));
+        EXPECT_GE(ratio, bits == 8 ? 3.9 : 7.0) << bits << " bits";
+        ModelFile back = load_model(dir.file("q.pfm"));
+        EXPECT_TRUE(is_quantized(back.graph));
+        EXPECT_EQ(back.graph.weight_bytes(), model->graph().weight_bytes());
+        Model loaded(std::move(back.graph), back.meta);
+        model->eval();
+        loaded.eval();
+        at::NoGradGuard no_grad;
+        at::Tensor x = at::randn({4, 1, 28, 28});
+        EXPECT_TRUE(model->forward(x).equal(loaded.forward(x))) << bits << " bits";
+    }
+}
+
+TEST(QuantTest, BiasCorrectionRemovesTheMeanShiftOfQuantizedLayers) {
+    auto model = quantized_zoo("lenet5", {1, 28, 28}, {3, 8});  // 3-bit: a visible mean shift
+    Graph float_graph = fold_batch_norm(build_zoo_model("lenet5", 10, {1, 28, 28}));
+    init_weights(float_graph, 7);
+    float_graph = fold_batch_norm(float_graph);
+    Model reference(std::move(float_graph), {});
+    std::shared_ptr<const Dataset> data = make_synthetic(64, 10, {1, 28, 28}, 5);
+    std::vector<int64_t> idx(64);
+    std::iota(idx.begin(), idx.end(), 0);
+    LoaderOptions lo;
+    lo.batch_size = 32;
+    Loader loader(data, idx, lo);
+    auto mean_error = [&] {
+        at::NoGradGuard no_grad;
+        loader.start_epoch(0);
+        double e = 0;
+        while (auto b = loader.next()) {
+            e += (model->forward(b->images) - reference.forward(b->images)).mean(0).abs().sum().item<double>();
+        }
+        return e;
+    };
+    const double before = mean_error();
+    EXPECT_GT(correct_quantized_biases(*model, reference, loader), 0.0);
+    EXPECT_LT(mean_error(), 0.5 * before);
+}
+
+TEST(QuantTest, QdqExportRunsEveryConvAsAnInt8KernelInOnnxRuntime) {
+    if (ort_runner_path().empty()) {
+        GTEST_SKIP() << "ONNX Runtime not installed (tools/setup.sh --ort)";
+    }
+    testing::TempDir dir;
+    auto model = quantized_zoo("resnet20", {1, 16, 16}, {8, 8});
+    snap_quantized_weights(model->graph());
+    export_onnx(dir.file("q.onnx"), model->graph(), model->meta());
+    at::manual_seed(5);
+    at::Tensor x = at::randn({16, 1, 16, 16});
+    OrtRun r = run_onnxruntime(dir.file("q.onnx"), x, 0, 1, 1, dir.file("opt.onnx"));
+    model->eval();
+    at::NoGradGuard no_grad;
+    at::Tensor y = model->forward(x);
+    EXPECT_TRUE(r.output.argmax(1).equal(y.argmax(1)));
+    const double step = (y.max() - y.min()).item<double>() / 255;
+    EXPECT_LE((r.output - y).abs().max().item<double>(), 2 * step);
+    onnx::ModelProto opt;
+    std::string bytes = read_file(dir.file("opt.onnx"));
+    ASSERT_TRUE(opt.ParseFromString(bytes));
+    std::map<std::string, int> ops;
+    for (const auto& n : opt.graph().node()) {
+        ++ops[n.op_type()];
+    }
+    EXPECT_EQ(ops["QLinearConv"], 21);
+    EXPECT_EQ(ops["Conv"], 0);
+    EXPECT_EQ(ops["QLinearAdd"], 9);
+    EXPECT_EQ(ops["QGemm"], 1);
+    EXPECT_EQ(ops["QLinearGlobalAveragePool"], 1);
+}
+
+}  // namespace
+}  // namespace pocketflow
