@@ -7,7 +7,8 @@
 
 Each fixture covers a set of the op mappings of pocketflow's ONNX importer. With --torchvision DIR it
 also writes torchvision's full-size resnet18 and mobilenet_v2 (ImageNet shapes, random weights) to DIR
-for the end-to-end check in docs (they are too big to commit).
+for the end-to-end checks in docs (they are too big to commit); --size and --classes change their
+input size and number of classes.
 """
 import argparse
 import copy
@@ -103,6 +104,8 @@ def export(model, shape, name, opset, training=False, dynamic=True):
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--torchvision", help="also write full-size torchvision models to this directory")
+    p.add_argument("--size", type=int, default=224, help="--torchvision: input height and width")
+    p.add_argument("--classes", type=int, default=1000, help="--torchvision: output classes")
     a = p.parse_args()
     torch.manual_seed(0)
     os.makedirs(OUT, exist_ok=True)
@@ -125,11 +128,11 @@ def main():
         import torchvision
         os.makedirs(a.torchvision, exist_ok=True)
         for name in ["resnet18", "mobilenet_v2"]:
-            model = getattr(torchvision.models, name)()
+            model = getattr(torchvision.models, name)(num_classes=a.classes)
             randomize_bn(model)
             path = os.path.join(a.torchvision, name + ".onnx")
             model.eval()
-            torch.onnx.export(model, torch.randn(1, 3, 224, 224), path, opset_version=13,
+            torch.onnx.export(model, torch.randn(1, 3, a.size, a.size), path, opset_version=13,
                               input_names=["input"], output_names=["logits"],
                               dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}})
             print("wrote", path, os.path.getsize(path), "bytes")

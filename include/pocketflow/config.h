@@ -118,6 +118,9 @@ struct DataConfig {
     int64_t test_limit = 0;    ///< use only the first N test images (0: all)
     int64_t image_size = 224;  ///< imagefolder: crop size
     int64_t resize = 256;      ///< imagefolder: shorter side before the centre crop
+    /// Convert every image to {C, H, W} (bilinear resize; 1 channel copied to 3 or 3 averaged to
+    /// 1), e.g. Fashion-MNIST for an ImageNet-shaped model. Empty: as stored.
+    std::vector<int64_t> reshape;
     std::vector<double> mean;  ///< per-channel normalisation (default: the dataset's)
     std::vector<double> std;
     AugmentConfig augment;

@@ -73,8 +73,17 @@ struct ActParams {
     int64_t qmax = 255;
 };
 ActParams act_params(float lo, float hi, int bits);
-/// The parameters of a node with act_bits > 0, from its act_range buffer.
+/// The parameters of a node with act_bits > 0, from its act_range buffer (the scale from its
+/// `act_scale` parameter while ranges are learned).
 ActParams act_params(const Node& node);
+
+/// LSQ (Esser et al. 2020): gives every quantized value a trainable `act_scale` parameter,
+/// initialised from its calibrated range (zero points stay as calibrated), so QAT learns the step
+/// sizes instead of following min/max.
+void enable_learned_ranges(Graph& graph);
+/// Writes the learned scales back as ranges and removes the parameters (the graph then computes
+/// the same quantization without them).
+void freeze_learned_ranges(Graph& graph);
 
 /// For every node, the node whose activation quantization its output value carries (itself, or
 /// through pass-through ops the producer), or −1 when the value is float.
@@ -91,7 +100,8 @@ std::pair<at::Tensor, at::Tensor> bias_ints(const Node& node, float input_scale)
 /// The bias the int8 model adds (int32 grid, straight-through gradient).
 at::Tensor quantized_bias(const Node& node, float input_scale);
 /// Fake-quantizes a node's output value; in training the node's act_range first follows the
-/// batch's min/max by an exponential moving average (`momentum`: weight of the batch).
+/// batch's min/max by an exponential moving average (`momentum`: weight of the batch), unless the
+/// node's scale is learned (LSQ gradient, scaled by 1/√(features · qmax)).
 at::Tensor quantize_activation(Node& node, const at::Tensor& x, bool training, double momentum);
 
 /// Sets every quantized layer's weight to its grid value s·q (idempotent), so that the float

@@ -178,6 +178,11 @@ nlohmann::json UniformQuantization::run(RunContext& ctx) {
                      ? fmt::format(", bias correction: largest shift {:.3g}", bias_shift)
                      : "",
                  calibration_seconds);
+    if (options_.mode == "qat" && options_.ranges == "lsq" && options_.epochs > 0) {
+        Graph learned = model->graph().clone();
+        enable_learned_ranges(learned);  // the step sizes become parameters
+        model = std::make_shared<Model>(std::move(learned), ctx.model->meta());
+    }
     ctx.model = model;
     nlohmann::json summary = {{"mode", options_.mode},
                               {"calibration", options_.calibration},
@@ -187,7 +192,11 @@ nlohmann::json UniformQuantization::run(RunContext& ctx) {
                               {"per_channel", options_.per_channel},
                               {"target", target.name}};
     if (options_.mode == "qat") {
+        summary["ranges"] = options_.ranges;
         finetune_stage(ctx, options_.epochs, options_.lr, summary);
+        Graph trained = ctx.model->graph().clone();
+        freeze_learned_ranges(trained);
+        ctx.model = std::make_shared<Model>(std::move(trained), ctx.model->meta());
     } else {
         summary["bias_correction"] = options_.bias_correction;
         auto val = ctx.data.val_loader(ctx.job.data);
@@ -242,6 +251,9 @@ void register_uniform_quantization(LearnerRegistry& registry) {
              r.read("range_momentum", o.range_momentum,
                     "qat: batch weight of the activation-range average",
                     ConfigReader::in_open_range(0, 1));
+             r.read("ranges", o.ranges,
+                    "qat: activation ranges by moving average (ema) or learned step sizes (lsq)",
+                    {"ema", "lsq"});
              r.finish();
              return std::make_unique<UniformQuantization>(o);
          }});

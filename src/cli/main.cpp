@@ -320,7 +320,7 @@ at::Tensor check_batch(const pf::Graph& graph, const JobOptions& o, const Global
     while (auto batch = loader->next()) {
         images.push_back(batch->images);
     }
-    return at::cat(images);
+    return at::cat(images).slice(0, 0, 256);  // (synthetic test sets ignore test_limit)
 }
 
 int cmd_export(const std::string& model_path,
@@ -330,6 +330,7 @@ int cmd_export(const std::string& model_path,
                const std::string& batch,
                bool check,
                const JobOptions& check_job,
+               const std::string& reference,
                const GlobalOptions& g) {
     PF_CHECK(format == "onnx", ConfigError, "--format {}: only onnx is supported", format);
     PF_CHECK(batch == "dynamic" || batch == "1", ConfigError, "--batch {}: expected dynamic or 1",
@@ -351,7 +352,10 @@ int cmd_export(const std::string& model_path,
         at::Tensor x = check_batch(file.graph, check_job, g);
         OrtComparison exported = compare_with_onnxruntime(file.graph, target, x);
         result["max_rel_diff_export"] = exported.max_rel_diff;
-        constexpr double kTolerance = 1e-4, kAgreement = 0.98, kSteps = 2.0;
+        // Each int8 layer may round a value differently from the simulation at a tie (ONNX Runtime
+        // requantizes with one float multiplier); those one-step differences add up with depth
+        // (ResNet-20 0.8 steps, torchvision ResNet-18 2.8: docs/performance.md).
+        constexpr double kTolerance = 1e-4, kAgreement = 0.98, kSteps = 8.0;
         bool ok = exported.max_rel_diff <= kTolerance;
         if (quantized) {
             result["agreement"] = exported.agreement;
@@ -361,6 +365,22 @@ int cmd_export(const std::string& model_path,
             }
             ok = exported.agreement >= kAgreement &&
                  (exported.max_steps < 0 || exported.max_steps <= kSteps);
+        }
+        if (!reference.empty()) {
+            // How often the deployed model picks the class its (float) parent picks.
+            pf::ModelFile parent = pf::load_any_model(reference);
+            pf::Model ref(pf::fold_batch_norm(parent.graph), parent.meta);
+            ref.eval();
+            at::NoGradGuard no_grad;
+            at::Tensor want = ref.forward(x).argmax(1);
+            at::Tensor got = pf::run_onnxruntime(target, x).output.argmax(1);
+            result["reference_agreement"] =
+                got.eq(want).to(at::kDouble).mean().item<double>();
+            if (!g.json) {
+                fmt::print("ONNX Runtime vs {} (pocketflow): top-1 agreement {:.2f}% on {} inputs\n",
+                           reference, 100 * result["reference_agreement"].get<double>(),
+                           x.size(0));
+            }
         }
         if (std::filesystem::path(model_path).extension() == ".onnx") {
             double original = compare_with_onnxruntime(file.graph, model_path, x).max_rel_diff;
@@ -627,11 +647,12 @@ int run_cli(int argc, char** argv) {
     exporter->add_flag(
         "--check", export_check,
         "run the result (and an ONNX input) in ONNX Runtime and compare with pocketflow");
-    JobOptions export_job;
-    exporter
-        ->add_option("-c,--config", export_job.config,
-                     "--check a quantized model on this job's test images (default: random)")
-        ->check(CLI::ExistingFile);
+    JobOptions export_job;  // --check of a quantized model: this job's test images
+    add_job_options(exporter, export_job, false);
+    std::string export_reference;
+    exporter->add_option("--reference", export_reference,
+                         "--check: also the top-1 agreement with this model (e.g. the float "
+                         "parent of a quantized one)");
 
     std::vector<std::string> bench_models;
     std::string bench_batches = "1,64", bench_runtimes = "libtorch,onnxruntime";
@@ -681,7 +702,7 @@ int run_cli(int argc, char** argv) {
     }
     if (exporter->parsed()) {
         return cmd_export(export_model, export_format, export_out, export_opset, export_batch,
-                          export_check, export_job, g);
+                          export_check, export_job, export_reference, g);
     }
     if (bench->parsed()) {
         return cmd_bench(bench_models, bench_batches, bench_runtimes, bench_warmup, bench_repeat,

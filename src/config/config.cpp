@@ -465,6 +465,12 @@ void parse_data(ConfigReader& r, DataConfig& d) {
     r.read("image_size", d.image_size, "imagefolder: crop size", ConfigReader::at_least(8));
     r.read("resize", d.resize, "imagefolder: shorter side before cropping",
            ConfigReader::at_least(8));
+    r.read("reshape", d.reshape,
+           "convert every image to [C, H, W] (bilinear; grey to 3 channels by copying)",
+           ConfigReader::in_range(1, 4096));
+    if (!d.reshape.empty() && (d.reshape.size() != 3 || (d.reshape[0] != 1 && d.reshape[0] != 3))) {
+        r.fail("reshape", "expected [C, H, W] with C 1 or 3");
+    }
     d.mean = default_mean(d.dataset);
     d.std = default_std(d.dataset);
     r.read("mean", d.mean, "per-channel mean for normalisation", ConfigReader::in_range(-10, 10));

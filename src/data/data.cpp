@@ -389,6 +389,62 @@ std::shared_ptr<Dataset> load_image_folder(const std::string& root, int64_t resi
                                                 static_cast<int64_t>(classes.size()), resize);
 }
 
+namespace {
+
+/// Another dataset's images resized (bilinear, PyTorch's align_corners=false sampling) and
+/// converted to `shape`'s channel count.
+class ReshapedDataset : public Dataset {
+public:
+    ReshapedDataset(std::shared_ptr<const Dataset> base, std::vector<int64_t> shape)
+        : base_(std::move(base)), shape_(std::move(shape)) {}
+    int64_t size() const override { return base_->size(); }
+    int64_t label(int64_t index) const override { return base_->label(index); }
+    int64_t num_classes() const override { return base_->num_classes(); }
+    std::vector<int64_t> shape() const override { return shape_; }
+    Image get(int64_t index) const override {
+        const Image src = base_->get(index);
+        Image out{shape_[0], shape_[1], shape_[2], {}};
+        out.pixels.resize(static_cast<size_t>(out.channels * out.height * out.width));
+        const double sy = static_cast<double>(src.height) / static_cast<double>(out.height);
+        const double sx = static_cast<double>(src.width) / static_cast<double>(out.width);
+        auto at = [&](int64_t c, int64_t y, int64_t x) {
+            return static_cast<double>(
+                src.pixels[static_cast<size_t>((c * src.height + y) * src.width + x)]);
+        };
+        for (int64_t c = 0; c < out.channels; ++c) {
+            for (int64_t y = 0; y < out.height; ++y) {
+                const double fy = std::max(0.0, (static_cast<double>(y) + 0.5) * sy - 0.5);
+                const int64_t y0 = std::min<int64_t>(static_cast<int64_t>(fy), src.height - 1);
+                const int64_t y1 = std::min<int64_t>(y0 + 1, src.height - 1);
+                const double wy = fy - static_cast<double>(y0);
+                for (int64_t x = 0; x < out.width; ++x) {
+                    const double fx = std::max(0.0, (static_cast<double>(x) + 0.5) * sx - 0.5);
+                    const int64_t x0 = std::min<int64_t>(static_cast<int64_t>(fx), src.width - 1);
+                    const int64_t x1 = std::min<int64_t>(x0 + 1, src.width - 1);
+                    const double wx = fx - static_cast<double>(x0);
+                    // Grey to colour: every channel reads channel 0; colour to grey: the mean.
+                    double v = 0;
+                    const int64_t from = src.channels == out.channels ? c : 0;
+                    const int64_t count = src.channels > out.channels ? src.channels : 1;
+                    for (int64_t k = from; k < from + count; ++k) {
+                        v += (1 - wy) * ((1 - wx) * at(k, y0, x0) + wx * at(k, y0, x1)) +
+                             wy * ((1 - wx) * at(k, y1, x0) + wx * at(k, y1, x1));
+                    }
+                    out.pixels[static_cast<size_t>((c * out.height + y) * out.width + x)] =
+                        static_cast<uint8_t>(std::clamp(std::lround(v / count), 0L, 255L));
+                }
+            }
+        }
+        return out;
+    }
+
+private:
+    std::shared_ptr<const Dataset> base_;
+    std::vector<int64_t> shape_;
+};
+
+}  // namespace
+
 std::shared_ptr<Dataset> make_synthetic(int64_t size,
                                         int64_t num_classes,
                                         const std::vector<int64_t>& shape,
@@ -657,6 +713,14 @@ DataBundle load_data(const DataConfig& cfg, uint64_t seed) {
         }
     } else {
         throw ConfigError(fmt::format("unknown dataset '{}'", ds));
+    }
+    if (!cfg.reshape.empty()) {
+        const int64_t from = d.train_set->shape()[0], to = cfg.reshape[0];
+        PF_CHECK(from == to || from == 1 || to == 1, ConfigError,
+                 "failed to reshape {} images of {} channels to {}", ds, from, to);
+        d.train_set = std::make_shared<ReshapedDataset>(d.train_set, cfg.reshape);
+        d.test_set = d.test_set == nullptr ? nullptr
+                                           : std::make_shared<ReshapedDataset>(d.test_set, cfg.reshape);
     }
     if (d.test_indices.empty()) {
         d.test_indices.resize(static_cast<size_t>(d.test_set->size()));

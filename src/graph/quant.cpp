@@ -66,7 +66,35 @@ ActParams act_params(float lo, float hi, int bits) {
 ActParams act_params(const Node& node) {
     const at::Tensor& r = node.buffers.at("act_range");
     const float* v = r.data_ptr<float>();
-    return act_params(v[0], v[1], node.quant.act_bits);
+    ActParams p = act_params(v[0], v[1], node.quant.act_bits);
+    auto learned = node.params.find("act_scale");
+    if (learned != node.params.end()) {
+        p.scale = std::max(learned->second.item<float>(), 1e-8f);
+    }
+    return p;
+}
+
+void enable_learned_ranges(Graph& graph) {
+    for (auto& n : graph.nodes()) {
+        if (n.quant.act_bits > 0) {
+            n.params["act_scale"] = at::tensor({act_params(n).scale}, at::kFloat);
+        }
+    }
+}
+
+void freeze_learned_ranges(Graph& graph) {
+    at::NoGradGuard no_grad;
+    for (auto& n : graph.nodes()) {
+        auto it = n.params.find("act_scale");
+        if (it == n.params.end()) {
+            continue;
+        }
+        const ActParams p = act_params(n);
+        const float lo = -static_cast<float>(p.zero_point) * p.scale;
+        const float hi = static_cast<float>(p.qmax - p.zero_point) * p.scale;
+        n.buffers.at("act_range").copy_(at::tensor({lo, hi}, at::kFloat));
+        n.params.erase(it);
+    }
 }
 
 bool is_quantized(const Graph& graph) {
@@ -223,6 +251,15 @@ at::Tensor quantized_bias(const Node& node, float input_scale) {
 }
 
 at::Tensor quantize_activation(Node& node, const at::Tensor& x, bool training, double momentum) {
+    auto learned = node.params.find("act_scale");
+    if (learned != node.params.end()) {
+        const ActParams p = act_params(node);
+        const double features = static_cast<double>(x.numel() / std::max<int64_t>(1, x.size(0)));
+        at::Tensor zero = at::full({1}, static_cast<double>(p.zero_point), at::kFloat);
+        return at::_fake_quantize_learnable_per_tensor_affine(
+            x, learned->second.abs().clamp_min(1e-8), zero, 0, p.qmax,
+            1.0 / std::sqrt(features * static_cast<double>(p.qmax)));
+    }
     if (training) {
         at::NoGradGuard no_grad;
         at::Tensor& r = node.buffers.at("act_range");

@@ -439,6 +439,34 @@ TEST(CliTest, UniformQuantizationEndToEnd) {
                       dir);
     EXPECT_EQ(late.code, 2);
     EXPECT_NE(late.err.find("prune before quantizing"), std::string::npos) << late.err;
+    // An interrupted QAT run (learned step sizes) resumes to the same model.
+    const std::string qat = "--set 'pipeline=[{learner: uniform_quantization, ranges: lsq, bits: "
+                            "{weights: 4, activations: 8}, epochs: 1, calibration_images: 64}]' ";
+    Result whole = cli("--json compress --config job.yaml --set output_dir=qat " + from_base + qat, dir);
+    ASSERT_EQ(whole.code, 0) << whole.err;
+    Result cut = cli("compress --config job.yaml --set output_dir=qat_part " + from_base + qat +
+                         "--stop-after-steps 5",
+                     dir);
+    EXPECT_EQ(cut.code, 130) << cut.err;
+    Result resumed = cli(
+        "--json compress --config job.yaml --set output_dir=qat_part " + from_base + qat + "--resume",
+        dir);
+    ASSERT_EQ(resumed.code, 0) << resumed.err;
+    ModelFile ma = load_model((dir.path() / "qat" / "model.pfm").string());
+    ModelFile mb = load_model((dir.path() / "qat_part" / "model.pfm").string());
+    ASSERT_EQ(ma.graph.nodes().size(), mb.graph.nodes().size());
+    for (size_t i = 0; i < ma.graph.nodes().size(); ++i) {
+        const Node& na = ma.graph.nodes()[i];
+        for (const auto* group : {&na.params, &na.buffers}) {
+            for (const auto& [k, t] : *group) {
+                const auto& other = group == &na.params ? mb.graph.nodes()[i].params
+                                                        : mb.graph.nodes()[i].buffers;
+                EXPECT_TRUE(torch::equal(t, other.at(k))) << na.name << "." << k;
+            }
+        }
+    }
+    EXPECT_DOUBLE_EQ(json::parse(whole.out)["top1"].get<double>(),
+                     json::parse(resumed.out)["top1"].get<double>());
 }
 
 }  // namespace

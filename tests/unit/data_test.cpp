@@ -181,6 +181,35 @@ TEST(DataTest, SyntheticIsDeterministicAndBalanced) {
     }
 }
 
+TEST(DataTest, ReshapeResizesAndCopiesGreyToColour) {
+    DataConfig cfg;
+    cfg.dataset = "synthetic";
+    cfg.synthetic_train = 8;
+    cfg.synthetic_test = 4;
+    cfg.synthetic_shape = {1, 8, 8};
+    DataBundle plain = load_data(cfg, 2);
+    cfg.reshape = {3, 16, 16};
+    DataBundle big = load_data(cfg, 2);
+    EXPECT_EQ(big.input_shape, (std::vector<int64_t>{3, 16, 16}));
+    Image a = plain.train_set->get(3), b = big.train_set->get(3);
+    ASSERT_EQ(b.pixels.size(), 3u * 16 * 16);
+    EXPECT_EQ(big.train_set->label(3), plain.train_set->label(3));
+    for (int64_t c = 1; c < 3; ++c) {  // every channel a copy of the grey one
+        EXPECT_TRUE(std::equal(b.pixels.begin(), b.pixels.begin() + 256,
+                               b.pixels.begin() + c * 256));
+    }
+    // Bilinear 2x: interior output pixels lie between their source neighbours; the mean is kept.
+    double mean_a = 0, mean_b = 0;
+    for (auto p : a.pixels) {
+        mean_a += p;
+    }
+    for (size_t i = 0; i < 256; ++i) {
+        mean_b += b.pixels[i];
+    }
+    EXPECT_NEAR(mean_a / 64, mean_b / 256, 2.0);
+    EXPECT_EQ(b.pixels[0], a.pixels[0]);  // corners clamp to the source corner
+}
+
 LoaderOptions options(int64_t batch, bool shuffle) {
     LoaderOptions o;
     o.batch_size = batch;

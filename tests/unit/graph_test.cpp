@@ -3,10 +3,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <fstream>
 
 #include <gtest/gtest.h>
 #include <torch/torch.h>
+#include <zlib.h>
 
 #include "pocketflow/error.h"
 #include "pocketflow/model.h"
@@ -492,6 +494,40 @@ TEST_F(PfmTest, RoundTripKeepsGraphWeightsAndOutputs) {
     torch::NoGradGuard no_grad;
     auto x = torch::randn({2, 3, 32, 32});
     EXPECT_TRUE(torch::equal(a.forward(x), b.forward(x)));
+}
+
+TEST_F(PfmTest, Version1FilesWithAnUncompressedHeaderStillLoad) {
+    testing::TempDir dir;
+    Graph g = build_zoo_model("lenet5", 10, {1, 28, 28});
+    save_model(dir.file("v2.pfm"), g, {});
+    const std::string v2 = read_file(dir.file("v2.pfm"));
+    uint64_t header_len = 0, raw_len = 0;
+    std::memcpy(&header_len, v2.data() + 12, 8);
+    std::memcpy(&raw_len, v2.data() + 20, 8);
+    std::string json_text(raw_len, '\0');
+    uLongf got = raw_len;
+    ASSERT_EQ(uncompress(reinterpret_cast<Bytef*>(json_text.data()), &got,
+                         reinterpret_cast<const Bytef*>(v2.data() + 28), header_len - 8),
+              Z_OK);
+    std::string v1 = v2.substr(0, 8);
+    const uint32_t version = 1;
+    const uint64_t len = json_text.size();
+    v1.append(reinterpret_cast<const char*>(&version), 4);
+    v1.append(reinterpret_cast<const char*>(&len), 8);
+    v1 += json_text;
+    v1 += v2.substr(20 + header_len, v2.size() - 4 - 20 - header_len);
+    const uint32_t crc = crc32_update(0, v1.data(), v1.size());
+    v1.append(reinterpret_cast<const char*>(&crc), 4);
+    write_file_atomic(dir.file("v1.pfm"), v1);
+    ModelFile f = load_model(dir.file("v1.pfm"));
+    ASSERT_EQ(f.graph.nodes().size(), g.nodes().size());
+    for (size_t i = 0; i < g.nodes().size(); ++i) {
+        for (const auto& [k, t] : g.nodes()[i].params) {
+            EXPECT_TRUE(t.equal(f.graph.nodes()[i].params.at(k))) << g.nodes()[i].name << "." << k;
+        }
+        EXPECT_EQ(f.graph.nodes()[i].attrs.kernel, g.nodes()[i].attrs.kernel);
+    }
+    EXPECT_LT(v2.size(), v1.size());  // the deflated header
 }
 
 TEST_F(PfmTest, CorruptionAndTruncationAreClearErrors) {

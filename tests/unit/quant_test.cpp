@@ -156,6 +156,32 @@ TEST(QuantTest, FakeQuantizedActivationsMatchTheReferenceAndTrackTheirRange) {
     EXPECT_TRUE(at::allclose(n.buffers.at("act_range"), at::tensor({-0.5f, 2.5f})));
 }
 
+TEST(QuantTest, LearnedStepSizesGetGradientsAndFreezeBackIntoRanges) {
+    Graph g({1, 4, 4});
+    g.add_unary("relu", Op::kReLU, g.input());
+    g.set_output(1);
+    Node& n = g.nodes()[1];
+    n.quant.act_bits = 8;
+    n.buffers["act_range"] = at::tensor({0.0f, 2.55f});
+    enable_learned_ranges(g);
+    ASSERT_TRUE(n.params.count("act_scale"));
+    EXPECT_FLOAT_EQ(n.params.at("act_scale").item<float>(), 0.01f);
+    n.params.at("act_scale").set_requires_grad(true);
+    at::Tensor x = at::linspace(0, 4, 16).reshape({1, 1, 4, 4});  // part of it beyond the range
+    quantize_activation(n, x, true, 0.01).sum().backward();
+    const float grad = n.params.at("act_scale").grad().item<float>();
+    EXPECT_GT(grad, 0.0f);  // clipped values pull the step size up
+    {
+        at::NoGradGuard no_grad;
+        n.params.at("act_scale").fill_(0.02f);
+    }
+    freeze_learned_ranges(g);
+    EXPECT_FALSE(n.params.count("act_scale"));
+    EXPECT_NEAR(act_params(n).scale, 0.02f, 1e-8);
+    EXPECT_EQ(act_params(n).zero_point, 0);
+    EXPECT_NEAR(n.buffers.at("act_range")[1].item<float>(), 5.1f, 1e-5);
+}
+
 TEST(QuantTest, QuantizationPointsSitWhereAnInt8RuntimeHasThem) {
     Graph g = fold_batch_norm(build_zoo_model("resnet20", 10, {1, 16, 16}));
     QuantReport report = prepare_quantization(g, all_layers(g, {8, 8}));
