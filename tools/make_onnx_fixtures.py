@@ -106,6 +106,12 @@ def main():
     p.add_argument("--torchvision", help="also write full-size torchvision models to this directory")
     p.add_argument("--size", type=int, default=224, help="--torchvision: input height and width")
     p.add_argument("--classes", type=int, default=1000, help="--torchvision: output classes")
+    p.add_argument("--calibrate-bn", action="store_true",
+                   help="--torchvision: BatchNorm statistics measured on random inputs, as "
+                        "training sets them, instead of random ones: the eval-mode export of a "
+                        "random network is then normalised like a trained one's (with random "
+                        "statistics a random MobileNet-v2's ReLU6s saturate and it cannot be "
+                        "fine-tuned)")
     a = p.parse_args()
     torch.manual_seed(0)
     os.makedirs(OUT, exist_ok=True)
@@ -129,7 +135,16 @@ def main():
         os.makedirs(a.torchvision, exist_ok=True)
         for name in ["resnet18", "mobilenet_v2"]:
             model = getattr(torchvision.models, name)(num_classes=a.classes)
-            randomize_bn(model)
+            if a.calibrate_bn:
+                for m in model.modules():
+                    if isinstance(m, nn.BatchNorm2d):
+                        m.momentum = None  # cumulative average over the batches
+                model.train()
+                with torch.no_grad():
+                    for _ in range(8):
+                        model(torch.randn(32, 3, a.size, a.size))
+            else:
+                randomize_bn(model)
             path = os.path.join(a.torchvision, name + ".onnx")
             model.eval()
             torch.onnx.export(model, torch.randn(1, 3, a.size, a.size), path, opset_version=13,

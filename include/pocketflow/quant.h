@@ -104,8 +104,9 @@ at::Tensor quantized_bias(const Node& node, float input_scale);
 /// node's scale is learned (LSQ gradient, scaled by 1/√(features · qmax)).
 at::Tensor quantize_activation(Node& node, const at::Tensor& x, bool training, double momentum);
 
-/// Sets every quantized layer's weight to its grid value s·q (idempotent), so that the float
-/// tensors, the .pfm integers and the exported initializers hold the same numbers.
+/// Recomputes every quantized layer's scales from its weights and sets the weights to their grid
+/// values s·q (idempotent), so that the float tensors, the .pfm integers and the exported
+/// initializers hold the same numbers.
 void snap_quantized_weights(Graph& graph);
 
 /// How activation ranges are calibrated from observed values.

@@ -459,6 +459,7 @@ int cmd_bench(const std::vector<std::string>& models,
         int64_t params = 0, macs = 0;
         uintmax_t bytes = 0;
         std::shared_ptr<pf::Model> model;
+        bool quantized = false;
     };
     std::vector<Entry> entries;
     std::vector<int64_t> shape;
@@ -481,6 +482,13 @@ int cmd_bench(const std::vector<std::string>& models,
         // Deployed as exported: BN folded into the convs (as in the ONNX file).
         e.model = std::make_shared<pf::Model>(pf::fold_batch_norm(file.graph), file.meta);
         e.model->eval();
+        e.quantized = pf::is_quantized(file.graph);
+        if (e.quantized && std::find(runtimes.begin(), runtimes.end(), "libtorch") != runtimes.end()) {
+            spdlog::warn(
+                "{} is quantized: LibTorch runs its float simulation (fake quantization), not "
+                "int8 kernels; time it in ONNX Runtime (--runtime onnxruntime)",
+                e.path);
+        }
         entries.push_back(std::move(e));
     }
     // Per runtime and batch, every model runs on the same input with their timed runs interleaved
@@ -534,7 +542,9 @@ int cmd_bench(const std::vector<std::string>& models,
                      {"images_per_second", 1000.0 * static_cast<double>(b) / t.median_ms},
                      {"speedup", timings[0].median_ms / t.median_ms},
                      {"macs_ratio",
-                      static_cast<double>(entries[0].macs) / static_cast<double>(e.macs)}});
+                      static_cast<double>(entries[0].macs) / static_cast<double>(e.macs)},
+                     {"int8", e.quantized && runtime == "onnxruntime"},
+                     {"simulated", e.quantized && runtime == "libtorch"}});
             }
         }
     }

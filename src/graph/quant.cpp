@@ -279,7 +279,8 @@ void snap_quantized_weights(Graph& graph) {
     at::NoGradGuard no_grad;
     for (auto& n : graph.nodes()) {
         if (n.quant.weight_bits > 0) {
-            n.params.at("weight").copy_(quantized_weight(n, false));
+            // Scales from the final weights (QAT's last step changed them after its forward).
+            n.params.at("weight").copy_(quantized_weight(n, true));
         }
     }
 }

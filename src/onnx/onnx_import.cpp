@@ -465,7 +465,15 @@ private:
         // ---- aliases ----
         if (op == "Identity") {
             check_attrs(n, {});
-            values_[n.output(0)] = value(n, 0);
+            auto c = constants_.find(n.input(0));
+            if (c != constants_.end()) {
+                // PyTorch's export aliases a weight it folded twice (e.g. BN with default
+                // statistics) through Identity.
+                const Constant alias = c->second;
+                constants_[n.output(0)] = alias;
+            } else {
+                values_[n.output(0)] = value(n, 0);
+            }
             return;
         }
         if (op == "Dropout") {

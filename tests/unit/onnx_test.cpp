@@ -209,6 +209,37 @@ std::string single_op_model(const testing::TempDir& dir,
     });
 }
 
+TEST(OnnxImportTest, IdentityOfAWeightIsAnAliasOfIt) {
+    // PyTorch's exporter writes Identity nodes for weights it folded twice (e.g. a conv after a
+    // BatchNorm with default statistics).
+    testing::TempDir dir;
+    at::Tensor w = at::randn({4, 3, 3, 3});
+    auto path = one_node_model(dir, [&](onnx::GraphProto& g) {
+        auto* init = g.add_initializer();
+        init->set_name("w");
+        init->set_data_type(onnx::TensorProto::FLOAT);
+        for (int64_t d : w.sizes()) {
+            init->add_dims(d);
+        }
+        init->set_raw_data(std::string(static_cast<const char*>(w.data_ptr()), w.numel() * 4));
+        auto* id = g.add_node();
+        id->set_name("alias");
+        id->set_op_type("Identity");
+        id->add_input("w");
+        id->add_output("w_alias");
+        auto* conv = g.add_node();
+        conv->set_name("conv");
+        conv->set_op_type("Conv");
+        conv->add_input("x");
+        conv->add_input("w_alias");
+        conv->add_output("y");
+    });
+    ModelFile m = import_onnx(path);
+    const Node& conv = m.graph.nodes()[static_cast<size_t>(m.graph.output())];
+    ASSERT_EQ(conv.op, Op::kConv2d);
+    EXPECT_TRUE(conv.params.at("weight").equal(w));
+}
+
 TEST(OnnxImportTest, UnsupportedOpsAndAttributesAreNamed) {
     testing::TempDir dir;
     auto path = single_op_model(dir, "lrn1", "LRN", {"x"});
