@@ -38,7 +38,7 @@ struct LayerBits {
 
 struct QuantizeOptions {
     std::map<std::string, LayerBits> layers;  ///< Conv2d/Linear nodes to quantize, by name
-    bool per_channel = true;                  ///< weight scales per output channel (else per tensor)
+    bool per_channel = true;  ///< weight scales per output channel (else per tensor)
     /// Largest weight magnitude at 8 bits: 127, or 63 for x86 int8 kernels without VNNI, whose
     /// u8×s8 pair sums saturate at 16 bits (docs/quantization.md).
     int qmax_8bit = 127;
@@ -124,11 +124,8 @@ std::pair<float, float> choose_range(const at::Tensor& sample,
 /// Calibrates the activation ranges of a quantized model on `loader`'s images: every quantization
 /// point observes its float values (weights quantized, activations not) in one pass, and its
 /// range is chosen by `method` (choose_range, on a seeded sample of up to 2^20 values per point).
-void calibrate_activation_ranges(Model& model,
-                                 Loader& loader,
-                                 RangeMethod method,
-                                 double percentile = 99.99,
-                                 uint64_t seed = 0);
+void calibrate_activation_ranges(
+    Model& model, Loader& loader, RangeMethod method, double percentile = 99.99, uint64_t seed = 0);
 
 /// Empirical bias correction (Nagel et al. 2019): layer by layer in graph order, shifts each
 /// quantized layer's bias by the per-channel mean difference between its output in the quantized

@@ -17,8 +17,9 @@ namespace {
 using Clock = std::chrono::steady_clock;
 
 RangeMethod range_method(const std::string& name) {
-    return name == "mse" ? RangeMethod::kMse
-                         : name == "percentile" ? RangeMethod::kPercentile : RangeMethod::kMinMax;
+    return name == "mse"          ? RangeMethod::kMse
+           : name == "percentile" ? RangeMethod::kPercentile
+                                  : RangeMethod::kMinMax;
 }
 
 /// Where a `bits` entry is: the `bits` key's file:line:col (the message names the entry).
@@ -59,9 +60,8 @@ LayerBits read_bits(const ConfigReader& r, const YAML::Node& node, const std::st
         } else if (k == "activations") {
             out.activations = one(kv.second, key + ".activations");
         } else {
-            throw ConfigError(fmt::format(
-                "{}: unknown key {}.{} (expected weights, activations)", where(r, kv.first), key,
-                k));
+            throw ConfigError(fmt::format("{}: unknown key {}.{} (expected weights, activations)",
+                                          where(r, kv.first), key, k));
         }
     }
     return out;
@@ -112,9 +112,9 @@ std::map<std::string, LayerBits> resolve_layer_bits(const Graph& graph,
              stage_path);
     std::map<std::string, LayerBits> bits;
     for (size_t k = 0; k < layers.size(); ++k) {
-        const bool edge = k == 0 || (k + 1 == layers.size() &&
-                                     graph.nodes()[static_cast<size_t>(graph.find(layers[k]))].op ==
-                                         Op::kLinear);
+        const bool edge =
+            k == 0 || (k + 1 == layers.size() &&
+                       graph.nodes()[static_cast<size_t>(graph.find(layers[k]))].op == Op::kLinear);
         bits[layers[k]] = options.keep_first_last && edge ? LayerBits{8, 8} : options.default_bits;
     }
     for (const auto& rule : options.rules) {
@@ -146,8 +146,8 @@ nlohmann::json UniformQuantization::run(RunContext& ctx) {
     Graph graph = fold_batch_norm(ctx.model->graph());
     const int64_t bytes_before = ctx.model->graph().weight_bytes();
     const CpuTarget target = cpu_target(options_.target);
-    const bool reduced =
-        options_.weight_range == "reduced" || (options_.weight_range == "auto" && !target.int8_exact);
+    const bool reduced = options_.weight_range == "reduced" ||
+                         (options_.weight_range == "auto" && !target.int8_exact);
     QuantizeOptions qo;
     qo.layers = resolve_layer_bits(graph, options_, path);
     qo.per_channel = options_.per_channel;
@@ -172,8 +172,8 @@ nlohmann::json UniformQuantization::run(RunContext& ctx) {
         bias_shift = correct_quantized_biases(*model, reference, *calibration);
     }
     const double calibration_seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    spdlog::info("[{}] calibrated {} images ({}{}) in {:.1f} s", path,
-                 calibration->num_samples(), options_.calibration,
+    spdlog::info("[{}] calibrated {} images ({}{}) in {:.1f} s", path, calibration->num_samples(),
+                 options_.calibration,
                  options_.mode == "ptq" && options_.bias_correction
                      ? fmt::format(", bias correction: largest shift {:.3g}", bias_shift)
                      : "",
@@ -242,8 +242,8 @@ void register_uniform_quantization(LearnerRegistry& registry) {
                     {"minmax", "percentile", "mse"});
              r.read("percentile", o.percentile, "percentile calibration: kept percentile",
                     ConfigReader::in_open_range(50, 100));
-             r.read("calibration_images", o.calibration_images,
-                    "training images for calibration", ConfigReader::in_range(1, 1000000));
+             r.read("calibration_images", o.calibration_images, "training images for calibration",
+                    ConfigReader::in_range(1, 1000000));
              r.read("bias_correction", o.bias_correction, "ptq: empirical bias correction");
              r.read("epochs", o.epochs, "qat: training epochs (0: calibration only)",
                     ConfigReader::at_least(0));

@@ -26,12 +26,12 @@ struct UniformQuantizationOptions {
     bool per_channel = true;      ///< per-output-channel weight scales
     std::string weight_range = "auto";  ///< auto | full (±127) | reduced (±63 at 8 bits)
     std::string target = "native";      ///< CPU the model will run on (weight_range auto)
-    std::string calibration = "mse";     ///< minmax | percentile | mse
+    std::string calibration = "mse";    ///< minmax | percentile | mse
     double percentile = 99.99;
     int64_t calibration_images = 256;
-    bool bias_correction = true;  ///< ptq: empirical bias correction
-    int64_t epochs = 2;           ///< qat: epochs of the job's training recipe
-    double lr = 0.001;            ///< qat: learning rate
+    bool bias_correction = true;   ///< ptq: empirical bias correction
+    int64_t epochs = 2;            ///< qat: epochs of the job's training recipe
+    double lr = 0.001;             ///< qat: learning rate
     double range_momentum = 0.01;  ///< qat: batch weight of the activation-range average
     std::string ranges = "ema";    ///< qat: ema (min/max moving average) | lsq (learned scales)
 };

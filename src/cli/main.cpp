@@ -189,12 +189,8 @@ int cmd_info(const std::string& model_path,
     json layers = json::array();
     for (size_t i = 0; i < stats.size(); ++i) {
         const auto& s = stats[i];
-        json row = {{"name", s.name},
-                    {"op", pf::op_name(s.op)},
-                    {"shape", s.out_shape},
-                    {"params", s.params},
-                    {"macs", s.macs},
-                    {"bytes", node_bytes(i)}};
+        json row = {{"name", s.name},     {"op", pf::op_name(s.op)}, {"shape", s.out_shape},
+                    {"params", s.params}, {"macs", s.macs},          {"bytes", node_bytes(i)}};
         const pf::QuantSpec& q = nodes[i].quant;
         if (q.weight_bits > 0) {
             const at::Tensor& ws = nodes[i].buffers.at("weight_scale");
@@ -312,8 +308,8 @@ at::Tensor check_batch(const pf::Graph& graph, const JobOptions& o, const Global
     pf::Job job = load(o, g, {"data.test_limit=256"});
     pf::DataBundle data = pf::load_data(job.data, job.seed);
     PF_CHECK(data.input_shape == shape, ConfigError,
-             "export --check: the model takes input [{}] but {} gives [{}]",
-             fmt::join(shape, ", "), job.data.dataset, fmt::join(data.input_shape, ", "));
+             "export --check: the model takes input [{}] but {} gives [{}]", fmt::join(shape, ", "),
+             job.data.dataset, fmt::join(data.input_shape, ", "));
     auto loader = data.test_loader(job.data);
     std::vector<at::Tensor> images;
     loader->start_epoch(0);
@@ -374,12 +370,11 @@ int cmd_export(const std::string& model_path,
             at::NoGradGuard no_grad;
             at::Tensor want = ref.forward(x).argmax(1);
             at::Tensor got = pf::run_onnxruntime(target, x).output.argmax(1);
-            result["reference_agreement"] =
-                got.eq(want).to(at::kDouble).mean().item<double>();
+            result["reference_agreement"] = got.eq(want).to(at::kDouble).mean().item<double>();
             if (!g.json) {
-                fmt::print("ONNX Runtime vs {} (pocketflow): top-1 agreement {:.2f}% on {} inputs\n",
-                           reference, 100 * result["reference_agreement"].get<double>(),
-                           x.size(0));
+                fmt::print(
+                    "ONNX Runtime vs {} (pocketflow): top-1 agreement {:.2f}% on {} inputs\n",
+                    reference, 100 * result["reference_agreement"].get<double>(), x.size(0));
             }
         }
         if (std::filesystem::path(model_path).extension() == ".onnx") {
@@ -483,7 +478,8 @@ int cmd_bench(const std::vector<std::string>& models,
         e.model = std::make_shared<pf::Model>(pf::fold_batch_norm(file.graph), file.meta);
         e.model->eval();
         e.quantized = pf::is_quantized(file.graph);
-        if (e.quantized && std::find(runtimes.begin(), runtimes.end(), "libtorch") != runtimes.end()) {
+        if (e.quantized &&
+            std::find(runtimes.begin(), runtimes.end(), "libtorch") != runtimes.end()) {
             spdlog::warn(
                 "{} is quantized: LibTorch runs its float simulation (fake quantization), not "
                 "int8 kernels; time it in ONNX Runtime (--runtime onnxruntime)",

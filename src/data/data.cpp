@@ -719,8 +719,9 @@ DataBundle load_data(const DataConfig& cfg, uint64_t seed) {
         PF_CHECK(from == to || from == 1 || to == 1, ConfigError,
                  "failed to reshape {} images of {} channels to {}", ds, from, to);
         d.train_set = std::make_shared<ReshapedDataset>(d.train_set, cfg.reshape);
-        d.test_set = d.test_set == nullptr ? nullptr
-                                           : std::make_shared<ReshapedDataset>(d.test_set, cfg.reshape);
+        d.test_set = d.test_set == nullptr
+                         ? nullptr
+                         : std::make_shared<ReshapedDataset>(d.test_set, cfg.reshape);
     }
     if (d.test_indices.empty()) {
         d.test_indices.resize(static_cast<size_t>(d.test_set->size()));

@@ -149,7 +149,8 @@ Model::Model(Graph graph, ModelMeta meta) : graph_(std::move(graph)), meta_(std:
             const int add_reader = readers[static_cast<size_t>(reader[i])] == 1
                                        ? reader[static_cast<size_t>(reader[i])]
                                        : -1;
-            const bool quantized = add_reader >= 0 && nodes[static_cast<size_t>(add_reader)].quant.any();
+            const bool quantized =
+                add_reader >= 0 && nodes[static_cast<size_t>(add_reader)].quant.any();
             if (other != static_cast<int>(i) && other < static_cast<int>(i) && !read_between &&
                 !quantized) {
                 fused_add_[i] = reader[i];
@@ -285,7 +286,8 @@ at::Tensor Model::forward_capture(const at::Tensor& input,
             values[i] = run_node(n, args, training);
         }
         if (n.quant.act_bits > 0 && act_quant_) {
-            values[i] = quantize_activation(graph_.nodes()[i], values[i], training, range_momentum_);
+            values[i] =
+                quantize_activation(graph_.nodes()[i], values[i], training, range_momentum_);
         }
         for (size_t c = 0; c < capture.size(); ++c) {
             if (capture[c] == static_cast<int>(i)) {

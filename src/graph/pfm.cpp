@@ -109,7 +109,9 @@ void save_model(const std::string& path, const Graph& graph, const ModelMeta& me
               {"buffers", &n.buffers}}) {
             json tensors = json::array();
             for (const auto& [key, t] : *group) {
-                json jt = {{"key", key}, {"shape", t.sizes().vec()}, {"offset", data.size()},
+                json jt = {{"key", key},
+                           {"shape", t.sizes().vec()},
+                           {"offset", data.size()},
                            {"numel", t.numel()}};
                 if (key == "weight" && n.quant.weight_bits > 0) {
                     // Quantized weights: their integers, packed (the scales are a buffer).
@@ -167,8 +169,8 @@ ModelFile load_model(const std::string& path) {
     }
     auto version = get<uint32_t>(in, sizeof(kMagic));
     if (version < 1 || version > static_cast<uint32_t>(kPfmFormatVersion)) {
-        throw bad(fmt::format("format version {} is not supported (this build reads 1–{})",
-                              version, kPfmFormatVersion));
+        throw bad(fmt::format("format version {} is not supported (this build reads 1–{})", version,
+                              kPfmFormatVersion));
     }
     auto header_len = get<uint64_t>(in, sizeof(kMagic) + sizeof(uint32_t));
     if (header_len > in.size() - kPrefix - 4) {
@@ -248,9 +250,9 @@ ModelFile load_model(const std::string& path) {
                         throw bad(fmt::format("tensor {}.{} has an invalid bit width {}", n.name,
                                               jt.at("key").get<std::string>(), bits));
                     }
-                    const uint64_t bytes =
-                        bits != 0 ? static_cast<uint64_t>(packed_bytes(count, bits))
-                                  : static_cast<uint64_t>(count) * sizeof(float);
+                    const uint64_t bytes = bits != 0
+                                               ? static_cast<uint64_t>(packed_bytes(count, bits))
+                                               : static_cast<uint64_t>(count) * sizeof(float);
                     if (count != expect || offset > data_size || bytes > data_size - offset) {
                         throw bad(fmt::format("tensor {}.{} lies outside the data section", n.name,
                                               jt.at("key").get<std::string>()));
@@ -273,10 +275,11 @@ ModelFile load_model(const std::string& path) {
                 auto it = n.buffers.find("weight_scale");
                 if (it == n.buffers.end() ||
                     (it->second.numel() != 1 && it->second.numel() != packed_weight.size(0))) {
-                    throw bad(fmt::format("quantized weight {}.weight has no matching scales",
-                                          n.name));
+                    throw bad(
+                        fmt::format("quantized weight {}.weight has no matching scales", n.name));
                 }
-                if (packed_weight.abs().max().item<int>() > n.quant.weight_qmax) {
+                if (packed_weight.numel() > 0 &&
+                    packed_weight.abs().max().item<int>() > n.quant.weight_qmax) {
                     throw bad(fmt::format("quantized weight {}.weight exceeds its range ±{}",
                                           n.name, n.quant.weight_qmax));
                 }

@@ -16,8 +16,8 @@ namespace pocketflow {
 namespace {
 
 bool pass_through(Op op) {
-    return op == Op::kMaxPool || op == Op::kFlatten || op == Op::kReshape ||
-           op == Op::kIdentity || op == Op::kDropout;
+    return op == Op::kMaxPool || op == Op::kFlatten || op == Op::kReshape || op == Op::kIdentity ||
+           op == Op::kDropout;
 }
 
 bool is_layer(Op op) {
@@ -285,12 +285,8 @@ void snap_quantized_weights(Graph& graph) {
     }
 }
 
-std::pair<float, float> choose_range(const at::Tensor& sample,
-                                     float lo,
-                                     float hi,
-                                     int bits,
-                                     RangeMethod method,
-                                     double percentile) {
+std::pair<float, float> choose_range(
+    const at::Tensor& sample, float lo, float hi, int bits, RangeMethod method, double percentile) {
     if (method == RangeMethod::kMinMax || sample.numel() == 0) {
         return {lo, hi};
     }

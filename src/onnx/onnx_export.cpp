@@ -1,7 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
 // ONNX export (graph IR → ONNX; quantized graphs as QDQ int8 models), with Debian's libonnx.
-#include "pocketflow/onnx.h"
-
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -17,6 +15,7 @@
 #include <spdlog/spdlog.h>
 
 #include "pocketflow/error.h"
+#include "pocketflow/onnx.h"
 #include "pocketflow/quant.h"
 #include "pocketflow/util.h"
 
@@ -225,19 +224,19 @@ private:
         const std::vector<int64_t> sdims =
             per_channel ? std::vector<int64_t>{ws.numel()} : std::vector<int64_t>{};
         at::Tensor q = weight_ints(n).to(at::kChar).contiguous();
-        raw_initializer(n.name + ".weight_q", onnx::TensorProto::INT8, w.sizes().vec(),
-                        std::string(static_cast<const char*>(q.data_ptr()),
-                                    static_cast<size_t>(q.numel())));
+        raw_initializer(
+            n.name + ".weight_q", onnx::TensorProto::INT8, w.sizes().vec(),
+            std::string(static_cast<const char*>(q.data_ptr()), static_cast<size_t>(q.numel())));
         at::Tensor wsc = ws.contiguous();
         raw_initializer(n.name + ".weight_scale", onnx::TensorProto::FLOAT, sdims,
                         std::string(static_cast<const char*>(wsc.data_ptr()),
                                     static_cast<size_t>(ws.numel()) * 4));
         raw_initializer(n.name + ".weight_zero_point", onnx::TensorProto::INT8, sdims,
                         std::string(static_cast<size_t>(ws.numel()), '\0'));
-        auto* dq = node("DequantizeLinear", n.name + "_weight_dequantize",
-                        {n.name + ".weight_q", n.name + ".weight_scale",
-                         n.name + ".weight_zero_point"},
-                        n.name + ".weight_dq");
+        auto* dq =
+            node("DequantizeLinear", n.name + "_weight_dequantize",
+                 {n.name + ".weight_q", n.name + ".weight_scale", n.name + ".weight_zero_point"},
+                 n.name + ".weight_dq");
         if (per_channel) {
             set_int(dq, "axis", 0);
         }
@@ -252,12 +251,12 @@ private:
         const int64_t c = bq.numel();
         bq = bq.contiguous();
         bs = bs.contiguous();
-        raw_initializer(n.name + ".bias_q", onnx::TensorProto::INT32, {c},
-                        std::string(static_cast<const char*>(bq.data_ptr()),
-                                    static_cast<size_t>(c) * 4));
-        raw_initializer(n.name + ".bias_scale", onnx::TensorProto::FLOAT, {c},
-                        std::string(static_cast<const char*>(bs.data_ptr()),
-                                    static_cast<size_t>(c) * 4));
+        raw_initializer(
+            n.name + ".bias_q", onnx::TensorProto::INT32, {c},
+            std::string(static_cast<const char*>(bq.data_ptr()), static_cast<size_t>(c) * 4));
+        raw_initializer(
+            n.name + ".bias_scale", onnx::TensorProto::FLOAT, {c},
+            std::string(static_cast<const char*>(bs.data_ptr()), static_cast<size_t>(c) * 4));
         raw_initializer(n.name + ".bias_zero_point", onnx::TensorProto::INT32, {c},
                         std::string(static_cast<size_t>(c) * 4, '\0'));
         set_int(node("DequantizeLinear", n.name + "_bias_dequantize",

@@ -1,7 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
 // ONNX import (ONNX protobufs → graph IR), with Debian's libonnx. Export: onnx_export.cpp.
-#include "pocketflow/onnx.h"
-
 #include <cctype>
 #include <cmath>
 #include <cstring>
@@ -20,6 +18,7 @@
 #include <unistd.h>
 
 #include "pocketflow/error.h"
+#include "pocketflow/onnx.h"
 #include "pocketflow/util.h"
 
 namespace pocketflow {

@@ -1,7 +1,5 @@
 // SPDX-License-Identifier: Apache-2.0
 // Running ONNX files in ONNX Runtime (Node.js + onnxruntime-node, tools/ort/run.js).
-#include "pocketflow/onnx.h"
-
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -11,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "pocketflow/error.h"
+#include "pocketflow/onnx.h"
 #include "pocketflow/util.h"
 
 namespace pocketflow {

@@ -115,8 +115,8 @@ double correct_quantized_biases(Model& model, Model& reference, Loader& loader) 
         if (count == 0) {
             continue;
         }
-        at::Tensor shift = got / static_cast<double>(count) -
-                           want[k] / static_cast<double>(want_count[k]);
+        at::Tensor shift =
+            got / static_cast<double>(count) - want[k] / static_cast<double>(want_count[k]);
         nodes[static_cast<size_t>(layers[k])].params.at("bias").sub_(shift);
         largest = std::max(largest, shift.abs().max().item<double>());
     }

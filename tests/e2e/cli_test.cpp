@@ -362,8 +362,7 @@ TEST(CliTest, ChannelPruningPipelineEndToEnd) {
 
 TEST(CliTest, UniformQuantizationEndToEnd) {
     testing::TempDir dir;
-    write_file_atomic(dir.file("job.yaml"),
-                      std::string(kTinyJob) + "export: {onnx: true}\n");
+    write_file_atomic(dir.file("job.yaml"), std::string(kTinyJob) + "export: {onnx: true}\n");
     Result base = cli("--json train --config job.yaml --set output_dir=base", dir);
     ASSERT_EQ(base.code, 0) << base.err;
     json b = json::parse(base.out);
@@ -405,12 +404,12 @@ TEST(CliTest, UniformQuantizationEndToEnd) {
         EXPECT_EQ(c["check_samples"], 128);
     }
     // Pruning then quantization-aware training in one job: a pruned 4-bit model.
-    Result chained = cli(
-        "--json compress --config job.yaml --set output_dir=chained " + from_base +
-            "--set 'pipeline=[{learner: channel_pruning, flops_target: 0.6, criterion: l1, "
-            "channel_multiple: 1, finetune_epochs: 1}, {learner: uniform_quantization, bits: "
-            "{default: 4, \"fc2\": {weights: 8, activations: 8}}, epochs: 1, lr: 0.01}]'",
-        dir);
+    Result chained =
+        cli("--json compress --config job.yaml --set output_dir=chained " + from_base +
+                "--set 'pipeline=[{learner: channel_pruning, flops_target: 0.6, criterion: l1, "
+                "channel_multiple: 1, finetune_epochs: 1}, {learner: uniform_quantization, bits: "
+                "{default: 4, \"fc2\": {weights: 8, activations: 8}}, epochs: 1, lr: 0.01}]'",
+            dir);
     ASSERT_EQ(chained.code, 0) << chained.err;
     json c = json::parse(chained.out);
     EXPECT_LT(c["macs"].get<double>(), 0.7 * b["macs"].get<double>());
@@ -434,23 +433,26 @@ TEST(CliTest, UniformQuantizationEndToEnd) {
     EXPECT_NE(glob.err.find("pipeline[0].bits.layer3_*: the glob matches no conv or linear layer"),
               std::string::npos)
         << glob.err;
-    Result late = cli("compress --config job.yaml --set model.arch= --set model.path=ptq/model.pfm "
-                      "--set 'pipeline=[{learner: channel_pruning, flops_target: 0.5}]'",
-                      dir);
+    Result late =
+        cli("compress --config job.yaml --set model.arch= --set model.path=ptq/model.pfm "
+            "--set 'pipeline=[{learner: channel_pruning, flops_target: 0.5}]'",
+            dir);
     EXPECT_EQ(late.code, 2);
     EXPECT_NE(late.err.find("prune before quantizing"), std::string::npos) << late.err;
     // An interrupted QAT run (learned step sizes) resumes to the same model.
-    const std::string qat = "--set 'pipeline=[{learner: uniform_quantization, ranges: lsq, bits: "
-                            "{weights: 4, activations: 8}, epochs: 1, calibration_images: 64}]' ";
-    Result whole = cli("--json compress --config job.yaml --set output_dir=qat " + from_base + qat, dir);
+    const std::string qat =
+        "--set 'pipeline=[{learner: uniform_quantization, ranges: lsq, bits: "
+        "{weights: 4, activations: 8}, epochs: 1, calibration_images: 64}]' ";
+    Result whole =
+        cli("--json compress --config job.yaml --set output_dir=qat " + from_base + qat, dir);
     ASSERT_EQ(whole.code, 0) << whole.err;
     Result cut = cli("compress --config job.yaml --set output_dir=qat_part " + from_base + qat +
                          "--stop-after-steps 5",
                      dir);
     EXPECT_EQ(cut.code, 130) << cut.err;
-    Result resumed = cli(
-        "--json compress --config job.yaml --set output_dir=qat_part " + from_base + qat + "--resume",
-        dir);
+    Result resumed = cli("--json compress --config job.yaml --set output_dir=qat_part " +
+                             from_base + qat + "--resume",
+                         dir);
     ASSERT_EQ(resumed.code, 0) << resumed.err;
     ModelFile ma = load_model((dir.path() / "qat" / "model.pfm").string());
     ModelFile mb = load_model((dir.path() / "qat_part" / "model.pfm").string());
@@ -459,8 +461,8 @@ TEST(CliTest, UniformQuantizationEndToEnd) {
         const Node& na = ma.graph.nodes()[i];
         for (const auto* group : {&na.params, &na.buffers}) {
             for (const auto& [k, t] : *group) {
-                const auto& other = group == &na.params ? mb.graph.nodes()[i].params
-                                                        : mb.graph.nodes()[i].buffers;
+                const auto& other =
+                    group == &na.params ? mb.graph.nodes()[i].params : mb.graph.nodes()[i].buffers;
                 EXPECT_TRUE(torch::equal(t, other.at(k))) << na.name << "." << k;
             }
         }

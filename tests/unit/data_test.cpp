@@ -195,8 +195,8 @@ TEST(DataTest, ReshapeResizesAndCopiesGreyToColour) {
     ASSERT_EQ(b.pixels.size(), 3u * 16 * 16);
     EXPECT_EQ(big.train_set->label(3), plain.train_set->label(3));
     for (int64_t c = 1; c < 3; ++c) {  // every channel a copy of the grey one
-        EXPECT_TRUE(std::equal(b.pixels.begin(), b.pixels.begin() + 256,
-                               b.pixels.begin() + c * 256));
+        EXPECT_TRUE(
+            std::equal(b.pixels.begin(), b.pixels.begin() + 256, b.pixels.begin() + c * 256));
     }
     // Bilinear 2x: interior output pixels lie between their source neighbours; the mean is kept.
     double mean_a = 0, mean_b = 0;

@@ -65,8 +65,9 @@ std::shared_ptr<Model> quantized_zoo(const std::string& arch,
         model->forward_capture(x, points, values);
         nodes[0].buffers.at("act_range").copy_(at::stack({x.min(), x.max()}));
         for (size_t k = 0; k < points.size(); ++k) {
-            nodes[static_cast<size_t>(points[k])].buffers.at("act_range").copy_(
-                at::stack({values[k].min(), values[k].max()}));
+            nodes[static_cast<size_t>(points[k])]
+                .buffers.at("act_range")
+                .copy_(at::stack({values[k].min(), values[k].max()}));
         }
     }
     model->set_activation_quant(true);
@@ -90,7 +91,8 @@ TEST(QuantTest, PackingRoundTripsAtEveryBitWidth) {
             EXPECT_TRUE(back.equal(q)) << bits << " bits, " << count << " values";
         }
     }
-    testing::expect_error<Error>([] { pack_ints(at::tensor({8}, at::kInt), 4); }, "does not fit 4 bits");
+    testing::expect_error<Error>([] { pack_ints(at::tensor({8}, at::kInt), 4); },
+                                 "does not fit 4 bits");
 }
 
 TEST(QuantTest, ActivationParametersHoldZeroAndTheRange) {
@@ -98,7 +100,7 @@ TEST(QuantTest, ActivationParametersHoldZeroAndTheRange) {
     EXPECT_EQ(relu.zero_point, 0);
     EXPECT_FLOAT_EQ(relu.scale, 0.01f);
     ActParams both = act_params(-1.0f, 3.0f, 8);
-    EXPECT_EQ(both.zero_point, 64);  // round(1 / (4 / 255))
+    EXPECT_EQ(both.zero_point, 64);                  // round(1 / (4 / 255))
     ActParams positive = act_params(0.5f, 1.0f, 4);  // widened to hold 0
     EXPECT_EQ(positive.qmax, 15);
     EXPECT_EQ(positive.zero_point, 0);
@@ -124,8 +126,8 @@ TEST(QuantTest, FakeQuantizedWeightsMatchTheReferenceAndPassGradientsStraightThr
         const double qmax = weight_qmax(bits);
         // Reference: per output channel s = max|w| / qmax, q = round(w / s), w = s q.
         at::Tensor s = std::get<0>(w.abs().reshape({5, -1}).max(1)) / qmax;
-        at::Tensor ref = at::round(w / s.reshape({-1, 1, 1, 1})).clamp(-qmax, qmax) *
-                         s.reshape({-1, 1, 1, 1});
+        at::Tensor ref =
+            at::round(w / s.reshape({-1, 1, 1, 1})).clamp(-qmax, qmax) * s.reshape({-1, 1, 1, 1});
         conv.params.at("weight").set_requires_grad(true);
         at::Tensor got = quantized_weight(conv, true);
         EXPECT_TRUE(at::allclose(got, ref, 1e-6, 1e-7)) << bits << " bits";
@@ -191,7 +193,7 @@ TEST(QuantTest, QuantizationPointsSitWhereAnInt8RuntimeHasThem) {
         return g.nodes()[static_cast<size_t>(g.find(name))].quant.act_bits > 0;
     };
     EXPECT_GT(g.nodes()[0].quant.act_bits, 0);  // the image entering conv1
-    EXPECT_FALSE(quantized("conv1"));            // conv → ReLU: after the ReLU
+    EXPECT_FALSE(quantized("conv1"));           // conv → ReLU: after the ReLU
     EXPECT_TRUE(quantized("conv1_relu"));
     EXPECT_TRUE(quantized("layer1_0_conv2"));  // conv → residual Add: the conv's output
     EXPECT_FALSE(quantized("layer1_0_add"));   // Add → ReLU: after the ReLU
@@ -217,9 +219,11 @@ TEST(QuantTest, BadQuantizationRequestsAreInputErrors) {
     Graph g = fold_batch_norm(build_zoo_model("lenet5", 10, {1, 28, 28}));
     QuantizeOptions o;
     o.layers["relu1"] = {8, 8};
-    testing::expect_error<InputError>([&] { prepare_quantization(g, o); }, "only Conv2d and Linear");
+    testing::expect_error<InputError>([&] { prepare_quantization(g, o); },
+                                      "only Conv2d and Linear");
     o.layers = {{"conv1", {9, 8}}};
-    testing::expect_error<InputError>([&] { prepare_quantization(g, o); }, "weight bits 9 outside 2–8");
+    testing::expect_error<InputError>([&] { prepare_quantization(g, o); },
+                                      "weight bits 9 outside 2–8");
     o.layers = {{"conv1", {8, 1}}};
     testing::expect_error<InputError>([&] { prepare_quantization(g, o); }, "activation bits 1");
     o.layers = {{"nope", {8, 8}}};
@@ -239,9 +243,10 @@ TEST(QuantTest, LayerBitsFollowTheDefaultTheGlobsAndTheFirstLastRule) {
     o.rules.push_back({"fc", {4, 4}, "job.yaml:4:5"});  // named explicitly: no longer 8 bits
     EXPECT_EQ(learners::resolve_layer_bits(g, o, "pipeline[0]").at("fc"), (LayerBits{4, 4}));
     o.rules.push_back({"layer9_*", {4, 4}, "job.yaml:5:5"});
-    testing::expect_error<ConfigError>([&] { learners::resolve_layer_bits(g, o, "pipeline[0]"); },
-                              "job.yaml:5:5: failed to read pipeline[0].bits.layer9_*: the glob "
-                              "matches no conv or linear layer");
+    testing::expect_error<ConfigError>(
+        [&] { learners::resolve_layer_bits(g, o, "pipeline[0]"); },
+        "job.yaml:5:5: failed to read pipeline[0].bits.layer9_*: the glob "
+        "matches no conv or linear layer");
 }
 
 TEST(QuantTest, RangeCalibrationMethodsClipOutliers) {
@@ -297,7 +302,11 @@ TEST(QuantTest, BiasCorrectionRemovesTheMeanShiftOfQuantizedLayers) {
         loader.start_epoch(0);
         double e = 0;
         while (auto b = loader.next()) {
-            e += (model->forward(b->images) - reference.forward(b->images)).mean(0).abs().sum().item<double>();
+            e += (model->forward(b->images) - reference.forward(b->images))
+                     .mean(0)
+                     .abs()
+                     .sum()
+                     .item<double>();
         }
         return e;
     };
