@@ -477,11 +477,22 @@ void Graph::validate() const {
                      "±{})",
                      n.name, q.weight_bits, q.weight_qmax);
         }
+        if (q.weight_bits != 0) {
+            const at::Tensor& s = n.buffers.at("weight_scale");
+            PF_CHECK(at::isfinite(s).all().item<bool>() && (s > 0).all().item<bool>(), InputError,
+                     "invalid graph: node {} has weight scales that are not finite and positive",
+                     n.name);
+        }
         if (q.act_bits != 0) {
             PF_CHECK(q.act_bits >= 2 && q.act_bits <= 8 && n.buffers.count("act_range") &&
                          n.buffers.at("act_range").numel() == 2,
                      InputError, "invalid graph: node {} has inconsistent activation quantization",
                      n.name);
+            const at::Tensor& r = n.buffers.at("act_range");
+            PF_CHECK(at::isfinite(r).all().item<bool>() &&
+                         r[0].item<float>() <= r[1].item<float>(),
+                     InputError, "invalid graph: node {} has an invalid activation range [{}, {}]",
+                     n.name, r[0].item<float>(), r[1].item<float>());
         }
     }
     PF_CHECK(output_ > 0 && static_cast<size_t>(output_) < nodes_.size(), InputError,
@@ -585,7 +596,8 @@ Graph fold_batch_norm(const Graph& graph) {
         const bool foldable =
             n.op == Op::kBatchNorm2d && nodes[static_cast<size_t>(n.inputs[0])].op == Op::kConv2d &&
             readers[static_cast<size_t>(n.inputs[0])] == 1 && n.inputs[0] != graph.output() &&
-            !nodes[static_cast<size_t>(n.inputs[0])].quant.any();  // scales fit the weights
+            !nodes[static_cast<size_t>(n.inputs[0])].quant.any() &&  // scales fit the weights
+            !n.quant.any();  // a quantized BN output keeps its node
         if (foldable) {
             // y = γ (W x + b − μ) / √(σ² + ε) + β: scale the conv's output rows, shift its bias.
             Node& conv = out.nodes()[static_cast<size_t>(remap[static_cast<size_t>(n.inputs[0])])];

@@ -273,6 +273,13 @@ ModelFile load_model(const std::string& path) {
             if (packed_bits != 0) {
                 // w = s · q, as the quantized model computes it (quantized_weight gives it back).
                 auto it = n.buffers.find("weight_scale");
+                const int64_t rank = n.op == Op::kConv2d ? 4 : n.op == Op::kLinear ? 2 : -1;
+                if (packed_weight.dim() != rank) {
+                    throw bad(fmt::format("quantized weight {}.weight has shape [{}]; a {} needs "
+                                          "{} dimensions",
+                                          n.name, fmt::join(packed_weight.sizes().vec(), ", "),
+                                          op_name(n.op), rank));
+                }
                 if (it == n.buffers.end() ||
                     (it->second.numel() != 1 && it->second.numel() != packed_weight.size(0))) {
                     throw bad(
@@ -303,6 +310,8 @@ ModelFile load_model(const std::string& path) {
         file.graph = std::move(g);
     } catch (const json::exception& e) {
         throw bad(fmt::format("malformed header: {}", e.what()));
+    } catch (const c10::Error& e) {
+        throw bad(e.what_without_backtrace());
     } catch (const Error& e) {
         if (std::string(e.what()).rfind("failed to load model", 0) == 0) {
             throw;

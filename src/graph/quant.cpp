@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
+#include <map>
 #include <limits>
 
 #include <ATen/ATen.h>
@@ -69,7 +71,7 @@ ActParams act_params(const Node& node) {
     ActParams p = act_params(v[0], v[1], node.quant.act_bits);
     auto learned = node.params.find("act_scale");
     if (learned != node.params.end()) {
-        p.scale = std::max(learned->second.item<float>(), 1e-8f);
+        p.scale = std::max(std::abs(learned->second.item<float>()), 1e-8f);  // as the forward
     }
     return p;
 }
@@ -188,9 +190,51 @@ QuantReport prepare_quantization(Graph& graph, const QuantizeOptions& options) {
             need(static_cast<int>(i), b);
         }
     }
+    // The bits of each quantized value: the widest input bits of the quantized layers that read
+    // it (through pass-through ops). A value no quantized layer reads (a conv output going into a
+    // residual Add, the last Add's output going into the pool) takes the bits of what it is
+    // computed from: its layer's input bits, the widest input of its Add, its pool's input.
+    std::map<int, int> layer_bits;
+    for (const auto& [name, lb] : options.layers) {
+        layer_bits[graph.find(name)] = lb.activations;
+    }
+    std::function<int(int)> read_bits = [&](int v) {
+        int b = 0;
+        for (int r : readers[static_cast<size_t>(v)]) {
+            auto it = layer_bits.find(r);
+            if (it != layer_bits.end() && nodes[static_cast<size_t>(r)].inputs[0] == v) {
+                b = std::max(b, it->second);
+            } else if (pass_through(nodes[static_cast<size_t>(r)].op)) {
+                b = std::max(b, read_bits(r));
+            }
+        }
+        return b;
+    };
+    std::vector<int> value_bits(count, 0);
     for (size_t i = 0; i < count; ++i) {
-        if (bits[i] > 0) {
-            nodes[i].quant.act_bits = bits[i];
+        if (bits[i] == 0) {
+            continue;
+        }
+        int b = read_bits(static_cast<int>(i));
+        if (b == 0) {
+            const Node& n = nodes[i];
+            const int from = (n.op == Op::kReLU || n.op == Op::kClip) ? n.inputs[0]
+                                                                       : static_cast<int>(i);
+            const Node& p = nodes[static_cast<size_t>(from)];
+            auto it = layer_bits.find(from);
+            if (it != layer_bits.end()) {
+                b = it->second;
+            } else if (p.op == Op::kAdd || p.op == Op::kGlobalAvgPool) {
+                for (int in : p.inputs) {
+                    b = std::max(b, value_bits[static_cast<size_t>(source(in))]);
+                }
+            }
+        }
+        value_bits[i] = b > 0 ? b : bits[i];
+    }
+    for (size_t i = 0; i < count; ++i) {
+        if (value_bits[i] > 0) {
+            nodes[i].quant.act_bits = value_bits[i];
             nodes[i].buffers["act_range"] = at::zeros({2}, at::kFloat);
         }
     }
@@ -239,8 +283,10 @@ std::pair<at::Tensor, at::Tensor> bias_ints(const Node& node, float input_scale)
     const at::Tensor& s = node.buffers.at("weight_scale");
     const int64_t c = node.params.at("weight").size(0);
     at::Tensor scale = (s.expand({c}) * input_scale).contiguous();  // float32, as stored
-    constexpr double kLimit = 2147483647.0;
-    at::Tensor q = at::round(node.params.at("bias").detach() / scale).clamp(-kLimit, kLimit);
+    // In double: float32 cannot hold 2^31 - 1, and a tiny scale (a dead channel or input) would
+    // otherwise wrap around to INT_MIN.
+    at::Tensor q = at::round(node.params.at("bias").detach().to(at::kDouble) / scale.to(at::kDouble))
+                       .clamp(-2147483648.0, 2147483647.0);
     return {q.to(at::kInt), scale};
 }
 

@@ -17,6 +17,7 @@
 #include "pocketflow/learner.h"
 #include "pocketflow/onnx.h"
 #include "pocketflow/pfm.h"
+#include "pocketflow/quant.h"
 #include "pocketflow/util.h"
 #include "pocketflow/zoo.h"
 
@@ -244,6 +245,13 @@ std::unique_ptr<Loader> calibration_loader(const RunContext& ctx,
 int restore_batch_norm(const Job& job, const DataBundle& data, std::shared_ptr<Model>& model) {
     const std::string& mode = job.model.restore_bn;
     if (mode == "false" || (mode == "auto" && job.model.onnx.empty())) {
+        return 0;
+    }
+    if (is_quantized(model->graph())) {
+        // Its scales describe the convs as they are; rescaling them for BatchNorm would not.
+        PF_CHECK(mode != "true", ConfigError,
+                 "model.restore_bn: true cannot apply to a quantized model (its scales describe "
+                 "the convs as they are)");
         return 0;
     }
     const std::vector<int> convs = folded_convs(model->graph());

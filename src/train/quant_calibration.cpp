@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Calibration of quantized models on real images: activation ranges and bias correction.
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 #include <ATen/ATen.h>
@@ -8,6 +9,7 @@
 #include <spdlog/spdlog.h>
 
 #include "pocketflow/data.h"
+#include "pocketflow/error.h"
 #include "pocketflow/model.h"
 #include "pocketflow/quant.h"
 
@@ -57,7 +59,9 @@ void calibrate_activation_ranges(
     };
     std::vector<at::Tensor> captured;
     loader.start_epoch(0);
+    int64_t batches = 0;
     while (auto batch = loader.next()) {
+        ++batches;
         model.forward_capture(batch->images, points, captured);
         if (input_point) {
             observe(0, batch->images);
@@ -66,6 +70,8 @@ void calibrate_activation_ranges(
             observe(k + 1, captured[k]);
         }
     }
+    PF_CHECK(batches > 0, InputError,
+             "cannot calibrate activation ranges: the calibration set has no images");
     auto set_range = [&](Node& n, size_t slot) {
         at::Tensor sample = samples[slot].empty() ? at::Tensor() : at::cat(samples[slot]);
         auto [l, h] = choose_range(sample.defined() ? sample : at::empty({0}), lo[slot], hi[slot],
@@ -107,11 +113,17 @@ double correct_quantized_biases(Model& model, Model& reference, Loader& loader) 
     for (size_t k = 0; k < layers.size(); ++k) {
         at::Tensor got;
         int64_t count = 0;
+        // The layer's raw output: a layer that owns its output quantization (conv → Add) would
+        // otherwise be compared after clipping and rounding.
+        Node& layer = nodes[static_cast<size_t>(layers[k])];
+        const int act_bits = layer.quant.act_bits;
+        layer.quant.act_bits = 0;
         loader.start_epoch(0);
         while (auto batch = loader.next()) {
             model.forward_capture(batch->images, {layers[k]}, captured);
             add_channel_sums(captured[0], got, count);
         }
+        layer.quant.act_bits = act_bits;
         if (count == 0) {
             continue;
         }

@@ -215,6 +215,23 @@ TEST(QuantTest, QuantizationPointsSitWhereAnInt8RuntimeHasThem) {
     EXPECT_TRUE(fc_float);
 }
 
+TEST(QuantTest, ActivationBitsAreTheInputBitsOfTheLayersThatReadThem) {
+    Graph g = fold_batch_norm(build_zoo_model("resnet20", 10, {1, 16, 16}));
+    QuantizeOptions o = all_layers(g, {4, 4});
+    o.layers["conv1"] = {8, 8};  // what keep_first_last does
+    o.layers["fc"] = {8, 8};
+    prepare_quantization(g, o);
+    auto bits = [&](const std::string& name) {
+        return g.nodes()[static_cast<size_t>(g.find(name))].quant.act_bits;
+    };
+    EXPECT_EQ(g.nodes()[0].quant.act_bits, 8);  // read by conv1 (8-bit inputs)
+    EXPECT_EQ(bits("conv1_relu"), 4);           // read by layer1_0_conv1 (4) and an Add
+    EXPECT_EQ(bits("layer1_0_conv2"), 4);       // read by an Add only: its own input bits
+    EXPECT_EQ(bits("layer2_0_relu"), 4);        // the residual stream stays at 4 bits
+    EXPECT_EQ(bits("layer3_2_relu"), 4);        // the last Add's output, read by the pool only
+    EXPECT_EQ(bits("avgpool"), 8);              // read (through Flatten) by fc (8)
+}
+
 TEST(QuantTest, BadQuantizationRequestsAreInputErrors) {
     Graph g = fold_batch_norm(build_zoo_model("lenet5", 10, {1, 28, 28}));
     QuantizeOptions o;
