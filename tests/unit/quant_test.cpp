@@ -232,6 +232,28 @@ TEST(QuantTest, ActivationBitsAreTheInputBitsOfTheLayersThatReadThem) {
     EXPECT_EQ(bits("avgpool"), 8);              // read (through Flatten) by fc (8)
 }
 
+TEST(QuantTest, BiasesOfDeadChannelsSaturateInsteadOfWrappingAround) {
+    Graph g({1, 4, 4});
+    g.add_conv("conv", g.input(), 1, 2, 1, 1, 0, 1, true);
+    g.set_output(1);
+    Node& conv = g.nodes()[1];
+    {
+        at::NoGradGuard no_grad;
+        conv.params.at("weight").zero_();  // dead channels: scales clamp to 1e-8
+        conv.params.at("bias").copy_(at::tensor({1.0f, -1.0f}));
+    }
+    prepare_quantization(g, all_layers(g, {8, 8}));
+    auto [q, scale] = bias_ints(conv, 1e-8f);
+    EXPECT_EQ(q[0].item<int>(), 2147483647);
+    EXPECT_EQ(q[1].item<int>(), -2147483647 - 1);
+    // Scales and ranges that no quantizer would write are rejected when a graph is checked.
+    conv.buffers.at("weight_scale")[0] = -1.0f;
+    testing::expect_error<InputError>([&] { g.validate(); }, "not finite and positive");
+    conv.buffers.at("weight_scale")[0] = 1.0f;
+    g.nodes()[0].buffers.at("act_range").copy_(at::tensor({1.0f, -1.0f}));
+    testing::expect_error<InputError>([&] { g.validate(); }, "invalid activation range");
+}
+
 TEST(QuantTest, BadQuantizationRequestsAreInputErrors) {
     Graph g = fold_batch_norm(build_zoo_model("lenet5", 10, {1, 28, 28}));
     QuantizeOptions o;
