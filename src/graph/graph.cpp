@@ -489,8 +489,7 @@ void Graph::validate() const {
                      InputError, "invalid graph: node {} has inconsistent activation quantization",
                      n.name);
             const at::Tensor& r = n.buffers.at("act_range");
-            PF_CHECK(at::isfinite(r).all().item<bool>() &&
-                         r[0].item<float>() <= r[1].item<float>(),
+            PF_CHECK(at::isfinite(r).all().item<bool>() && r[0].item<float>() <= r[1].item<float>(),
                      InputError, "invalid graph: node {} has an invalid activation range [{}, {}]",
                      n.name, r[0].item<float>(), r[1].item<float>());
         }

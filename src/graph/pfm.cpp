@@ -275,10 +275,10 @@ ModelFile load_model(const std::string& path) {
                 auto it = n.buffers.find("weight_scale");
                 const int64_t rank = n.op == Op::kConv2d ? 4 : n.op == Op::kLinear ? 2 : -1;
                 if (packed_weight.dim() != rank) {
-                    throw bad(fmt::format("quantized weight {}.weight has shape [{}]; a {} needs "
-                                          "{} dimensions",
-                                          n.name, fmt::join(packed_weight.sizes().vec(), ", "),
-                                          op_name(n.op), rank));
+                    throw bad(fmt::format(
+                        "quantized weight {}.weight has shape [{}]; a {} needs "
+                        "{} dimensions",
+                        n.name, fmt::join(packed_weight.sizes().vec(), ", "), op_name(n.op), rank));
                 }
                 if (it == n.buffers.end() ||
                     (it->second.numel() != 1 && it->second.numel() != packed_weight.size(0))) {

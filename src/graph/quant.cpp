@@ -6,8 +6,8 @@
 #include <algorithm>
 #include <cmath>
 #include <functional>
-#include <map>
 #include <limits>
+#include <map>
 
 #include <ATen/ATen.h>
 
@@ -218,8 +218,8 @@ QuantReport prepare_quantization(Graph& graph, const QuantizeOptions& options) {
         int b = read_bits(static_cast<int>(i));
         if (b == 0) {
             const Node& n = nodes[i];
-            const int from = (n.op == Op::kReLU || n.op == Op::kClip) ? n.inputs[0]
-                                                                       : static_cast<int>(i);
+            const int from =
+                (n.op == Op::kReLU || n.op == Op::kClip) ? n.inputs[0] : static_cast<int>(i);
             const Node& p = nodes[static_cast<size_t>(from)];
             auto it = layer_bits.find(from);
             if (it != layer_bits.end()) {
@@ -285,8 +285,9 @@ std::pair<at::Tensor, at::Tensor> bias_ints(const Node& node, float input_scale)
     at::Tensor scale = (s.expand({c}) * input_scale).contiguous();  // float32, as stored
     // In double: float32 cannot hold 2^31 - 1, and a tiny scale (a dead channel or input) would
     // otherwise wrap around to INT_MIN.
-    at::Tensor q = at::round(node.params.at("bias").detach().to(at::kDouble) / scale.to(at::kDouble))
-                       .clamp(-2147483648.0, 2147483647.0);
+    at::Tensor q =
+        at::round(node.params.at("bias").detach().to(at::kDouble) / scale.to(at::kDouble))
+            .clamp(-2147483648.0, 2147483647.0);
     return {q.to(at::kInt), scale};
 }
 

@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace pocketflow {
+
+/// The search machinery that picks per-layer compression (AMC, He et al. 2018): a DDPG agent and
+/// the budget arithmetic that makes every episode meet the budget. Learners describe their
+/// decision points; the agent knows nothing about models (ALGORITHMS.md, "The RL agent").
+
+/// The cost of one decision point as a function of its action a ∈ [lo, hi]: fixed + linear · a
+/// (e.g. a layer's MACs when a is its kept ratio, with the part that does not shrink in `fixed`).
+struct ActionCost {
+    double fixed = 0;
+    double linear = 0;
+    double lo = 0, hi = 1;  ///< the action's range
+};
+
+/// The largest action for decision point `t` that still lets the budget be met: the points before
+/// it cost `spent`, the points after it are assumed at their cheapest (their `lo`). The result is
+/// clipped into [costs[t].lo, costs[t].hi]; when even `lo` overshoots, `lo` is returned (the
+/// budget cannot be met by any action: check_budget_reachable says so up front).
+double max_action_within_budget(const std::vector<ActionCost>& costs,
+                                size_t t,
+                                double spent,
+                                double budget);
+/// Whether the cheapest choice of every point meets `budget`.
+bool budget_reachable(const std::vector<ActionCost>& costs, double budget);
+
+struct DdpgOptions {
+    int64_t hidden = 300;          ///< units of both hidden layers (LayerNorm + ReLU)
+    double actor_lr = 1e-3;        ///< Adam (ALGORITHMS.md: 1e-3 for both)
+    double critic_lr = 1e-3;       ///< Adam
+    double tau = 0.01;             ///< soft target updates
+    double discount = 1.0;         ///< per step; AMC uses 1 (one reward per episode)
+    int64_t batch = 64;            ///< transitions per update
+    int64_t buffer = 2000;         ///< replay capacity (transitions)
+    int64_t warmup = 25;           ///< episodes of uniformly random actions before learning
+    double noise = 0.5;            ///< initial exploration sigma (in units of the [0, 1] action)
+    double noise_decay = 0.99;     ///< sigma multiplier per episode after warm-up
+    double baseline_decay = 0.95;  ///< moving average of episode rewards subtracted from them
+    int64_t updates_per_step = 1;  ///< gradient updates per transition after warm-up
+    uint64_t seed = 0;
+};
+
+/// DDPG over actions in [0, 1] (a learner maps them onto its range): actor and critic MLPs with
+/// target networks, a replay buffer, truncated-normal exploration noise decaying per episode,
+/// uniformly random warm-up episodes, and the episode's reward (minus a moving-average baseline)
+/// given to each of its transitions, as in AMC.
+///
+/// Example:
+///   DdpgAgent agent(state_dim, {});
+///   for (episode...) {
+///     for (t...) actions[t] = agent.act(state[t]);   // then clip to the budget
+///     agent.end_episode(states, actions, reward);
+///   }
+class DdpgAgent {
+public:
+    DdpgAgent(int64_t state_dim, DdpgOptions options);
+    ~DdpgAgent();
+    DdpgAgent(const DdpgAgent&) = delete;
+    DdpgAgent& operator=(const DdpgAgent&) = delete;
+
+    /// The action for `state` in this episode: uniform during warm-up, else the actor's output
+    /// plus truncated-normal noise, in [0, 1].
+    double act(const std::vector<double>& state);
+    /// The actor's action without noise (the learned policy).
+    double policy(const std::vector<double>& state) const;
+    /// Ends an episode: its states and the actions actually taken (after any clipping) get the
+    /// episode's reward; then the networks learn (after warm-up) and the noise decays.
+    void end_episode(const std::vector<std::vector<double>>& states,
+                     const std::vector<double>& actions,
+                     double reward);
+
+    int64_t episodes() const { return episodes_; }
+    double noise() const { return sigma_; }
+
+private:
+    struct Nets;
+    std::unique_ptr<Nets> nets_;
+    DdpgOptions options_;
+    int64_t state_dim_;
+    int64_t episodes_ = 0;
+    double sigma_;
+    double baseline_ = 0;
+    bool has_baseline_ = false;
+    std::mt19937_64 rng_;
+    struct Transition {
+        std::vector<double> state, next_state;
+        double action = 0, reward = 0;
+        bool done = false;
+    };
+    std::deque<Transition> replay_;
+
+    void learn();
+};
+
+}  // namespace pocketflow
