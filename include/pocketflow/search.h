@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <random>
 #include <string>
@@ -100,5 +101,41 @@ private:
 
     void learn();
 };
+
+/// What a learner hands the search: its decision points and how to score a policy. Actions are in
+/// [lo, hi] (kept ratio, 1 − sparsity, bits, ...); the agent sees them mapped onto [0, 1].
+struct SearchSpace {
+    /// Per decision point, its static state features (AMC: type, channels, kernel, stride,
+    /// feature-map size, cost...), each roughly in [0, 1]. All points have the same count.
+    std::vector<std::vector<double>> features;
+    double lo = 0.2, hi = 1.0;
+    /// The largest action for point t given the actions of the points before it, such that the
+    /// budget can still be met with the later points at `lo`.
+    std::function<double(size_t t, const std::vector<double>& earlier)> max_action;
+    /// The fraction of the budgeted resource a full policy uses (MACs kept, size, latency...).
+    std::function<double(const std::vector<double>& actions)> cost;
+    /// The reward of a full policy: e.g. the validation top-1 of the candidate it yields.
+    std::function<double(const std::vector<double>& actions)> reward;
+};
+
+struct SearchOptions {
+    int64_t episodes = 100;  ///< including the agent's warm-up episodes
+    DdpgOptions agent;
+    std::string csv_path;  ///< episode log (written atomically after every episode), or empty
+    /// Called after every episode (progress): episode index, its reward, the best so far.
+    std::function<void(int64_t, double, double)> progress;
+};
+
+struct SearchResult {
+    std::vector<double> best;  ///< the best episode's actions
+    double best_reward = 0;
+    double best_cost = 0;
+    int64_t episodes = 0;
+};
+
+/// Runs the DDPG search: each episode visits the decision points in order (state = the point's
+/// features, its position, the previous action and the budget used so far), clips each action to
+/// `max_action`, scores the policy, and keeps the best.
+SearchResult run_search(const SearchSpace& space, const SearchOptions& options);
 
 }  // namespace pocketflow

@@ -127,7 +127,20 @@ nlohmann::json ChannelPruning::run(RunContext& ctx) {
     const Model& original = *ctx.input_model;
     Graph graph = ctx.model->graph().clone();
     const Graph before = graph.clone();
-    const PrunePlan plan = plan_pruning(graph, options_.budget, ctx.stage.path);
+    nlohmann::json search_summary;
+    const PrunePlan plan = [&] {
+        PrunePlan uniform = plan_pruning(graph, options_.budget, ctx.stage.path);
+        if (!options_.budget.auto_ratios) {
+            return uniform;
+        }
+        // ratios: auto: the DDPG search picks the per-group ratios under flops_target.
+        PruneBudget searched = options_.budget;
+        searched.ratios = search_ratios(ctx, uniform, options_.search, options_.budget.flops_target,
+                                        search_summary);
+        searched.flops_target = 0;
+        searched.auto_ratios = false;
+        return plan_pruning(graph, searched, ctx.stage.path);
+    }();
     const std::vector<ChannelGroup>& groups = plan.groups;
 
     // kept_out[node]: original indices of the current output channels of each conv/linear.
@@ -285,6 +298,10 @@ nlohmann::json ChannelPruning::run(RunContext& ctx) {
     nlohmann::json summary =
         pruning_summary(ctx.stage.path, plan, options_.budget, before, graph, prune_seconds);
     summary["criterion"] = options_.criterion;
+    if (!search_summary.is_null()) {
+        summary["search"] = search_summary["search"];
+        summary["flops_target"] = options_.budget.flops_target;
+    }
     summary["selection_seconds"] = selection_seconds;
     finetune_stage(ctx, options_.finetune_epochs, options_.finetune_lr, summary);
     return summary;
@@ -314,6 +331,22 @@ void register_channel_pruning(LearnerRegistry& registry) {
                     ConfigReader::at_least(0));
              r.read("finetune_lr", o.finetune_lr, "fine-tuning learning rate",
                     ConfigReader::in_open_range(0, 10));
+             r.section("search", "ratios: auto (DDPG search)", [&](ConfigReader& s) {
+                 RatioSearchOptions& so = o.search;
+                 s.read("episodes", so.episodes, "search episodes (including warm-up)",
+                        ConfigReader::in_range(1, 100000));
+                 s.read("warmup", so.warmup, "random episodes before the agent learns",
+                        ConfigReader::at_least(0));
+                 s.read("min_ratio", so.min_ratio, "smallest kept ratio of a group",
+                        ConfigReader::in_open_range(0, 1));
+                 s.read("eval_images", so.eval_images, "validation images per candidate",
+                        ConfigReader::in_range(1, 10000000));
+                 s.read("bn_batches", so.bn_batches,
+                        "training batches re-estimating BN statistics per candidate",
+                        ConfigReader::in_range(0, 10000));
+                 s.read("criterion", so.criterion, "channel selection of candidates",
+                        {"l1", "l2", "fpgm", "bn_scale"});
+             });
              r.finish();
              check_prune_budget(r, o.budget);
              return std::make_unique<ChannelPruning>(o);

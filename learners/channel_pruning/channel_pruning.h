@@ -7,6 +7,8 @@
 #include "pocketflow/learner.h"
 #include "pocketflow/prune_plan.h"
 
+#include "ratio_search.h"
+
 namespace pocketflow::learners {
 
 /// Options of the `channel_pruning` learner.
@@ -20,6 +22,7 @@ struct ChannelPruningOptions {
     int64_t group_finetune_steps = 0;  ///< short fine-tune after each pruned group
     int64_t finetune_epochs = 4;       ///< final fine-tuning (0: none)
     double finetune_lr = 0.01;         ///< learning rate of (group and final) fine-tuning
+    RatioSearchOptions search;         ///< `ratios: auto`
 };
 
 /// Channel pruning (He et al. 2017, "Channel Pruning for Accelerating Very Deep Neural Networks"):

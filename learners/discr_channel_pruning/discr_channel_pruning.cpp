@@ -383,6 +383,9 @@ void register_discr_channel_pruning(LearnerRegistry& registry) {
                     ConfigReader::in_open_range(0, 10));
              r.finish();
              check_prune_budget(r, o.budget);
+             if (o.budget.auto_ratios) {
+                 r.fail("ratios", "auto is available for channel_pruning only so far");
+             }
              return std::make_unique<DiscrChannelPruning>(o);
          }});
 }

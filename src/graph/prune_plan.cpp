@@ -21,13 +21,9 @@ void read_prune_budget(ConfigReader& r, PruneBudget& b) {
     YAML::Node ratios = r.raw("ratios", "uniform, or a list of kept ratios per prunable group");
     if (ratios.IsDefined() && !ratios.IsNull()) {
         if (ratios.IsScalar()) {
-            if (ratios.Scalar() == "auto") {
-                r.fail("ratios",
-                       "auto needs the DDPG agent, which is not available yet; use "
-                       "uniform with flops_target, or a list");
-            }
-            if (ratios.Scalar() != "uniform") {
-                r.fail("ratios", "expected uniform or a list of kept ratios in (0, 1]");
+            b.auto_ratios = ratios.Scalar() == "auto";
+            if (ratios.Scalar() != "uniform" && !b.auto_ratios) {
+                r.fail("ratios", "expected uniform, auto or a list of kept ratios in (0, 1]");
             }
         } else {
             r.read("ratios", b.ratios, "kept ratio per prunable group",
@@ -62,6 +58,9 @@ void read_prune_budget(ConfigReader& r, PruneBudget& b) {
 }
 
 void check_prune_budget(const ConfigReader& r, const PruneBudget& b) {
+    if (b.auto_ratios && b.flops_target <= 0) {
+        r.fail("ratios", "auto searches ratios under a budget: give flops_target too");
+    }
     if (b.ratios.empty() && b.flops_target <= 0) {
         r.fail("flops_target",
                "give flops_target (kept fraction of MACs, e.g. 0.5) or a list of ratios");

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // End-to-end tests of the `pocketflow` binary on tiny synthetic jobs.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 
@@ -469,6 +470,40 @@ TEST(CliTest, UniformQuantizationEndToEnd) {
     }
     EXPECT_DOUBLE_EQ(json::parse(whole.out)["top1"].get<double>(),
                      json::parse(resumed.out)["top1"].get<double>());
+}
+
+TEST(CliTest, SearchedPruningRatiosEndToEnd) {
+    testing::TempDir dir;
+    write_file_atomic(dir.file("job.yaml"), kTinyJob);
+    Result base = cli("--json train --config job.yaml --set output_dir=base", dir);
+    ASSERT_EQ(base.code, 0) << base.err;
+    const std::string search =
+        "--set model.arch= --set model.path=base/model.pfm --set 'pipeline=[{learner: "
+        "channel_pruning, flops_target: 0.7, ratios: auto, criterion: l1, channel_multiple: 1, "
+        "finetune_epochs: 0, search: {episodes: 8, warmup: 3}}]' ";
+    Result r = cli("--json compress --config job.yaml --set output_dir=auto " + search, dir);
+    ASSERT_EQ(r.code, 0) << r.err;
+    json s = json::parse(r.out);
+    const json& st = s["stages"][0];
+    ASSERT_TRUE(st.contains("search")) << st.dump();
+    EXPECT_EQ(st["search"]["episodes"], 8);
+    EXPECT_GE(st["search"]["best_val_top1"].get<double>(), 0.0);
+    EXPECT_LE(st["search"]["best_macs_kept"].get<double>(), 0.7 + 1e-9);
+    EXPECT_EQ(st["search"]["best_ratios"].size(), st["ratios"].size());
+    EXPECT_LE(st["macs_kept"].get<double>(), 0.72);  // the searched ratios, as pruned
+    const std::string csv = read_file(dir.path() / "auto" / "search" / "episodes.csv");
+    EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 9);  // header + 8 episodes
+    EXPECT_NE(read_file(dir.path() / "auto" / "search" / "best_ratios.yaml").find("ratios: ["),
+              std::string::npos);
+    // Candidates are scored on the validation split: none, no search.
+    Result no_val = cli("compress --config job.yaml --set data.val_size=0 " + search, dir);
+    EXPECT_EQ(no_val.code, 2);
+    EXPECT_NE(no_val.err.find("set data.val_size"), std::string::npos) << no_val.err;
+    Result no_budget = cli(
+        "compress --config job.yaml --set 'pipeline=[{learner: channel_pruning, ratios: auto}]'",
+        dir);
+    EXPECT_EQ(no_budget.code, 2);
+    EXPECT_NE(no_budget.err.find("give flops_target too"), std::string::npos) << no_budget.err;
 }
 
 }  // namespace

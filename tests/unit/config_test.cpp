@@ -157,7 +157,20 @@ TEST(RegistryTest, ChannelPruningBudgetErrors) {
         "failed to read pipeline[0].flops_target with '1.5': must be in [0, 1]");
     expect_error<ConfigError>([&] { create("{learner: channel_pruning}"); }, "give flops_target");
     expect_error<ConfigError>([&] { create("{learner: channel_pruning, ratios: auto}"); },
-                              "DDPG agent");
+                              "auto searches ratios under a budget: give flops_target too");
+    EXPECT_NO_THROW(create(
+        "{learner: channel_pruning, flops_target: 0.5, ratios: auto, search: {episodes: 10}}"));
+    expect_error<ConfigError>(
+        [&] {
+            create("{learner: discr_channel_pruning, flops_target: 0.5, ratios: auto}");
+        },
+        "auto is available for channel_pruning only");
+    expect_error<ConfigError>(
+        [&] {
+            create("{learner: channel_pruning, flops_target: 0.5, ratios: auto, search: "
+                   "{episode: 10}}");
+        },
+        "did you mean 'episodes'");
     expect_error<ConfigError>(
         [&] { create("{learner: channel_pruning, flops_target: 0.5, ratios: [0.5]}"); },
         "not both");

@@ -4,9 +4,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <fstream>
+#include <string>
 #include <random>
 
 #include <gtest/gtest.h>
+
+#include "support/test_util.h"
 
 namespace pocketflow {
 namespace {
@@ -88,6 +92,60 @@ TEST(SearchTest, DdpgFindsAKnownBestAllocation) {
     EXPECT_LT(errors[2], 0.1) << "median distance of the learned policy from the best";
     double untrained_best = 0, noise = 0;
     EXPECT_GT(toy_search(1, 20, untrained_best, noise), 0.15);  // the test can fail
+}
+
+TEST(SearchTest, RunSearchClipsEveryEpisodeToTheBudgetAndLogsIt) {
+    testing::TempDir dir;
+    SearchSpace space;
+    const size_t points = 4;
+    for (size_t t = 0; t < points; ++t) {
+        std::vector<double> f(points, 0.0);
+        f[t] = 1.0;
+        space.features.push_back(f);
+    }
+    space.lo = 0.2;
+    space.hi = 1.0;
+    const double budget = 0.5;  // mean action
+    space.cost = [](const std::vector<double>& a) {
+        double sum = 0;
+        for (double x : a) {
+            sum += x;
+        }
+        return sum / static_cast<double>(a.size());
+    };
+    space.max_action = [&](size_t t, const std::vector<double>& earlier) {
+        double spent = 0;
+        for (double x : earlier) {
+            spent += x;
+        }
+        const double rest = 0.2 * static_cast<double>(points - t - 1);
+        return budget * static_cast<double>(points) - spent - rest;
+    };
+    // The best allocation within the budget puts everything into point 2.
+    space.reward = [](const std::vector<double>& a) { return a[2] - 0.1 * (a[0] + a[1] + a[3]); };
+    SearchOptions o;
+    o.episodes = 60;
+    o.agent.warmup = 10;
+    o.agent.hidden = 32;
+    o.csv_path = dir.file("episodes.csv");
+    int calls = 0;
+    o.progress = [&](int64_t, double, double) { ++calls; };
+    SearchResult r = run_search(space, o);
+    EXPECT_EQ(r.episodes, 60);
+    EXPECT_EQ(calls, 60);
+    EXPECT_LE(r.best_cost, budget + 1e-9);
+    std::ifstream csv(o.csv_path);
+    std::string line;
+    std::getline(csv, line);
+    EXPECT_EQ(line, "episode,reward,cost,a0,a1,a2,a3");
+    int rows = 0;
+    while (std::getline(csv, line)) {
+        const size_t a = line.find(','), b = line.find(',', a + 1), c = line.find(',', b + 1);
+        EXPECT_LE(std::stod(line.substr(b + 1, c - b - 1)), budget + 1e-6) << line;  // cost
+        ++rows;
+    }
+    EXPECT_EQ(rows, 60);
+    EXPECT_GT(r.best[2], 0.6);  // most of the budget went to the point that pays
 }
 
 }  // namespace
