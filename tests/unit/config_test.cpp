@@ -162,7 +162,11 @@ TEST(RegistryTest, ChannelPruningBudgetErrors) {
         "{learner: channel_pruning, flops_target: 0.5, ratios: auto, search: {episodes: 10}}"));
     expect_error<ConfigError>(
         [&] {
-            create("{learner: discr_channel_pruning, flops_target: 0.5, ratios: auto}");
+            Job job = parse_job(std::string(kSynthetic) +
+                                    "pipeline: [{learner: discr_channel_pruning, flops_target: "
+                                    "0.5, ratios: auto}]\n",
+                                "dcp.yaml");
+            builtin_registry().get("discr_channel_pruning").create(job.pipeline[0], job);
         },
         "auto is available for channel_pruning only");
     expect_error<ConfigError>(
