@@ -93,6 +93,11 @@ std::vector<double> search_ratios(RunContext& ctx,
     auto cost = [&](const std::vector<double>& ratios) {
         return static_cast<double>(macs.at_ratios(ratios, multiple)) / total;
     };
+    const double floor = cost(std::vector<double>(plan.prunable.size(), options.min_ratio));
+    PF_CHECK(floor <= flops_target, ConfigError,
+             "{}: flops_target {} is below what search.min_ratio {} allows ({:.3f} of the MACs "
+             "with every group at it): lower min_ratio or raise flops_target",
+             where, flops_target, options.min_ratio, floor);
     // Validation subset and BN batches: seeded, fixed for the whole search.
     std::vector<int64_t> val = ctx.data.val_indices;
     val.resize(std::min<size_t>(val.size(), static_cast<size_t>(options.eval_images)));
@@ -127,11 +132,11 @@ std::vector<double> search_ratios(RunContext& ctx,
     }
     for (size_t r = 0; r < plan.prunable.size(); ++r) {
         const ChannelGroup& g = plan.groups[plan.prunable[r]];
-        space.features.push_back(
-            {static_cast<double>(g.channels) / static_cast<double>(widest),
-             share[r] / largest_share, std::min(1.0, static_cast<double>(g.producers.size()) / 4),
-             std::min(1.0, static_cast<double>(g.consumers.size()) / 4),
-             g.depthwise.empty() ? 0.0 : 1.0});
+        space.features.push_back({static_cast<double>(g.channels) / static_cast<double>(widest),
+                                  share[r] / largest_share,
+                                  std::min(1.0, static_cast<double>(g.producers.size()) / 4),
+                                  std::min(1.0, static_cast<double>(g.consumers.size()) / 4),
+                                  g.depthwise.empty() ? 0.0 : 1.0});
     }
     space.cost = cost;
     space.max_action = [&](size_t t, const std::vector<double>& earlier) {
@@ -153,10 +158,10 @@ std::vector<double> search_ratios(RunContext& ctx,
     space.reward = [&](const std::vector<double>& ratios) { return score(ratios); };
 
     const double uniform_top1 = score(plan.ratios);
-    spdlog::info("[{}] ratio search: {} groups, {} episodes ({} warm-up), uniform ratios give "
-                 "validation top-1 {:.2f}% on {} images",
-                 where, plan.prunable.size(), options.episodes, options.warmup, uniform_top1,
-                 val.size());
+    spdlog::info(
+        "[{}] ratio search: {} groups, {} episodes ({} warm-up), uniform ratios give "
+        "validation top-1 {:.2f}% on {} images",
+        where, plan.prunable.size(), options.episodes, options.warmup, uniform_top1, val.size());
     const std::filesystem::path dir = ctx.run.path() / "search";
     std::filesystem::create_directories(dir);
     SearchOptions so;
@@ -174,22 +179,18 @@ std::vector<double> search_ratios(RunContext& ctx,
     std::string yaml = fmt::format(
         "# ratios: auto found these (validation top-1 {:.2f}% before fine-tuning, uniform "
         "{:.2f}%, {:.1f}% of the MACs)\nratios: [{:.4f}]\n",
-        result.best_reward, uniform_top1, 100 * result.best_cost,
-        fmt::join(result.best, ", "));
+        result.best_reward, uniform_top1, 100 * result.best_cost, fmt::join(result.best, ", "));
     write_file_atomic(dir / "best_ratios.yaml", yaml);
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    summary["search"] = {{"episodes", result.episodes},
-                         {"best_val_top1", result.best_reward},
-                         {"uniform_val_top1", uniform_top1},
-                         {"best_macs_kept", result.best_cost},
-                         {"best_ratios", result.best},
-                         {"val_images", val.size()},
-                         {"criterion", options.criterion},
-                         {"seconds", seconds}};
-    spdlog::info("[{}] ratio search done in {:.0f} s: best validation top-1 {:.2f}% (uniform "
-                 "{:.2f}%) at {:.1f}% of the MACs; {}",
-                 where, seconds, result.best_reward, uniform_top1, 100 * result.best_cost,
-                 (dir / "best_ratios.yaml").string());
+    summary["search"] = {{"episodes", result.episodes},      {"best_val_top1", result.best_reward},
+                         {"uniform_val_top1", uniform_top1}, {"best_macs_kept", result.best_cost},
+                         {"best_ratios", result.best},       {"val_images", val.size()},
+                         {"criterion", options.criterion},   {"seconds", seconds}};
+    spdlog::info(
+        "[{}] ratio search done in {:.0f} s: best validation top-1 {:.2f}% (uniform "
+        "{:.2f}%) at {:.1f}% of the MACs; {}",
+        where, seconds, result.best_reward, uniform_top1, 100 * result.best_cost,
+        (dir / "best_ratios.yaml").string());
     return result.best;
 }
 

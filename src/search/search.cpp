@@ -1,11 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 // The episode loop of the compression search: states, budget clipping, rewards, the episode log.
+#include "pocketflow/search.h"
+
 #include <algorithm>
 
 #include <fmt/format.h>
 
 #include "pocketflow/error.h"
-#include "pocketflow/search.h"
 #include "pocketflow/util.h"
 
 namespace pocketflow {

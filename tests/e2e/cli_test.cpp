@@ -499,6 +499,13 @@ TEST(CliTest, SearchedPruningRatiosEndToEnd) {
     Result no_val = cli("compress --config job.yaml --set data.val_size=0 " + search, dir);
     EXPECT_EQ(no_val.code, 2);
     EXPECT_NE(no_val.err.find("set data.val_size"), std::string::npos) << no_val.err;
+    Result too_small = cli(
+        "compress --config job.yaml " +
+            std::string(search).replace(search.find("flops_target: 0.7"), 17, "flops_target: 0.2"),
+        dir);
+    EXPECT_EQ(too_small.code, 2);
+    EXPECT_NE(too_small.err.find("lower min_ratio or raise flops_target"), std::string::npos)
+        << too_small.err;
     Result no_budget = cli(
         "compress --config job.yaml --set 'pipeline=[{learner: channel_pruning, ratios: auto}]'",
         dir);

@@ -171,8 +171,9 @@ TEST(RegistryTest, ChannelPruningBudgetErrors) {
         "auto is available for channel_pruning only");
     expect_error<ConfigError>(
         [&] {
-            create("{learner: channel_pruning, flops_target: 0.5, ratios: auto, search: "
-                   "{episode: 10}}");
+            create(
+                "{learner: channel_pruning, flops_target: 0.5, ratios: auto, search: "
+                "{episode: 10}}");
         },
         "did you mean 'episodes'");
     expect_error<ConfigError>(

@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
-#include <string>
 #include <random>
+#include <string>
 
 #include <gtest/gtest.h>
 
