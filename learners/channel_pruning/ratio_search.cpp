@@ -2,9 +2,11 @@
 // `ratios: auto`: the channel-pruning search space for the DDPG search (src/search/).
 #include "ratio_search.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <random>
 
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
@@ -36,15 +38,25 @@ std::shared_ptr<Model> candidate(const Model& input,
     }
     auto model = std::make_shared<Model>(std::move(g), input.meta());
     at::NoGradGuard no_grad;
-    std::vector<Node*> bns;
+    std::vector<Node*> bns, dropouts;
     for (auto& n : model->graph().nodes()) {
         if (n.op == Op::kBatchNorm2d) {
-            n.buffers.at("running_mean").zero_();
-            n.buffers.at("running_var").fill_(1);
             bns.push_back(&n);
+        } else if (n.op == Op::kDropout) {
+            dropouts.push_back(&n);
         }
     }
-    if (!bns.empty()) {
+    if (!bns.empty() && bn.num_samples() > 0) {
+        for (auto* n : bns) {
+            n->buffers.at("running_mean").zero_();
+            n->buffers.at("running_var").fill_(1);
+        }
+        // Train mode only for the statistics: Dropout stays an identity (and draws nothing).
+        std::vector<double> p;
+        for (auto* n : dropouts) {
+            p.push_back(n->attrs.p);
+            n->attrs.p = 0;
+        }
         const std::vector<double> momentum = [&] {
             std::vector<double> m;
             for (auto* n : bns) {
@@ -64,6 +76,9 @@ std::shared_ptr<Model> candidate(const Model& input,
         }
         for (size_t i = 0; i < bns.size(); ++i) {
             bns[i]->attrs.momentum = momentum[i];
+        }
+        for (size_t i = 0; i < dropouts.size(); ++i) {
+            dropouts[i]->attrs.p = p[i];
         }
     }
     model->eval();
@@ -99,12 +114,16 @@ std::vector<double> search_ratios(RunContext& ctx,
              "with every group at it): lower min_ratio or raise flops_target",
              where, flops_target, options.min_ratio, floor);
     // Validation subset and BN batches: seeded, fixed for the whole search.
+    // A seeded subset of the validation split (sorted indices may follow the classes).
     std::vector<int64_t> val = ctx.data.val_indices;
+    std::shuffle(val.begin(), val.end(), std::mt19937_64(ctx.job.seed + 0xA3C));
     val.resize(std::min<size_t>(val.size(), static_cast<size_t>(options.eval_images)));
+    std::sort(val.begin(), val.end());
     LoaderOptions lo;
-    lo.batch_size = 256;
+    lo.batch_size = ctx.job.data.eval_batch_size;
     lo.mean = ctx.data.mean;
     lo.std = ctx.data.std;
+    lo.crop = ctx.job.data.dataset == "imagefolder" ? ctx.job.data.image_size : 0;
     Loader val_loader(ctx.data.train_set, val, lo);
     auto bn_loader = calibration_loader(ctx, options.bn_batches * ctx.job.data.batch_size, 313,
                                         ctx.job.data.batch_size);

@@ -18,7 +18,7 @@ struct RatioSearchOptions {
     int64_t warmup = 20;           ///< random episodes before the agent learns
     double min_ratio = 0.2;        ///< smallest kept ratio of a group
     int64_t eval_images = 1000;    ///< validation images per candidate
-    int64_t bn_batches = 4;        ///< training batches re-estimating BN statistics per candidate
+    int64_t bn_batches = 4;        ///< training batches re-estimating BN statistics (0: keep them)
     std::string criterion = "l1";  ///< data-free channel selection of candidates
 };
 

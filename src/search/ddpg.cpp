@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include "pocketflow/error.h"
@@ -107,8 +108,20 @@ struct DdpgAgent::Nets {
 DdpgAgent::DdpgAgent(int64_t state_dim, DdpgOptions options)
     : options_(options), state_dim_(state_dim), sigma_(options.noise), rng_(options.seed) {
     PF_CHECK(state_dim >= 1, Error, "DDPG needs a state of at least one feature");
-    torch::manual_seed(options.seed);  // network initialisation
+    // Seeded initialisation without disturbing the process's generator (later training stages
+    // draw from it and must not depend on whether a search ran).
+    at::Generator gen = at::detail::getDefaultCPUGenerator();
+    at::Tensor saved;
+    {
+        std::lock_guard<std::mutex> lock(gen.mutex());
+        saved = gen.get_state();
+    }
+    torch::manual_seed(options.seed);
     nets_ = std::make_unique<Nets>(state_dim, options_);
+    {
+        std::lock_guard<std::mutex> lock(gen.mutex());
+        gen.set_state(saved);
+    }
 }
 
 DdpgAgent::~DdpgAgent() = default;
