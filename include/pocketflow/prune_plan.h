@@ -22,7 +22,7 @@ namespace pocketflow {
 struct PruneBudget {
     double flops_target = 0;           ///< kept fraction of MACs (0: `ratios` as given)
     std::vector<double> ratios;        ///< per prunable group kept ratios (empty: uniform)
-    bool auto_ratios = false;  ///< `ratios: auto`: searched (DDPG) under flops_target
+    bool auto_ratios = false;          ///< `ratios: auto`: searched (DDPG) under flops_target
     std::vector<std::string> exclude;  ///< glob patterns of layer names never pruned
     bool keep_first_conv = true;       ///< never prune the first conv's output channels
     int64_t channel_multiple = 0;      ///< whole blocks of channels; 0 = auto (the target's SIMD)
