@@ -162,6 +162,9 @@ private:
     int output_ = 0;
 };
 
+/// Bytes of a node's parameters and buffers as stored in a .pfm (quantized weights packed).
+int64_t node_bytes(const Node& node);
+
 /// An inference copy of `graph`: every BatchNorm2d whose input is a conv read by nothing else is
 /// folded into that conv (weights scaled per output channel, bias shifted) and removed. Outputs
 /// match the original in eval mode (running statistics) up to float rounding.

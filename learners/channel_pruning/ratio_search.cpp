@@ -57,13 +57,10 @@ std::shared_ptr<Model> candidate(const Model& input,
             p.push_back(n->attrs.p);
             n->attrs.p = 0;
         }
-        const std::vector<double> momentum = [&] {
-            std::vector<double> m;
-            for (auto* n : bns) {
-                m.push_back(n->attrs.momentum);
-            }
-            return m;
-        }();
+        std::vector<double> momentum;
+        for (auto* n : bns) {
+            momentum.push_back(n->attrs.momentum);
+        }
         model->train();
         int64_t k = 0;
         bn.start_epoch(0);

@@ -174,23 +174,12 @@ int cmd_info(const std::string& model_path,
         }
         return t.empty() ? std::string("-") : t;
     };
-    auto node_bytes = [&](size_t i) {
-        int64_t b = 0;
-        const pf::Node& n = nodes[i];
-        for (const auto* group : {&n.params, &n.buffers}) {
-            for (const auto& [key, t] : *group) {
-                b += key == "weight" && n.quant.weight_bits > 0
-                         ? pf::packed_bytes(t.numel(), n.quant.weight_bits)
-                         : t.numel() * 4;
-            }
-        }
-        return b;
-    };
     json layers = json::array();
     for (size_t i = 0; i < stats.size(); ++i) {
         const auto& s = stats[i];
-        json row = {{"name", s.name},     {"op", pf::op_name(s.op)}, {"shape", s.out_shape},
-                    {"params", s.params}, {"macs", s.macs},          {"bytes", node_bytes(i)}};
+        json row = {{"name", s.name},       {"op", pf::op_name(s.op)},
+                    {"shape", s.out_shape}, {"params", s.params},
+                    {"macs", s.macs},       {"bytes", pf::node_bytes(nodes[i])}};
         const pf::QuantSpec& q = nodes[i].quant;
         if (q.weight_bits > 0) {
             const at::Tensor& ws = nodes[i].buffers.at("weight_scale");

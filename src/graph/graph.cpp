@@ -540,16 +540,22 @@ int64_t Graph::total_macs() const {
     return total;
 }
 
+int64_t node_bytes(const Node& n) {
+    int64_t bytes = 0;
+    for (const auto* group : {&n.params, &n.buffers}) {
+        for (const auto& [key, t] : *group) {
+            bytes += key == "weight" && n.quant.weight_bits > 0
+                         ? (t.numel() * n.quant.weight_bits + 7) / 8  // packed (quant.h)
+                         : t.numel() * static_cast<int64_t>(t.element_size());
+        }
+    }
+    return bytes;
+}
+
 int64_t Graph::weight_bytes() const {
     int64_t bytes = 0;
     for (const auto& n : nodes_) {
-        for (const auto* group : {&n.params, &n.buffers}) {
-            for (const auto& [key, t] : *group) {
-                bytes += key == "weight" && n.quant.weight_bits > 0
-                             ? (t.numel() * n.quant.weight_bits + 7) / 8  // packed (quant.h)
-                             : t.numel() * static_cast<int64_t>(t.element_size());
-            }
-        }
+        bytes += node_bytes(n);
     }
     return bytes;
 }
