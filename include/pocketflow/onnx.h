@@ -73,4 +73,14 @@ std::vector<OrtRun> run_onnxruntime(const std::vector<std::string>& onnx_paths,
                                     int64_t threads,
                                     const std::string& optimized_path = "");
 
+/// Times several ONNX files in one ONNX Runtime process, each on its own seeded random input of
+/// its shape in `shapes` (per-layer timing tables); `settle_ms` of untimed runs precede each
+/// model's share of the interleaved timed runs. Outputs are not returned.
+std::vector<OrtRun> time_onnxruntime(const std::vector<std::string>& onnx_paths,
+                                     const std::vector<std::vector<int64_t>>& shapes,
+                                     int64_t warmup,
+                                     int64_t repeat,
+                                     int64_t threads,
+                                     double settle_ms = 50);
+
 }  // namespace pocketflow

@@ -114,14 +114,26 @@ struct SearchSpace {
     std::function<double(size_t t, const std::vector<double>& earlier)> max_action;
     /// The fraction of the budgeted resource a full policy uses (MACs kept, size, latency...).
     std::function<double(const std::vector<double>& actions)> cost;
-    /// The reward of a full policy: e.g. the validation top-1 of the candidate it yields.
-    std::function<double(const std::vector<double>& actions)> reward;
+    /// The reward of a full policy (e.g. the validation top-1 of the candidate it yields) and the
+    /// values of `metric_names` for the episode log (e.g. top-1 and latency when the reward
+    /// combines them).
+    struct Score {
+        double reward = 0;
+        std::vector<double> metrics;
+        Score(double r = 0, std::vector<double> m = {}) : reward(r), metrics(std::move(m)) {}
+    };
+    std::function<Score(const std::vector<double>& actions)> reward;
+    std::vector<std::string> metric_names;
 };
 
 struct SearchOptions {
     int64_t episodes = 100;  ///< including the agent's warm-up episodes
     DdpgOptions agent;
     std::string csv_path;  ///< episode log (written atomically after every episode), or empty
+    /// Continue from the episodes logged in `csv_path` (if it exists): they are replayed — the
+    /// agent takes the same actions and gets the logged rewards, without scoring — so the search
+    /// ends with the same best policy as an uninterrupted one.
+    bool resume = false;
     /// Called after every episode (progress): episode index, its reward, the best so far.
     std::function<void(int64_t, double, double)> progress;
 };
@@ -130,7 +142,9 @@ struct SearchResult {
     std::vector<double> best;  ///< the best episode's actions
     double best_reward = 0;
     double best_cost = 0;
+    std::vector<double> best_metrics;  ///< the best episode's metric_names values
     int64_t episodes = 0;
+    int64_t resumed = 0;  ///< episodes replayed from the log
 };
 
 /// Runs the DDPG search: each episode visits the decision points in order (state = the point's

@@ -7,18 +7,16 @@
 #include "pocketflow/learner.h"
 #include "pocketflow/prune_plan.h"
 
+#include "group_pruner.h"
 #include "ratio_search.h"
 
 namespace pocketflow::learners {
 
 /// Options of the `channel_pruning` learner.
 struct ChannelPruningOptions {
-    PruneBudget budget;               ///< flops_target/ratios, exclude, channel_multiple, target
-    std::string criterion = "lasso";  ///< lasso | l1 | l2 | fpgm | bn_scale
-    bool reconstruct = true;          ///< least-squares reconstruction of consumers (lasso only)
-    int64_t samples = 256;            ///< lasso: calibration images from the training split
-    int64_t positions = 10;           ///< lasso: sampled output positions per image
-    double ridge = 1e-3;  ///< lasso: ridge term of the reconstruction (× mean diagonal)
+    PruneBudget budget;                ///< flops_target/ratios, exclude, channel_multiple, target
+    SelectionOptions selection;        ///< criterion, reconstruct, positions, ridge
+    int64_t samples = 256;             ///< lasso: calibration images from the training split
     int64_t group_finetune_steps = 0;  ///< short fine-tune after each pruned group
     int64_t finetune_epochs = 4;       ///< final fine-tuning (0: none)
     double finetune_lr = 0.01;         ///< learning rate of (group and final) fine-tuning

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <random>
 
 #include <ATen/ATen.h>
@@ -19,74 +20,54 @@
 
 namespace pocketflow::learners {
 
-namespace {
-
-/// A candidate of the search: the input model pruned with `ratios` by a data-free criterion, with
-/// its BatchNorm statistics re-estimated (pruning shifts them) on `bn` batches.
-std::shared_ptr<Model> candidate(const Model& input,
-                                 const PrunePlan& plan,
-                                 const std::vector<double>& ratios,
-                                 const std::string& criterion,
-                                 Loader& bn) {
-    Graph g = input.graph().clone();
-    for (size_t r = 0; r < plan.prunable.size(); ++r) {
-        const ChannelGroup& group = plan.groups[plan.prunable[r]];
-        const int64_t keep = kept_channels(group.channels, ratios[r], plan.channel_multiple);
-        if (keep < group.channels) {
-            prune_group(g, group, top_channels(channel_scores(g, group, criterion), keep));
-        }
-    }
-    auto model = std::make_shared<Model>(std::move(g), input.meta());
+/// Cumulative-average BatchNorm statistics over the batches of `bn` (train mode for the statistics
+/// only: Dropout stays an identity and draws nothing).
+void reestimate_bn(Model& model, Loader& bn) {
     at::NoGradGuard no_grad;
     std::vector<Node*> bns, dropouts;
-    for (auto& n : model->graph().nodes()) {
+    for (auto& n : model.graph().nodes()) {
         if (n.op == Op::kBatchNorm2d) {
             bns.push_back(&n);
         } else if (n.op == Op::kDropout) {
             dropouts.push_back(&n);
         }
     }
-    if (!bns.empty() && bn.num_samples() > 0) {
-        for (auto* n : bns) {
-            n->buffers.at("running_mean").zero_();
-            n->buffers.at("running_var").fill_(1);
-        }
-        // Train mode only for the statistics: Dropout stays an identity (and draws nothing).
-        std::vector<double> p;
-        for (auto* n : dropouts) {
-            p.push_back(n->attrs.p);
-            n->attrs.p = 0;
-        }
-        std::vector<double> momentum;
-        for (auto* n : bns) {
-            momentum.push_back(n->attrs.momentum);
-        }
-        model->train();
-        int64_t k = 0;
-        bn.start_epoch(0);
-        while (auto batch = bn.next()) {
-            for (auto* n : bns) {
-                n->attrs.momentum = 1.0 / static_cast<double>(k + 1);  // cumulative average
-            }
-            model->forward(batch->images);
-            ++k;
-        }
-        for (size_t i = 0; i < bns.size(); ++i) {
-            bns[i]->attrs.momentum = momentum[i];
-        }
-        for (size_t i = 0; i < dropouts.size(); ++i) {
-            dropouts[i]->attrs.p = p[i];
-        }
+    if (bns.empty() || bn.num_samples() == 0) {
+        return;
     }
-    model->eval();
-    return model;
+    std::vector<double> p, momentum;
+    for (auto* n : bns) {
+        n->buffers.at("running_mean").zero_();
+        n->buffers.at("running_var").fill_(1);
+        momentum.push_back(n->attrs.momentum);
+    }
+    for (auto* n : dropouts) {
+        p.push_back(n->attrs.p);
+        n->attrs.p = 0;
+    }
+    model.train();
+    int64_t k = 0;
+    bn.start_epoch(0);
+    while (auto batch = bn.next()) {
+        for (auto* n : bns) {
+            n->attrs.momentum = 1.0 / static_cast<double>(k + 1);  // cumulative average
+        }
+        model.forward(batch->images);
+        ++k;
+    }
+    for (size_t i = 0; i < bns.size(); ++i) {
+        bns[i]->attrs.momentum = momentum[i];
+    }
+    for (size_t i = 0; i < dropouts.size(); ++i) {
+        dropouts[i]->attrs.p = p[i];
+    }
+    model.eval();
 }
-
-}  // namespace
 
 std::vector<double> search_ratios(RunContext& ctx,
                                   const PrunePlan& plan,
                                   const RatioSearchOptions& options,
+                                  const SelectionOptions& stage_selection,
                                   double flops_target,
                                   nlohmann::json& summary) {
     using Clock = std::chrono::steady_clock;
@@ -122,11 +103,57 @@ std::vector<double> search_ratios(RunContext& ctx,
     lo.std = ctx.data.std;
     lo.crop = ctx.job.data.dataset == "imagefolder" ? ctx.job.data.image_size : 0;
     Loader val_loader(ctx.data.train_set, val, lo);
-    auto bn_loader = calibration_loader(ctx, options.bn_batches * ctx.job.data.batch_size, 313,
-                                        ctx.job.data.batch_size);
+    std::unique_ptr<Loader> bn_loader;
+    if (options.bn_batches > 0) {
+        bn_loader = calibration_loader(ctx, options.bn_batches * ctx.job.data.batch_size, 313,
+                                       ctx.job.data.batch_size);
+    }
+    // Candidates are pruned as the stage prunes (same selection, the stage's calibration images
+    // when search.samples equals the stage's samples), then BN statistics re-estimated if asked.
+    SelectionOptions selection = stage_selection;
+    selection.criterion = options.criterion;
+    std::unique_ptr<Loader> calibration;
+    if (selection.criterion == "lasso") {
+        calibration = calibration_loader(ctx, options.samples, 77);
+    }
+    const GroupPruner pruner(input, plan, selection, calibration.get(), ctx.job.seed + 99);
+    std::unique_ptr<LatencyTable> latency;
+    if (options.reward == "latency") {
+        latency = std::make_unique<LatencyTable>(
+            options.latency, (ctx.run.path() / "search" / "latency_table.csv").string());
+    }
+    // kept counts → score (with channel blocks, candidates repeat)
+    std::map<std::vector<int64_t>, SearchSpace::Score> scored;
+    double uniform_ms = 0;  // latency: the uniform candidate's
     auto score = [&](const std::vector<double>& ratios) {
-        auto m = candidate(input, plan, ratios, options.criterion, *bn_loader);
-        return evaluate(*m, val_loader).top1;
+        std::vector<int64_t> keep;
+        for (size_t r = 0; r < plan.prunable.size(); ++r) {
+            keep.push_back(kept_channels(plan.groups[plan.prunable[r]].channels, ratios[r],
+                                         plan.channel_multiple));
+        }
+        if (auto it = scored.find(keep); it != scored.end()) {
+            return it->second;
+        }
+        Graph g = input.graph().clone();
+        pruner.prune(g, keep);
+        const double ms = latency ? latency->predict_ms(g) : 0.0;
+        const double macs_kept = static_cast<double>(g.total_macs());
+        Model m(std::move(g), input.meta());
+        if (bn_loader) {
+            reestimate_bn(m, *bn_loader);
+        }
+        m.eval();
+        const double top1 = evaluate(m, val_loader).top1;
+        SearchSpace::Score s(top1, {top1});
+        if (options.reward == "amc") {
+            s.reward = -(1 - top1 / 100) * std::log(macs_kept);
+        } else if (latency) {
+            s.metrics.push_back(ms);
+            s.reward =
+                top1 * std::pow((uniform_ms > 0 ? uniform_ms : ms) / ms, options.latency_weight);
+        }
+        scored.emplace(std::move(keep), s);
+        return s;
     };
 
     SearchSpace space;
@@ -171,9 +198,22 @@ std::vector<double> search_ratios(RunContext& ctx,
         }
         return lo_r;
     };
-    space.reward = [&](const std::vector<double>& ratios) { return score(ratios); };
+    space.reward = score;
+    space.metric_names = {"top1"};
+    if (latency) {
+        space.metric_names.push_back("latency_ms");
+    }
 
-    const double uniform_top1 = score(plan.ratios);
+    const SearchSpace::Score uniform = score(plan.ratios);
+    const double uniform_top1 = uniform.metrics[0];
+    if (latency) {
+        uniform_ms = uniform.metrics[1];
+        spdlog::info(
+            "[{}] latency table ({} at batch {}): {} entries, {} measured now; uniform "
+            "candidate {:.3f} ms",
+            where, options.latency.runtime, options.latency.batch, latency->size(),
+            latency->measured(), uniform_ms);
+    }
     spdlog::info(
         "[{}] ratio search: {} groups, {} episodes ({} warm-up), uniform ratios give "
         "validation top-1 {:.2f}% on {} images",
@@ -185,28 +225,58 @@ std::vector<double> search_ratios(RunContext& ctx,
     so.agent.warmup = options.warmup;
     so.agent.seed = ctx.job.seed + 7;
     so.csv_path = (dir / "episodes.csv").string();
+    so.resume = ctx.resume;
+    const auto search_start = Clock::now();
+    int64_t scored_here = 0;  // episodes scored by this process (not replayed)
     so.progress = [&](int64_t episode, double reward, double best) {
+        ++scored_here;
         if ((episode + 1) % 10 == 0 || episode + 1 == options.episodes) {
-            spdlog::info("[{}] search episode {}/{}: top-1 {:.2f}%, best {:.2f}% (uniform {:.2f}%)",
-                         where, episode + 1, options.episodes, reward, best, uniform_top1);
+            const double per = std::chrono::duration<double>(Clock::now() - search_start).count() /
+                               static_cast<double>(scored_here);
+            spdlog::info(
+                "[{}] search episode {}/{}: reward {:.4g}, best {:.4g} (uniform {:.4g}), "
+                "{:.1f} s/episode, {:.0f} s left",
+                where, episode + 1, options.episodes, reward, best, uniform.reward, per,
+                per * static_cast<double>(options.episodes - episode - 1));
         }
     };
     SearchResult result = run_search(space, so);
-    std::string yaml = fmt::format(
-        "# ratios: auto found these (validation top-1 {:.2f}% before fine-tuning, uniform "
-        "{:.2f}%, {:.1f}% of the MACs)\nratios: [{:.4f}]\n",
-        result.best_reward, uniform_top1, 100 * result.best_cost, fmt::join(result.best, ", "));
-    write_file_atomic(dir / "best_ratios.yaml", yaml);
+    const double top1 = result.best_metrics.at(0);
+    std::string measured = fmt::format(
+        "validation top-1 {:.2f}% before fine-tuning (uniform "
+        "{:.2f}%), {:.1f}% of the MACs",
+        top1, uniform_top1, 100 * result.best_cost);
+    if (latency) {
+        measured += fmt::format(", {} latency {:.3f} ms at batch {} (uniform {:.3f} ms)",
+                                options.latency.runtime, result.best_metrics.at(1),
+                                options.latency.batch, uniform_ms);
+    }
+    write_file_atomic(dir / "best_ratios.yaml",
+                      fmt::format("# ratios: auto found these: {}\nratios: [{:.4f}]\n", measured,
+                                  fmt::join(result.best, ", ")));
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    summary["search"] = {{"episodes", result.episodes},      {"best_val_top1", result.best_reward},
-                         {"uniform_val_top1", uniform_top1}, {"best_macs_kept", result.best_cost},
-                         {"best_ratios", result.best},       {"val_images", val.size()},
-                         {"criterion", options.criterion},   {"seconds", seconds}};
-    spdlog::info(
-        "[{}] ratio search done in {:.0f} s: best validation top-1 {:.2f}% (uniform "
-        "{:.2f}%) at {:.1f}% of the MACs; {}",
-        where, seconds, result.best_reward, uniform_top1, 100 * result.best_cost,
-        (dir / "best_ratios.yaml").string());
+    summary["search"] = {{"episodes", result.episodes},
+                         {"reward", options.reward},
+                         {"best_reward", result.best_reward},
+                         {"uniform_reward", uniform.reward},
+                         {"best_val_top1", top1},
+                         {"uniform_val_top1", uniform_top1},
+                         {"best_macs_kept", result.best_cost},
+                         {"best_ratios", result.best},
+                         {"val_images", val.size()},
+                         {"criterion", options.criterion},
+                         {"seconds", seconds},
+                         {"resumed_episodes", result.resumed}};
+    if (latency) {
+        summary["search"]["best_latency_ms"] = result.best_metrics.at(1);
+        summary["search"]["uniform_latency_ms"] = uniform_ms;
+        summary["search"]["latency"] = {{"runtime", options.latency.runtime},
+                                        {"batch", options.latency.batch},
+                                        {"threads", latency->options().threads},
+                                        {"table_entries", latency->size()}};
+    }
+    spdlog::info("[{}] ratio search done in {:.0f} s: {}; {}", where, seconds, measured,
+                 (dir / "best_ratios.yaml").string());
     return result.best;
 }
 

@@ -7,29 +7,47 @@
 
 #include <nlohmann/json.hpp>
 
+#include "pocketflow/latency.h"
 #include "pocketflow/learner.h"
 #include "pocketflow/prune_plan.h"
+
+#include "group_pruner.h"
 
 namespace pocketflow::learners {
 
 /// `ratios: auto` of channel_pruning: the stage's `search:` section.
 struct RatioSearchOptions {
-    int64_t episodes = 100;        ///< including warm-up
-    int64_t warmup = 20;           ///< random episodes before the agent learns
-    double min_ratio = 0.2;        ///< smallest kept ratio of a group
-    int64_t eval_images = 1000;    ///< validation images per candidate
-    int64_t bn_batches = 4;        ///< training batches re-estimating BN statistics (0: keep them)
-    std::string criterion = "l1";  ///< data-free channel selection of candidates
+    int64_t episodes = 100;      ///< including warm-up
+    int64_t warmup = 20;         ///< random episodes before the agent learns
+    double min_ratio = 0.2;      ///< smallest kept ratio of a group
+    int64_t eval_images = 1000;  ///< validation images per candidate
+    /// Training batches re-estimating the BN statistics of candidates and of the pruned model
+    /// (0: keep them). The reader's default: 0 under lasso (its reconstruction targets the
+    /// original outputs), 4 under a data-free criterion.
+    int64_t bn_batches = 0;
+    std::string criterion = "lasso";  ///< channel selection of candidates (default: the stage's)
+    int64_t samples = 128;  ///< lasso candidates: calibration images (the stage's first ones)
+    /// top1: validation top-1 | amc: AMC's −error·log(MACs) | latency: top-1 · (L_u / L)^w with
+    /// L the candidate's latency from a measured per-layer table, L_u the uniform candidate's.
+    std::string reward = "top1";
+    LatencyOptions latency;        ///< latency: where the table is measured
+    double latency_weight = 0.07;  ///< latency: w (MnasNet's soft-constraint exponent)
 };
 
+/// Re-estimates the BatchNorm statistics of `model` as cumulative averages over the batches of
+/// `bn` (train mode for the statistics only: Dropout stays an identity); leaves it in eval mode.
+void reestimate_bn(Model& model, Loader& bn);
+
 /// Searches per-group kept ratios under `plan`'s MACs budget (AMC): each episode's policy is
-/// applied to a copy (channels chosen by `criterion`, BN statistics re-estimated on a few training
-/// batches) and scored by validation top-1. Writes search/episodes.csv and search/best_ratios.yaml
-/// in the run directory; adds `search` (best and uniform validation top-1, episodes, seconds) to
-/// `summary`. Returns the best ratios (one per prunable group).
+/// applied to a copy as the stage would prune it (`stage_selection` with the search's criterion:
+/// LASSO + reconstruction by default, on `samples` calibration images; BN statistics re-estimated
+/// on `bn_batches` training batches) and scored by validation top-1. Writes search/episodes.csv and
+/// search/best_ratios.yaml in the run directory; adds `search` (best and uniform validation top-1,
+/// episodes, seconds) to `summary`. Returns the best ratios (one per prunable group).
 std::vector<double> search_ratios(RunContext& ctx,
                                   const PrunePlan& plan,
                                   const RatioSearchOptions& options,
+                                  const SelectionOptions& stage_selection,
                                   double flops_target,
                                   nlohmann::json& summary);
 

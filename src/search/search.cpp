@@ -3,13 +3,66 @@
 #include "pocketflow/search.h"
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <fstream>
+#include <sstream>
 
 #include <fmt/format.h>
+#include <spdlog/spdlog.h>
 
 #include "pocketflow/error.h"
 #include "pocketflow/util.h"
 
 namespace pocketflow {
+
+namespace {
+
+/// The rewards and actions of the finished episodes in an earlier run's episode log, checked
+/// against the header this search writes.
+struct EpisodeLog {
+    std::vector<SearchSpace::Score> scores;
+    std::vector<std::vector<double>> actions;
+};
+
+EpisodeLog read_episode_log(const std::string& path,
+                            const std::string& header,
+                            size_t metrics,
+                            size_t points) {
+    EpisodeLog log;
+    std::ifstream in(path);
+    if (!in) {
+        return log;  // nothing finished yet
+    }
+    std::string line;
+    std::getline(in, line);
+    PF_CHECK(line + "\n" == header, InputError,
+             "cannot resume the search from {}: its columns ({}) are not this search's ({} "
+             "decision points); delete the file to start the search over",
+             path, line, points);
+    for (int64_t row = 0; std::getline(in, line); ++row) {
+        std::vector<double> fields;
+        std::stringstream ss(line);
+        std::string field;
+        while (std::getline(ss, field, ',')) {
+            char* end = nullptr;
+            fields.push_back(std::strtod(field.c_str(), &end));
+            PF_CHECK(end != field.c_str() && *end == 0, InputError,
+                     "cannot resume the search from {}: line {} has '{}', not a number", path,
+                     row + 2, field);
+        }
+        PF_CHECK(fields.size() == 3 + metrics + points && fields[0] == static_cast<double>(row),
+                 InputError,
+                 "cannot resume the search from {}: line {} is not episode {} with {} actions",
+                 path, row + 2, row, points);
+        const auto first_action = fields.begin() + 3 + static_cast<std::ptrdiff_t>(metrics);
+        log.scores.emplace_back(fields[1], std::vector<double>(fields.begin() + 3, first_action));
+        log.actions.emplace_back(first_action, fields.end());
+    }
+    return log;
+}
+
+}  // namespace
 
 SearchResult run_search(const SearchSpace& space, const SearchOptions& options) {
     const size_t points = space.features.size();
@@ -23,10 +76,25 @@ SearchResult run_search(const SearchSpace& space, const SearchOptions& options) 
     SearchResult result;
     result.best_reward = -1e300;
     std::string csv = "episode,reward,cost";
+    for (const auto& name : space.metric_names) {
+        csv += "," + name;
+    }
     for (size_t t = 0; t < points; ++t) {
         csv += fmt::format(",a{}", t);
     }
     csv += "\n";
+    EpisodeLog log;
+    if (options.resume && !options.csv_path.empty()) {
+        log = read_episode_log(options.csv_path, csv, space.metric_names.size(), points);
+        PF_CHECK(static_cast<int64_t>(log.scores.size()) <= options.episodes, InputError,
+                 "cannot resume the search from {}: it has {} episodes, the search {}",
+                 options.csv_path, log.scores.size(), options.episodes);
+        result.resumed = static_cast<int64_t>(log.scores.size());
+        if (result.resumed > 0) {
+            spdlog::info("search: resuming after episode {} of {} (replaying {})", result.resumed,
+                         options.episodes, options.csv_path);
+        }
+    }
     for (int64_t episode = 0; episode < options.episodes; ++episode) {
         std::vector<std::vector<double>> states;
         std::vector<double> actions, taken;  // taken: in [lo, hi]; actions: the agent's [0, 1]
@@ -48,24 +116,46 @@ SearchResult run_search(const SearchSpace& space, const SearchOptions& options) 
             actions.push_back((a - space.lo) / width);
             previous = actions.back();
         }
-        const double reward = space.reward(taken);
+        // A logged episode is replayed: the agent takes the same actions (same seed, same
+        // updates) and gets the logged reward, so the search continues exactly where it stopped.
+        const bool replay = episode < result.resumed;
+        if (replay) {
+            const auto& logged = log.actions[static_cast<size_t>(episode)];
+            for (size_t t = 0; t < points; ++t) {
+                PF_CHECK(std::abs(logged[t] - taken[t]) <= 1e-4, InputError,
+                         "cannot resume the search from {}: episode {} took action {} at point "
+                         "{}, the log says {}: the settings or the model differ from the "
+                         "interrupted search's; delete the file to start the search over",
+                         options.csv_path, episode, taken[t], t, logged[t]);
+            }
+        }
+        const SearchSpace::Score score =
+            replay ? log.scores[static_cast<size_t>(episode)] : space.reward(taken);
+        PF_CHECK(score.metrics.size() == space.metric_names.size(), Error,
+                 "the search's reward gave {} metrics for {} names", score.metrics.size(),
+                 space.metric_names.size());
+        const double reward = score.reward;
         const double cost = space.cost(taken);
         agent.end_episode(states, actions, reward);
         if (reward > result.best_reward) {
             result.best_reward = reward;
             result.best = taken;
             result.best_cost = cost;
+            result.best_metrics = score.metrics;
         }
         result.episodes = episode + 1;
-        csv += fmt::format("{},{:.6g},{:.6g}", episode, reward, cost);
+        csv += fmt::format("{},{},{}", episode, reward, cost);  // shortest exact form
+        for (double m : score.metrics) {
+            csv += fmt::format(",{}", m);
+        }
         for (double a : taken) {
             csv += fmt::format(",{:.4f}", a);
         }
         csv += "\n";
-        if (!options.csv_path.empty()) {
+        if (!options.csv_path.empty() && !replay) {
             write_file_atomic(options.csv_path, csv);
         }
-        if (options.progress) {
+        if (options.progress && !replay) {
             options.progress(episode, reward, result.best_reward);
         }
     }

@@ -478,10 +478,11 @@ TEST(CliTest, SearchedPruningRatiosEndToEnd) {
     write_file_atomic(dir.file("job.yaml"), kTinyJob);
     Result base = cli("--json train --config job.yaml --set output_dir=base", dir);
     ASSERT_EQ(base.code, 0) << base.err;
+    // Candidates are pruned as the stage prunes (LASSO + reconstruction here).
     const std::string search =
         "--set model.arch= --set model.path=base/model.pfm --set 'pipeline=[{learner: "
-        "channel_pruning, flops_target: 0.7, ratios: auto, criterion: l1, channel_multiple: 1, "
-        "finetune_epochs: 0, search: {episodes: 8, warmup: 3}}]' ";
+        "channel_pruning, flops_target: 0.7, ratios: auto, samples: 32, channel_multiple: 1, "
+        "finetune_epochs: 0, search: {episodes: 8, warmup: 3, samples: 32}}]' ";
     Result r = cli("--json compress --config job.yaml --set output_dir=auto " + search, dir);
     ASSERT_EQ(r.code, 0) << r.err;
     json s = json::parse(r.out);
@@ -503,8 +504,61 @@ TEST(CliTest, SearchedPruningRatiosEndToEnd) {
         logged_best = std::max(logged_best, std::stod(row.substr(a + 1, b - a - 1)));
     }
     EXPECT_NEAR(logged_best, best, 1e-3);
-    EXPECT_NE(read_file(dir.path() / "auto" / "search" / "best_ratios.yaml").find("ratios: ["),
-              std::string::npos);
+    const std::string yaml = read_file(dir.path() / "auto" / "search" / "best_ratios.yaml");
+    EXPECT_NE(yaml.find("ratios: ["), std::string::npos);
+    EXPECT_EQ(st["search"]["resumed_episodes"], 0);
+
+    // Killed after episode 4: the log has 4 episodes, the stage no outputs. --resume replays the
+    // 4 and ends with the same best policy.
+    std::string head;
+    {
+        std::istringstream lines(csv);
+        for (int i = 0; i < 5; ++i) {
+            std::string line;
+            std::getline(lines, line);
+            head += line + "\n";
+        }
+    }
+    write_file_atomic(dir.path() / "auto" / "search" / "episodes.csv", head);
+    for (const char* f : {"stage0_channel_pruning.pfm", "stage0_channel_pruning.json",
+                          "summary.json", "model.pfm", "model.onnx"}) {
+        std::filesystem::remove(dir.path() / "auto" / f);
+    }
+    Result resumed =
+        cli("--json compress --resume --config job.yaml --set output_dir=auto " + search, dir);
+    ASSERT_EQ(resumed.code, 0) << resumed.err;
+    const json rs = json::parse(resumed.out)["stages"][0]["search"];
+    ASSERT_TRUE(rs.is_object()) << resumed.out;
+    EXPECT_EQ(rs["resumed_episodes"], 4);
+    EXPECT_EQ(rs["best_ratios"], st["search"]["best_ratios"]);
+    EXPECT_EQ(read_file(dir.path() / "auto" / "search" / "episodes.csv"), csv);
+    EXPECT_EQ(read_file(dir.path() / "auto" / "search" / "best_ratios.yaml"), yaml);
+
+    // A latency reward: a per-layer table measured in LibTorch (and ONNX Runtime when installed),
+    // cached in the run directory; the log has top-1 and latency per episode.
+    std::vector<std::string> runtimes{"libtorch"};
+    if (!ort_runner_path().empty()) {
+        runtimes.push_back("onnxruntime");
+    }
+    for (const auto& runtime : runtimes) {
+        const std::string out = "lat_" + runtime;
+        Result lat = cli(
+            "--json compress --config job.yaml --set output_dir=" + out + " " + search +
+                "--set pipeline.0.search.episodes=3 --set pipeline.0.search.reward=latency "
+                "--set 'pipeline.0.search.latency={runtime: " +
+                runtime + ", batch: 4, repeat: 3}'",
+            dir);
+        ASSERT_EQ(lat.code, 0) << lat.err;
+        const json ls = json::parse(lat.out)["stages"][0]["search"];
+        EXPECT_EQ(ls["reward"], "latency");
+        EXPECT_GT(ls["best_latency_ms"].get<double>(), 0.0);
+        EXPECT_GT(ls["uniform_latency_ms"].get<double>(), 0.0);
+        EXPECT_GE(ls["latency"]["table_entries"].get<int>(), 3);  // lenet5: 2 convs + linears
+        const std::string table = read_file(dir.path() / out / "search" / "latency_table.csv");
+        EXPECT_NE(table.find("runtime " + runtime + ", batch 4"), std::string::npos) << table;
+        const std::string log = read_file(dir.path() / out / "search" / "episodes.csv");
+        EXPECT_EQ(log.rfind("episode,reward,cost,top1,latency_ms,a0", 0), 0u) << log;
+    }
     // Candidates are scored on the validation split: none, no search.
     Result no_val = cli("compress --config job.yaml --set data.val_size=0 " + search, dir);
     EXPECT_EQ(no_val.code, 2);

@@ -5,11 +5,14 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <iterator>
+#include <stdexcept>
 #include <random>
 #include <string>
 
 #include <gtest/gtest.h>
 
+#include "pocketflow/error.h"
 #include "support/test_util.h"
 
 namespace pocketflow {
@@ -94,8 +97,9 @@ TEST(SearchTest, DdpgFindsAKnownBestAllocation) {
     EXPECT_GT(toy_search(1, 20, untrained_best, noise), 0.15);  // the test can fail
 }
 
-TEST(SearchTest, RunSearchClipsEveryEpisodeToTheBudgetAndLogsIt) {
-    testing::TempDir dir;
+/// Four points, actions in [0.2, 1], budget: mean action ≤ 0.5; the best allocation within the
+/// budget puts everything into point 2.
+SearchSpace toy_space() {
     SearchSpace space;
     const size_t points = 4;
     for (size_t t = 0; t < points; ++t) {
@@ -113,7 +117,7 @@ TEST(SearchTest, RunSearchClipsEveryEpisodeToTheBudgetAndLogsIt) {
         }
         return sum / static_cast<double>(a.size());
     };
-    space.max_action = [&](size_t t, const std::vector<double>& earlier) {
+    space.max_action = [=](size_t t, const std::vector<double>& earlier) {
         double spent = 0;
         for (double x : earlier) {
             spent += x;
@@ -121,8 +125,14 @@ TEST(SearchTest, RunSearchClipsEveryEpisodeToTheBudgetAndLogsIt) {
         const double rest = 0.2 * static_cast<double>(points - t - 1);
         return budget * static_cast<double>(points) - spent - rest;
     };
-    // The best allocation within the budget puts everything into point 2.
     space.reward = [](const std::vector<double>& a) { return a[2] - 0.1 * (a[0] + a[1] + a[3]); };
+    return space;
+}
+
+TEST(SearchTest, RunSearchClipsEveryEpisodeToTheBudgetAndLogsIt) {
+    testing::TempDir dir;
+    const double budget = 0.5;
+    SearchSpace space = toy_space();
     SearchOptions o;
     o.episodes = 60;
     o.agent.warmup = 10;
@@ -146,6 +156,56 @@ TEST(SearchTest, RunSearchClipsEveryEpisodeToTheBudgetAndLogsIt) {
     }
     EXPECT_EQ(rows, 60);
     EXPECT_GT(r.best[2], 0.6);  // most of the budget went to the point that pays
+}
+
+std::string read_all(const std::string& path) {
+    std::ifstream in(path);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+TEST(SearchTest, ResumedSearchEndsAsAnUninterruptedOne) {
+    testing::TempDir dir;
+    SearchOptions o;
+    o.episodes = 40;
+    o.agent.warmup = 8;
+    o.agent.hidden = 32;
+    o.agent.seed = 5;
+    o.csv_path = dir.file("full.csv");
+    const SearchResult full = run_search(toy_space(), o);
+
+    // Killed while scoring episode 25: the log holds episodes 0..24.
+    SearchSpace dying = toy_space();
+    int calls = 0;
+    auto reward = dying.reward;
+    dying.reward = [&](const std::vector<double>& a) {
+        if (++calls > 25) {
+            throw std::runtime_error("killed");
+        }
+        return reward(a);
+    };
+    o.csv_path = dir.file("resumed.csv");
+    EXPECT_THROW(run_search(dying, o), std::runtime_error);
+    calls = 0;
+    dying.reward = [&](const std::vector<double>& a) {
+        ++calls;
+        return reward(a);
+    };
+    o.resume = true;
+    const SearchResult resumed = run_search(dying, o);
+    EXPECT_EQ(resumed.resumed, 25);
+    EXPECT_EQ(calls, 15);  // only the episodes not logged are scored
+    EXPECT_EQ(resumed.best, full.best);
+    EXPECT_EQ(resumed.best_reward, full.best_reward);
+    EXPECT_EQ(read_all(dir.file("resumed.csv")), read_all(dir.file("full.csv")));
+
+    // A log of another search (another seed takes other actions) is refused, not mixed in.
+    o.agent.seed = 6;
+    o.episodes = 41;
+    EXPECT_THROW(run_search(toy_space(), o), InputError);
+    // So is one with other columns.
+    SearchSpace wider = toy_space();
+    wider.features.push_back({0, 0, 0, 0});
+    EXPECT_THROW(run_search(wider, o), InputError);
 }
 
 }  // namespace

@@ -4,6 +4,11 @@
 //
 //   node tools/ort/run.js --model m.onnx [--model m2.onnx ...] --input x.f32 --shape 2,3,32,32
 //        [--output y.f32] [--warmup 3] [--repeat 20] [--threads 2] [--optimized opt.onnx]
+//        [--settle 50]
+//   node tools/ort/run.js --model a.onnx --model b.onnx --input random --shapes 16,8,32,32;16,4
+//
+// --input random gives every model its own seeded random input, of its shape in --shapes (one per
+// model, ';'-separated): per-layer timing tables time layers of different shapes in one process.
 //
 // With several models the timed runs are interleaved in blocks (up to 10 rounds of every model), so
 // a change in the machine's load affects all of them alike and their ratios stay fair.
@@ -26,9 +31,8 @@ function parseArgs(argv) {
       args[key] = argv[i + 1];
     }
   }
-  for (const k of ['input', 'shape']) {
-    if (!args[k]) throw new Error(`--${k} is required`);
-  }
+  if (!args.input) throw new Error('--input is required');
+  if (!args.shape && !args.shapes) throw new Error('--shape (or --shapes) is required');
   if (args.model.length === 0) throw new Error('--model is required');
   return args;
 }
@@ -41,11 +45,27 @@ async function main() {
   } catch (e) {
     throw new Error('onnxruntime-node is not installed: run tools/setup.sh --ort');
   }
-  const shape = args.shape.split(',').map(Number);
-  const bytes = fs.readFileSync(args.input);
-  const data = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
-  const count = shape.reduce((a, b) => a * b, 1);
-  if (data.length !== count) throw new Error(`input has ${data.length} floats, shape needs ${count}`);
+  const parse = (text) => text.split(',').map(Number);
+  const shapes = args.shapes ? args.shapes.split(';').map(parse) : args.model.map(() => parse(args.shape));
+  if (shapes.length !== args.model.length) {
+    throw new Error(`${shapes.length} shapes for ${args.model.length} models`);
+  }
+  const inputs = shapes.map((shape) => {
+    const count = shape.reduce((a, b) => a * b, 1);
+    if (args.input === 'random') {
+      let state = 12345;  // a fixed LCG: the same inputs every run
+      const data = new Float32Array(count);
+      for (let i = 0; i < count; ++i) {
+        state = (Math.imul(state, 1103515245) + 12345) >>> 0;
+        data[i] = state / 4294967296 - 0.5;
+      }
+      return data;
+    }
+    const bytes = fs.readFileSync(args.input);
+    const data = new Float32Array(bytes.buffer, bytes.byteOffset, bytes.length / 4);
+    if (data.length !== count) throw new Error(`input has ${data.length} floats, shape needs ${count}`);
+    return data;
+  });
   const options = {executionProviders: ['cpu'], graphOptimizationLevel: 'all'};
   if (Number(args.threads) > 0) {
     options.intraOpNumThreads = Number(args.threads);
@@ -56,7 +76,7 @@ async function main() {
     const o = k === 0 && args.optimized ? {...options, optimizedModelFilePath: args.optimized} : options;
     sessions.push(await ort.InferenceSession.create(model, o));
   }
-  const feeds = sessions.map((s) => ({[s.inputNames[0]]: new ort.Tensor('float32', data, shape)}));
+  const feeds = sessions.map((s, k) => ({[s.inputNames[0]]: new ort.Tensor('float32', inputs[k], shapes[k])}));
   const outputs = sessions.map(() => null);
   for (let k = 0; k < sessions.length; ++k) {
     for (let i = 0; i < Number(args.warmup); ++i) outputs[k] = await sessions[k].run(feeds[k]);
@@ -67,6 +87,7 @@ async function main() {
   // each block a model first runs untimed for 50 ms, while the previous model's threads go idle,
   // then its share of the timed runs.
   const repeat = Math.max(1, Number(args.repeat));
+  const settle = BigInt(Math.round(1e6 * (args.settle === undefined ? 50 : Number(args.settle))));
   const blocks = sessions.length > 1 ? Math.min(repeat, 10) : 1;
   const times = sessions.map(() => []);
   for (let b = 0; b < blocks; ++b) {
@@ -76,7 +97,7 @@ async function main() {
         const start = process.hrtime.bigint();
         do {
           outputs[k] = await sessions[k].run(feeds[k]);
-        } while (process.hrtime.bigint() - start < 50000000n);  // 50 ms of untimed runs
+        } while (process.hrtime.bigint() - start < settle);  // 50 ms of untimed runs by default
       }
       for (let i = 0; i < runs; ++i) {
         const t0 = process.hrtime.bigint();
