@@ -21,6 +21,7 @@
 #include "pocketflow/pfm.h"
 #include "pocketflow/quant.h"
 #include "pocketflow/trainer.h"
+#include "pocketflow/tune.h"
 #include "pocketflow/util.h"
 #include "pocketflow/zoo.h"
 
@@ -99,6 +100,41 @@ int cmd_run(const JobOptions& o, const GlobalOptions& g, bool train_only) {
     } else {
         print_summary(summary);
     }
+    return 0;
+}
+
+int cmd_tune(const JobOptions& o,
+             const std::string& space_path,
+             const std::string& out,
+             const GlobalOptions& g) {
+    const pf::TuneSpace space = pf::load_tune_space(space_path);
+    std::vector<std::string> overrides = o.overrides;
+    if (g.threads >= 0) {
+        overrides.push_back(fmt::format("threads={}", g.threads));
+    }
+    pf::install_stop_handlers();
+    const json r = pf::run_tune(space, {o.config, overrides, out, o.resume});
+    if (g.json) {
+        std::cout << r.dump() << std::endl;
+        return 0;
+    }
+    fmt::print("\n{:<7}{:<8}{:>12}", "trial", "status", r["objective"].get<std::string>());
+    for (const auto& p : space.params) {
+        fmt::print("  {}", p.key);
+    }
+    fmt::print("  seconds\n");
+    for (const auto& t : r["trials"]) {
+        fmt::print("{:<7}{:<8}{:>12}", t["trial"].get<int>(), t["status"].get<std::string>(),
+                   t.contains("objective") ? fmt::format("{:.4g}", t["objective"].get<double>())
+                                           : std::string("-"));
+        for (const auto& p : space.params) {
+            fmt::print("  {:.6g}", t[p.key].get<double>());
+        }
+        fmt::print("  {:.0f}\n", t["seconds"].get<double>());
+    }
+    fmt::print("\nbest: trial {} ({} {:.4g}); job written to {}\n", r["best_trial"].get<int>(),
+               r["objective"].get<std::string>(), r["best_objective"].get<double>(),
+               r["best_job"].get<std::string>());
     return 0;
 }
 
@@ -665,6 +701,16 @@ int run_cli(int argc, char** argv) {
     bench->add_option("--warmup", bench_warmup, "untimed runs first")->check(CLI::Range(0, 1000));
     bench->add_option("--repeat", bench_repeat, "timed runs")->check(CLI::Range(1, 100000));
 
+    JobOptions tune_opts;
+    std::string tune_space, tune_out;
+    auto* tune = app.add_subcommand(
+        "tune", "Bayesian optimisation of job keys (GP + expected improvement), one run a trial");
+    add_job_options(tune, tune_opts, false);
+    tune->add_option("--space", tune_space, "search space (YAML: objective, trials, params)")
+        ->required();
+    tune->add_option("--out", tune_out, "tune directory (default runs/<job name>-tune)");
+    tune->add_flag("--resume", tune_opts.resume, "continue an interrupted tune in its directory");
+
     try {
         app.parse(argc, argv);
     } catch (const CLI::CallForHelp& e) {
@@ -698,6 +744,9 @@ int run_cli(int argc, char** argv) {
     if (exporter->parsed()) {
         return cmd_export(export_model, export_format, export_out, export_opset, export_batch,
                           export_check, export_job, export_reference, g);
+    }
+    if (tune->parsed()) {
+        return cmd_tune(tune_opts, tune_space, tune_out, g);
     }
     if (bench->parsed()) {
         return cmd_bench(bench_models, bench_batches, bench_runtimes, bench_warmup, bench_repeat,

@@ -223,6 +223,11 @@ at::Tensor Model::forward_capture(const at::Tensor& input,
     captured.assign(capture.size(), at::Tensor());
     const bool training = is_training();
     const bool in_place = !training && !at::GradMode::is_enabled();
+    if (conv_cache_ && !in_place) {
+        // A forward that may precede a weight update (an optimizer step does not always bump
+        // the tensors' version counters): the packed weights are refreshed at the next inference.
+        conv_cache_->invalidate();
+    }
     values[0] = input.contiguous(at::MemoryFormat::ChannelsLast);
     if (nodes[0].quant.act_bits > 0 && act_quant_) {
         values[0] = quantize_activation(graph_.nodes()[0], values[0], training, range_momentum_);

@@ -139,6 +139,16 @@ bool ConvCache::available() {
     return on;
 }
 
+void ConvCache::invalidate() {
+    if (impl_ == nullptr) {
+        return;
+    }
+    for (auto& [id, e] : impl_->entries) {
+        e.weight_ptr = nullptr;
+        e.bias_ptr = nullptr;
+    }
+}
+
 bool ConvCache::supports(const Node& node, const at::Tensor& input) {
     return node.op == Op::kConv2d && input.dim() == 4 && input.is_cpu() &&
            input.scalar_type() == at::kFloat && !input.requires_grad() &&
@@ -187,6 +197,8 @@ ConvCache::~ConvCache() = default;
 bool ConvCache::available() {
     return false;
 }
+void ConvCache::invalidate() {}
+
 bool ConvCache::supports(const Node&, const at::Tensor&) {
     return false;
 }

@@ -40,6 +40,10 @@ public:
                    bool relu,
                    at::Tensor* sum_into = nullptr);
 
+    /// Repack every convolution's weights and bias at its next run (they may have changed in a
+    /// way their version counters do not show).
+    void invalidate();
+
 private:
     struct Impl;
     std::unique_ptr<Impl> impl_;

@@ -464,6 +464,11 @@ json run_job(const Job& job, const RunOptions& options) {
         {"seconds",
          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count()},
         {"stages", stages}};
+    if (!data.val_indices.empty()) {
+        // The final model on the validation split: what `tune` and model selection may look at
+        // (the test split is for reporting only).
+        summary["val_top1"] = evaluate(*model, *data.val_loader(job.data)).top1;
+    }
     if (job.export_.onnx) {
         fs::path onnx_path = dir / "model.onnx";
         export_onnx(onnx_path.string(), model->graph(), model->meta(),

@@ -105,6 +105,30 @@ TEST(TrainerTest, LearnsSyntheticTask) {
     EXPECT_GT(r.images_per_second, 0);
 }
 
+TEST(TrainerTest, InferenceAfterAnOptimizerStepUsesTheNewWeights) {
+    // The inference path caches packed conv weights; an SGD step must not leave them stale
+    // (it did: per-epoch validation then scored the first epoch's weights).
+    torch::manual_seed(0);
+    Model model(build_zoo_model("lenet5", 4, {1, 28, 28}), {});
+    const at::Tensor x = torch::randn({4, 1, 28, 28});
+    model.eval();
+    {
+        torch::NoGradGuard no_grad;
+        model.forward(x);  // packs the weights
+    }
+    torch::optim::SGD sgd(model.parameters(), torch::optim::SGDOptions(0.5));
+    model.train();
+    at::Tensor loss = model.forward(x).pow(2).mean();
+    loss.backward();
+    sgd.step();
+    model.eval();
+    torch::NoGradGuard no_grad;
+    const at::Tensor cached = model.forward(x);
+    Model fresh(model.graph().clone(), {});
+    fresh.eval();
+    EXPECT_TRUE(torch::allclose(cached, fresh.forward(x), 1e-4, 1e-5));
+}
+
 TEST(TrainerTest, HooksRunAndLossTermsApply) {
     torch::manual_seed(0);
     TinySetup s;
