@@ -45,6 +45,7 @@ TuneSpace load_tune_space(const std::string& path) {
     r.read("direction", direction, "maximize or minimize", {"maximize", "minimize"});
     space.maximize = direction == "maximize";
     r.read("trials", space.trials, "trials in all", ConfigReader::in_range(1, 10000));
+    space.initial = std::min(space.initial, space.trials);
     r.read("initial", space.initial, "random trials before the GP proposes",
            ConfigReader::in_range(1, 10000));
     r.read("seed", space.seed, "seed of the random trials and proposals");

@@ -577,5 +577,78 @@ TEST(CliTest, SearchedPruningRatiosEndToEnd) {
     EXPECT_NE(no_budget.err.find("give flops_target too"), std::string::npos) << no_budget.err;
 }
 
+
+TEST(CliTest, TuneEndToEnd) {
+    testing::TempDir dir;
+    write_file_atomic(dir.file("job.yaml"), kTinyJob);
+    write_file_atomic(dir.file("space.yaml"), R"(objective: val_top1
+trials: 4
+initial: 2
+params:
+  train.optimizer.lr: {min: 0.003, max: 0.3, log: true}
+  train.epochs: {min: 1, max: 2, integer: true}
+)");
+    Result r = cli("--json tune --config job.yaml --space space.yaml --out t", dir);
+    ASSERT_EQ(r.code, 0) << r.err;
+    const json t = json::parse(r.out);
+    ASSERT_EQ(t["trials"].size(), 4u);
+    double best = -1;
+    for (const auto& trial : t["trials"]) {
+        ASSERT_EQ(trial["status"], "ok");
+        best = std::max(best, trial["objective"].get<double>());
+        const double lr = trial["train.optimizer.lr"].get<double>();
+        EXPECT_GE(lr, 0.003 - 1e-12);
+        EXPECT_LE(lr, 0.3 + 1e-12);
+        const double epochs = trial["train.epochs"].get<double>();
+        EXPECT_TRUE(epochs == 1 || epochs == 2) << epochs;
+    }
+    EXPECT_EQ(t["best_objective"].get<double>(), best);
+    // The best job, run again, gives the best trial's result (runs are seeded).
+    Result again = cli("--json compress --config t/best_job.yaml --set output_dir=again", dir);
+    ASSERT_EQ(again.code, 0) << again.err;
+    EXPECT_EQ(json::parse(again.out)["val_top1"].get<double>(), best);
+
+    // Interrupted after trial 2 (and trial 3 never started): --resume proposes the same points.
+    const std::string table = read_file(dir.path() / "t" / "trials.csv");
+    size_t cut = 0;
+    for (int i = 0; i < 3; ++i) {
+        cut = table.find('\n', cut) + 1;
+    }
+    write_file_atomic(dir.path() / "t" / "trials.csv", table.substr(0, cut));
+    std::filesystem::remove_all(dir.path() / "t" / "trial_2");
+    std::filesystem::remove_all(dir.path() / "t" / "trial_3");
+    Result busy = cli("tune --config job.yaml --space space.yaml --out t", dir);
+    EXPECT_EQ(busy.code, 2);  // an earlier tune is there: not overwritten without --resume
+    EXPECT_NE(busy.err.find("--resume"), std::string::npos) << busy.err;
+    Result resumed = cli("--json tune --resume --config job.yaml --space space.yaml --out t", dir);
+    ASSERT_EQ(resumed.code, 0) << resumed.err;
+    EXPECT_EQ(read_file(dir.path() / "t" / "trials.csv").substr(0, table.find(",", cut)),
+              table.substr(0, table.find(",", cut)));
+    const json rt = json::parse(resumed.out);
+    for (size_t k = 0; k < 4; ++k) {
+        EXPECT_EQ(rt["trials"][k]["objective"], t["trials"][k]["objective"]) << k;
+        EXPECT_EQ(rt["trials"][k]["train.optimizer.lr"], t["trials"][k]["train.optimizer.lr"]);
+    }
+
+    // Bad spaces: exit 2, naming the file and the key.
+    write_file_atomic(dir.file("bad.yaml"),
+                      "objective: val_top1\nparams:\n  train.optimizer.lrr: {min: 0.1, max: 1}\n");
+    Result bad = cli("tune --config job.yaml --space bad.yaml --out b1", dir);
+    EXPECT_EQ(bad.code, 2);
+    EXPECT_NE(bad.err.find("bad.yaml"), std::string::npos) << bad.err;
+    EXPECT_NE(bad.err.find("train.optimizer.lrr"), std::string::npos) << bad.err;
+    write_file_atomic(dir.file("bad2.yaml"),
+                      "objective: val_top1\nparams:\n  train.optimizer.lr: {min: 1, max: 0.1}\n");
+    Result bad2 = cli("tune --config job.yaml --space bad2.yaml --out b2", dir);
+    EXPECT_EQ(bad2.code, 2);
+    EXPECT_NE(bad2.err.find("params.train.optimizer.lr.max"), std::string::npos) << bad2.err;
+    write_file_atomic(dir.file("bad3.yaml"),
+                      "objective: nope\ntrials: 1\nparams:\n  train.epochs: {min: 1, max: 2, "
+                      "integer: true}\n");
+    Result bad3 = cli("tune --config job.yaml --space bad3.yaml --out b3", dir);
+    EXPECT_EQ(bad3.code, 2);
+    EXPECT_NE(bad3.err.find("objective 'nope'"), std::string::npos) << bad3.err;
+}
+
 }  // namespace
 }  // namespace pocketflow
