@@ -117,6 +117,10 @@ std::unique_ptr<Loader> calibration_loader(
 /// BatchNorm (insert_batch_norm). Returns the number of BatchNorms inserted.
 int restore_batch_norm(const Job& job, const DataBundle& data, std::shared_ptr<Model>& model);
 
+/// A short fine-tuning inside a stage: `steps` steps of the job's recipe at a constant `lr`, one
+/// "epoch", no warm-up (channel_pruning's per-group steps, DCP's stage-wise steps).
+TrainConfig short_finetune(const TrainConfig& recipe, int64_t steps, double lr);
+
 /// The final fine-tuning of a compression stage: `epochs` of the job's training recipe at
 /// learning rate `lr` (distillation as the job says). Adds finetune_epochs, images_per_second and
 /// val_top1 to `summary`. Nothing when epochs is 0.

@@ -55,12 +55,8 @@ nlohmann::json ChannelPruning::run(RunContext& ctx) {
                          group.channels, group.producers.size(), group.consumers.size());
             if (options_.group_finetune_steps > 0) {
                 ctx.model = std::make_shared<Model>(g.clone(), ctx.model->meta());
-                TrainConfig tc = ctx.job.train;
-                tc.epochs = 1;
-                tc.steps_per_epoch = options_.group_finetune_steps;
-                tc.optimizer.lr = options_.finetune_lr;
-                tc.schedule.name = "constant";
-                tc.schedule.warmup_epochs = 0;
+                const TrainConfig tc = short_finetune(ctx.job.train, options_.group_finetune_steps,
+                                                      options_.finetune_lr);
                 Trainer trainer = make_trainer(ctx, tc, fmt::format("_group{}", r));
                 trainer.fit(*ctx.model, ctx.data, ctx.job.data, ctx.job.seed + r);
                 g = ctx.model->graph().clone();

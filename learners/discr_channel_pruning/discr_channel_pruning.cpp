@@ -286,12 +286,7 @@ nlohmann::json DiscrChannelPruning::run(RunContext& ctx) {
         // 1. Stage-wise fine-tuning on L_p + L (the final loss alone for the last stage).
         auto block_start = Clock::now();
         if (options_.block_steps > 0) {
-            TrainConfig tc = ctx.job.train;
-            tc.epochs = 1;
-            tc.steps_per_epoch = options_.block_steps;
-            tc.optimizer.lr = options_.block_lr;
-            tc.schedule.name = "constant";
-            tc.schedule.warmup_epochs = 0;
+            TrainConfig tc = short_finetune(ctx.job.train, options_.block_steps, options_.block_lr);
             tc.log_every = std::max<int64_t>(1, options_.block_steps / 2);
             Trainer trainer(tc, nullptr, fmt::format("{}_stage{}", ctx.stage.path, p + 1));
             if (head != nullptr) {

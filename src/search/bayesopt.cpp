@@ -15,16 +15,7 @@ namespace {
 
 constexpr double kPi = 3.14159265358979323846;
 
-/// Hyper-parameters as one vector of logs: signal, lengths..., noise.
-std::vector<double> to_logs(const GpHyper& h) {
-    std::vector<double> v{std::log(h.signal)};
-    for (double l : h.length) {
-        v.push_back(std::log(l));
-    }
-    v.push_back(std::log(h.noise));
-    return v;
-}
-
+/// Hyper-parameters from one vector of logs: signal, lengths..., noise.
 GpHyper from_logs(const std::vector<double>& v) {
     GpHyper h;
     h.signal = std::exp(v.front());
@@ -55,6 +46,23 @@ double matern52(const Eigen::VectorXd& a, const Eigen::VectorXd& b, const GpHype
     return hyper.signal * hyper.signal * (1 + s5r + 5.0 * r2 / 3.0) * std::exp(-s5r);
 }
 
+namespace {
+
+/// K(x, x) + noise² I.
+Eigen::MatrixXd covariance(const Eigen::MatrixXd& x, const GpHyper& hyper) {
+    const Eigen::Index n = x.rows();
+    Eigen::MatrixXd k(n, n);
+    for (Eigen::Index i = 0; i < n; ++i) {
+        for (Eigen::Index j = 0; j <= i; ++j) {
+            k(i, j) = k(j, i) = matern52(x.row(i).transpose(), x.row(j).transpose(), hyper);
+        }
+        k(i, i) += hyper.noise * hyper.noise;
+    }
+    return k;
+}
+
+}  // namespace
+
 double expected_improvement(double mean, double sd, double best, double xi) {
     const double gain = mean - best - xi;
     if (sd <= 1e-12) {
@@ -77,14 +85,7 @@ void GaussianProcess::set_data(const Eigen::MatrixXd& x, const Eigen::VectorXd& 
 
 double GaussianProcess::log_marginal_likelihood(const GpHyper& hyper) const {
     const Eigen::Index n = x_.rows();
-    Eigen::MatrixXd k(n, n);
-    for (Eigen::Index i = 0; i < n; ++i) {
-        for (Eigen::Index j = 0; j <= i; ++j) {
-            k(i, j) = k(j, i) = matern52(x_.row(i).transpose(), x_.row(j).transpose(), hyper);
-        }
-        k(i, i) += hyper.noise * hyper.noise;
-    }
-    Eigen::LLT<Eigen::MatrixXd> llt(k);
+    Eigen::LLT<Eigen::MatrixXd> llt(covariance(x_, hyper));
     if (llt.info() != Eigen::Success) {
         return -1e300;
     }
@@ -95,15 +96,7 @@ double GaussianProcess::log_marginal_likelihood(const GpHyper& hyper) const {
 }
 
 void GaussianProcess::factorise() {
-    const Eigen::Index n = x_.rows();
-    Eigen::MatrixXd k(n, n);
-    for (Eigen::Index i = 0; i < n; ++i) {
-        for (Eigen::Index j = 0; j <= i; ++j) {
-            k(i, j) = k(j, i) = matern52(x_.row(i).transpose(), x_.row(j).transpose(), hyper_);
-        }
-        k(i, i) += hyper_.noise * hyper_.noise;
-    }
-    Eigen::LLT<Eigen::MatrixXd> llt(k);
+    Eigen::LLT<Eigen::MatrixXd> llt(covariance(x_, hyper_));
     PF_CHECK(llt.info() == Eigen::Success, Error,
              "GP covariance is not positive definite (noise {})", hyper_.noise);
     chol_ = llt.matrixL();

@@ -307,6 +307,16 @@ int restore_batch_norm(const Job& job, const DataBundle& data, std::shared_ptr<M
     return static_cast<int>(convs.size());
 }
 
+TrainConfig short_finetune(const TrainConfig& recipe, int64_t steps, double lr) {
+    TrainConfig tc = recipe;
+    tc.epochs = 1;
+    tc.steps_per_epoch = steps;
+    tc.optimizer.lr = lr;
+    tc.schedule.name = "constant";
+    tc.schedule.warmup_epochs = 0;
+    return tc;
+}
+
 void finetune_stage(RunContext& ctx, int64_t epochs, double lr, nlohmann::json& summary) {
     if (epochs <= 0) {
         return;
