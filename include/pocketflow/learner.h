@@ -112,6 +112,13 @@ std::unique_ptr<Loader> calibration_loader(const RunContext& ctx,
 std::unique_ptr<Loader> calibration_loader(
     const DataBundle& data, const Job& job, int64_t count, uint64_t salt, int64_t batch_size = 128);
 
+/// A seeded random subset of `count` images of the validation split (sorted; the split's own
+/// order may follow the classes), for scoring search candidates. ConfigError naming `where` when
+/// the job has no validation split: searches never look at the test set.
+std::unique_ptr<Loader> search_validation_loader(const RunContext& ctx,
+                                                 int64_t count,
+                                                 const std::string& where);
+
 /// Applies `model.restore_bn` to a freshly loaded model: for a BN-folded graph (folded_convs),
 /// measures each conv's output mean and variance on 1,024 training images and re-inserts
 /// BatchNorm (insert_batch_norm). Returns the number of BatchNorms inserted.

@@ -73,10 +73,6 @@ std::vector<double> search_ratios(RunContext& ctx,
     using Clock = std::chrono::steady_clock;
     const auto start = Clock::now();
     const std::string& where = ctx.stage.path;
-    PF_CHECK(!ctx.data.val_indices.empty(), ConfigError,
-             "{}: ratios: auto scores candidates on the validation split (never the test set): "
-             "set data.val_size (e.g. 5000)",
-             where);
     PF_CHECK(!plan.prunable.empty(), ConfigError, "{}: the model has no prunable channel group",
              where);
     const Model& input = *ctx.model;
@@ -92,17 +88,7 @@ std::vector<double> search_ratios(RunContext& ctx,
              "with every group at it): lower min_ratio or raise flops_target",
              where, flops_target, options.min_ratio, floor);
     // Validation subset and BN batches: seeded, fixed for the whole search.
-    // A seeded subset of the validation split (sorted indices may follow the classes).
-    std::vector<int64_t> val = ctx.data.val_indices;
-    std::shuffle(val.begin(), val.end(), std::mt19937_64(ctx.job.seed + 0xA3C));
-    val.resize(std::min<size_t>(val.size(), static_cast<size_t>(options.eval_images)));
-    std::sort(val.begin(), val.end());
-    LoaderOptions lo;
-    lo.batch_size = ctx.job.data.eval_batch_size;
-    lo.mean = ctx.data.mean;
-    lo.std = ctx.data.std;
-    lo.crop = ctx.job.data.dataset == "imagefolder" ? ctx.job.data.image_size : 0;
-    Loader val_loader(ctx.data.train_set, val, lo);
+    auto val_loader = search_validation_loader(ctx, options.eval_images, where);
     std::unique_ptr<Loader> bn_loader;
     if (options.bn_batches > 0) {
         bn_loader = calibration_loader(ctx, options.bn_batches * ctx.job.data.batch_size, 313,
@@ -143,7 +129,7 @@ std::vector<double> search_ratios(RunContext& ctx,
             reestimate_bn(m, *bn_loader);
         }
         m.eval();
-        const double top1 = evaluate(m, val_loader).top1;
+        const double top1 = evaluate(m, *val_loader).top1;
         SearchSpace::Score s(top1, {top1});
         if (options.reward == "amc") {
             s.reward = -(1 - top1 / 100) * std::log(macs_kept);
@@ -217,7 +203,8 @@ std::vector<double> search_ratios(RunContext& ctx,
     spdlog::info(
         "[{}] ratio search: {} groups, {} episodes ({} warm-up), uniform ratios give "
         "validation top-1 {:.2f}% on {} images",
-        where, plan.prunable.size(), options.episodes, options.warmup, uniform_top1, val.size());
+        where, plan.prunable.size(), options.episodes, options.warmup, uniform_top1,
+        val_loader->num_samples());
     const std::filesystem::path dir = ctx.run.path() / "search";
     std::filesystem::create_directories(dir);
     SearchOptions so;
@@ -263,7 +250,7 @@ std::vector<double> search_ratios(RunContext& ctx,
                          {"uniform_val_top1", uniform_top1},
                          {"best_macs_kept", result.best_cost},
                          {"best_ratios", result.best},
-                         {"val_images", val.size()},
+                         {"val_images", val_loader->num_samples()},
                          {"criterion", options.criterion},
                          {"seconds", seconds},
                          {"resumed_episodes", result.resumed}};

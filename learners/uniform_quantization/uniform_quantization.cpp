@@ -10,6 +10,8 @@
 #include "pocketflow/cpu.h"
 #include "pocketflow/error.h"
 
+#include "bits_search.h"
+
 namespace pocketflow::learners {
 
 namespace {
@@ -75,6 +77,10 @@ void read_bits_section(ConfigReader& r, UniformQuantizationOptions& o) {
     o.bits_where = r.location("bits");
     YAML::Node node = r.raw("bits", "bits: 8 | {weights, activations} | {default: .., glob: ..}");
     const std::string path = r.key_path("bits");
+    if (node.IsScalar() && node.Scalar() == "auto") {
+        o.bits_auto = true;  // searched: the `search` section
+        return;
+    }
     bool plain = !node.IsMap();
     if (node.IsMap()) {
         plain = true;
@@ -99,9 +105,7 @@ void read_bits_section(ConfigReader& r, UniformQuantizationOptions& o) {
 
 }  // namespace
 
-std::map<std::string, LayerBits> resolve_layer_bits(const Graph& graph,
-                                                    const UniformQuantizationOptions& options,
-                                                    const std::string& stage_path) {
+std::map<std::string, bool> edge_layers(const Graph& graph, const std::string& stage_path) {
     std::vector<std::string> layers;
     for (const auto& n : graph.nodes()) {
         if (n.op == Op::kConv2d || n.op == Op::kLinear) {
@@ -110,12 +114,23 @@ std::map<std::string, LayerBits> resolve_layer_bits(const Graph& graph,
     }
     PF_CHECK(!layers.empty(), InputError, "{}: the model has no conv or linear layer to quantize",
              stage_path);
-    std::map<std::string, LayerBits> bits;
+    std::map<std::string, bool> edge;
     for (size_t k = 0; k < layers.size(); ++k) {
-        const bool edge =
+        edge[layers[k]] =
             k == 0 || (k + 1 == layers.size() &&
                        graph.nodes()[static_cast<size_t>(graph.find(layers[k]))].op == Op::kLinear);
-        bits[layers[k]] = options.keep_first_last && edge ? LayerBits{8, 8} : options.default_bits;
+    }
+    return edge;
+}
+
+std::map<std::string, LayerBits> resolve_layer_bits(const Graph& graph,
+                                                    const UniformQuantizationOptions& options,
+                                                    const std::string& stage_path) {
+    std::vector<std::string> layers;
+    std::map<std::string, LayerBits> bits;
+    for (const auto& [name, edge] : edge_layers(graph, stage_path)) {
+        layers.push_back(name);
+        bits[name] = options.keep_first_last && edge ? LayerBits{8, 8} : options.default_bits;
     }
     for (const auto& rule : options.rules) {
         bool matched = false;
@@ -152,6 +167,16 @@ nlohmann::json UniformQuantization::run(RunContext& ctx) {
     qo.layers = resolve_layer_bits(graph, options_, path);
     qo.per_channel = options_.per_channel;
     qo.qmax_8bit = reduced ? 63 : 127;
+    auto calibration = calibration_loader(ctx, options_.calibration_images, 171);
+    nlohmann::json search_summary;
+    if (options_.bits_auto) {
+        std::map<std::string, bool> fixed = edge_layers(graph, path);
+        for (auto& [name, edge] : fixed) {
+            edge = edge && options_.keep_first_last;
+        }
+        qo.layers =
+            search_bits(ctx, graph, qo, fixed, options_.search, *calibration, search_summary);
+    }
     const QuantReport report = prepare_quantization(graph, qo);
     spdlog::info("[{}] {} layers quantized ({}), 8-bit weights within ±{} ({}{})", path,
                  report.layers.size(), options_.mode, qo.qmax_8bit, target.description,
@@ -163,7 +188,6 @@ nlohmann::json UniformQuantization::run(RunContext& ctx) {
     }
     auto model = std::make_shared<Model>(std::move(graph), ctx.model->meta());
     model->set_range_momentum(options_.range_momentum);
-    auto calibration = calibration_loader(ctx, options_.calibration_images, 171);
     calibrate_activation_ranges(*model, *calibration, range_method(options_.calibration),
                                 options_.percentile, ctx.job.seed);
     double bias_shift = 0;
@@ -214,6 +238,9 @@ nlohmann::json UniformQuantization::run(RunContext& ctx) {
         stay_float[node] = why;
     }
     summary["bits"] = layers;
+    if (!search_summary.is_null()) {
+        summary["search"] = search_summary["search"];
+    }
     summary["float_nodes"] = stay_float;
     summary["weight_bytes_before"] = bytes_before;
     summary["weight_bytes"] = ctx.model->graph().weight_bytes();
@@ -254,6 +281,34 @@ void register_uniform_quantization(LearnerRegistry& registry) {
              r.read("ranges", o.ranges,
                     "qat: activation ranges by moving average (ema) or learned step sizes (lsq)",
                     {"ema", "lsq"});
+             r.section("search", "bits: auto (DDPG search of weight bits)", [&](ConfigReader& s) {
+                 BitsSearchOptions& so = o.search;
+                 s.read("avg_bits", so.avg_bits,
+                        "budget: mean weight bits of the searched layers (by parameters)",
+                        ConfigReader::in_range(2, 8));
+                 s.read("min_bits", so.min_bits, "fewest bits of a layer",
+                        ConfigReader::in_range(2, 8));
+                 s.read("max_bits", so.max_bits, "most bits of a layer",
+                        ConfigReader::in_range(2, 8));
+                 s.read("activations", so.activations, "activation bits of searched layers",
+                        ConfigReader::in_range(2, 8));
+                 s.read("episodes", so.episodes, "search episodes (including warm-up)",
+                        ConfigReader::in_range(1, 100000));
+                 s.read("warmup", so.warmup, "random episodes before the agent learns",
+                        ConfigReader::at_least(0));
+                 s.read("eval_images", so.eval_images, "validation images per candidate",
+                        ConfigReader::in_range(1, 10000000));
+                 if (so.min_bits > so.max_bits) {
+                     s.fail("max_bits", fmt::format("must be at least min_bits ({})", so.min_bits));
+                 }
+                 if (so.avg_bits < so.min_bits || so.avg_bits > so.max_bits) {
+                     s.fail("avg_bits", fmt::format("must lie in [min_bits {}, max_bits {}]",
+                                                    so.min_bits, so.max_bits));
+                 }
+             });
+             if (r.has("search") && !o.bits_auto) {
+                 r.fail("search", "the search section goes with bits: auto");
+             }
              r.finish();
              return std::make_unique<UniformQuantization>(o);
          }});

@@ -7,6 +7,8 @@
 #include "pocketflow/learner.h"
 #include "pocketflow/quant.h"
 
+#include "bits_search.h"
+
 namespace pocketflow::learners {
 
 /// Bits for the layers whose names match a glob (`bits: {"layer3_*": 4}`); later entries win.
@@ -34,6 +36,8 @@ struct UniformQuantizationOptions {
     double lr = 0.001;             ///< qat: learning rate
     double range_momentum = 0.01;  ///< qat: batch weight of the activation-range average
     std::string ranges = "ema";    ///< qat: ema (min/max moving average) | lsq (learned scales)
+    bool bits_auto = false;        ///< `bits: auto`: weight bits searched (`search`)
+    BitsSearchOptions search;
 };
 
 /// Uniform quantization (ALGORITHMS.md): weights to 2–8-bit symmetric integers (per output
@@ -53,6 +57,10 @@ public:
 private:
     UniformQuantizationOptions options_;
 };
+
+/// Every conv/linear of `graph` by name: whether it is the first layer or a last linear (kept at
+/// 8 bits with keep_first_last).
+std::map<std::string, bool> edge_layers(const Graph& graph, const std::string& stage_path);
 
 /// The bits of every conv/linear of `graph` under `options` (first/last rule, globs, default);
 /// throws ConfigError for a glob that matches no layer.

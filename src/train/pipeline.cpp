@@ -242,6 +242,25 @@ std::unique_ptr<Loader> calibration_loader(const RunContext& ctx,
     return calibration_loader(ctx.data, ctx.job, count, salt, batch_size);
 }
 
+std::unique_ptr<Loader> search_validation_loader(const RunContext& ctx,
+                                                 int64_t count,
+                                                 const std::string& where) {
+    PF_CHECK(!ctx.data.val_indices.empty(), ConfigError,
+             "{}: the search scores candidates on the validation split (never the test set): "
+             "set data.val_size (e.g. 5000)",
+             where);
+    std::vector<int64_t> val = ctx.data.val_indices;
+    std::shuffle(val.begin(), val.end(), std::mt19937_64(ctx.job.seed + 0xA3C));
+    val.resize(std::min<size_t>(val.size(), static_cast<size_t>(count)));
+    std::sort(val.begin(), val.end());
+    LoaderOptions lo;
+    lo.batch_size = ctx.job.data.eval_batch_size;
+    lo.mean = ctx.data.mean;
+    lo.std = ctx.data.std;
+    lo.crop = ctx.job.data.dataset == "imagefolder" ? ctx.job.data.image_size : 0;
+    return std::make_unique<Loader>(ctx.data.train_set, val, lo);
+}
+
 int restore_batch_norm(const Job& job, const DataBundle& data, std::shared_ptr<Model>& model) {
     const std::string& mode = job.model.restore_bn;
     if (mode == "false" || (mode == "auto" && job.model.onnx.empty())) {

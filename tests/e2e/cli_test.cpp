@@ -650,5 +650,43 @@ params:
     EXPECT_NE(bad3.err.find("objective 'nope'"), std::string::npos) << bad3.err;
 }
 
+
+TEST(CliTest, SearchedBitsEndToEnd) {
+    testing::TempDir dir;
+    write_file_atomic(dir.file("job.yaml"), kTinyJob);
+    Result base = cli("--json train --config job.yaml --set output_dir=base", dir);
+    ASSERT_EQ(base.code, 0) << base.err;
+    const std::string stage =
+        "--set model.arch= --set model.path=base/model.pfm --set 'pipeline=[{learner: "
+        "uniform_quantization, mode: ptq, bits: auto, keep_first_last: false, search: {avg_bits: "
+        "3, episodes: 10, warmup: 4}}]' ";
+    Result r = cli("--json compress --config job.yaml --set output_dir=q " + stage, dir);
+    ASSERT_EQ(r.code, 0) << r.err;
+    const json st = json::parse(r.out)["stages"][0];
+    ASSERT_TRUE(st.contains("search")) << st.dump();
+    EXPECT_EQ(st["search"]["episodes"], 10);
+    EXPECT_LE(st["search"]["avg_bits"].get<double>(), 3.0 + 1e-9);  // the budget is met
+    // Every layer got its searched weight bits (lenet5: 2 convs, 3 linears), all within 2–8.
+    ASSERT_EQ(st["search"]["weight_bits"].size(), 5u);
+    for (const auto& [name, b] : st["search"]["weight_bits"].items()) {
+        EXPECT_EQ(st["bits"][name], fmt::format("w{}a8", b.get<int>())) << name;
+        EXPECT_GE(b.get<int>(), 2);
+        EXPECT_LE(b.get<int>(), 8);
+    }
+    EXPECT_NE(read_file(dir.path() / "q" / "search" / "best_bits.yaml").find("bits:"),
+              std::string::npos);
+    // Bad input: the budget outside the bits range; a search section without bits: auto.
+    Result bad = cli("compress --config job.yaml " + stage + "--set pipeline.0.search.avg_bits=1",
+                     dir);
+    EXPECT_EQ(bad.code, 2);
+    EXPECT_NE(bad.err.find("search.avg_bits"), std::string::npos) << bad.err;
+    Result stray = cli(
+        "compress --config job.yaml --set model.arch= --set model.path=base/model.pfm --set "
+        "'pipeline=[{learner: uniform_quantization, bits: 4, search: {avg_bits: 3}}]'",
+        dir);
+    EXPECT_EQ(stray.code, 2);
+    EXPECT_NE(stray.err.find("bits: auto"), std::string::npos) << stray.err;
+}
+
 }  // namespace
 }  // namespace pocketflow
