@@ -21,8 +21,10 @@ struct LatencyOptions {
 /// and linear layer at one batch size in one runtime, keyed by the layer and its channel counts,
 /// measured the first time a graph needs it — all missing entries of a graph in one runtime
 /// process — and kept in a CSV file, so later runs and resumed searches reuse it. A graph's
-/// predicted latency is the sum of its layers' entries: what changes when channels are removed
-/// (the other nodes are cheap and fused into the layers by the runtimes).
+/// predicted latency is the sum of its layers' entries, each less the time of a model of the
+/// layer's input alone (the runtime's per-run overhead, which a one-layer model pays once per
+/// layer and a whole model once): what changes when channels are removed (the other nodes are
+/// cheap and fused into the layers by the runtimes).
 ///
 /// Example:
 ///   LatencyTable table({"onnxruntime", 16}, run_dir / "search" / "latency_table.csv");
@@ -31,7 +33,8 @@ class LatencyTable {
 public:
     LatencyTable(LatencyOptions options, std::string cache_path);
 
-    /// The sum of the entries of `graph`'s conv and linear layers (ms); measures the missing ones.
+    /// The sum over `graph`'s conv and linear layers of their entries less their inputs'
+    /// overhead entries (ms); measures the missing ones.
     double predict_ms(const Graph& graph);
     /// Entries in the table and how many this process measured.
     size_t size() const { return table_.size(); }

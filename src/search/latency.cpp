@@ -39,6 +39,11 @@ std::string layer_key(const Node& n, const std::vector<int64_t>& in_shape) {
                        a.stride.at(0), a.stride.at(1), a.groups);
 }
 
+/// The table key of a one-layer model's overhead on an input of `in_shape`.
+std::string overhead_key(const std::vector<int64_t>& in_shape) {
+    return fmt::format("overhead {}", fmt::join(in_shape, "x"));
+}
+
 /// A graph of the layer alone (a float copy of it on its input), flattened for conv layers so that
 /// it has the [N, features] output every exported model has.
 /// Graph inputs are images: a linear layer's [F] input comes as [F, 1, 1] through a Flatten.
@@ -104,27 +109,32 @@ void LatencyTable::save() const {
 
 double LatencyTable::predict_ms(const Graph& graph) {
     const auto shapes = graph.infer_shapes();
-    std::vector<std::string> keys;
     std::vector<std::string> missing;
     std::vector<Graph> layers;
     std::vector<std::vector<int64_t>> inputs;
-    for (const Node& n : graph.nodes()) {
-        if (!timed(n)) {
-            continue;
+    auto add_missing = [&](const std::string& key, Graph g, const std::vector<int64_t>& in_shape) {
+        if (table_.count(key) || std::find(missing.begin(), missing.end(), key) != missing.end()) {
+            return;
         }
-        const auto& in_shape = shapes.at(static_cast<size_t>(n.inputs.at(0)));
-        keys.push_back(layer_key(n, in_shape));
-        if (table_.count(keys.back()) ||
-            std::find(missing.begin(), missing.end(), keys.back()) != missing.end()) {
-            continue;
-        }
-        missing.push_back(keys.back());
-        layers.push_back(single_layer(n, in_shape));
+        missing.push_back(key);
+        layers.push_back(std::move(g));
         std::vector<int64_t> x{options_.batch};
         for (int64_t d : image_shape(in_shape)) {
             x.push_back(d);
         }
         inputs.push_back(std::move(x));
+    };
+    for (const Node& n : graph.nodes()) {
+        if (!timed(n)) {
+            continue;
+        }
+        const auto& in_shape = shapes.at(static_cast<size_t>(n.inputs.at(0)));
+        add_missing(layer_key(n, in_shape), single_layer(n, in_shape), in_shape);
+        // What a one-layer model costs besides its layer (the runtime's per-run work, copying
+        // the input in, the output out), timed on a model of its input alone and subtracted.
+        Graph empty(image_shape(in_shape));
+        empty.add_unary("flatten", Op::kFlatten, empty.input());
+        add_missing(overhead_key(in_shape), std::move(empty), in_shape);
     }
     if (!missing.empty()) {
         std::vector<double> ms;
@@ -168,8 +178,12 @@ double LatencyTable::predict_ms(const Graph& graph) {
         save();
     }
     double total = 0;
-    for (const auto& k : keys) {
-        total += table_.at(k);
+    for (const Node& n : graph.nodes()) {
+        if (timed(n)) {
+            const auto& in_shape = shapes.at(static_cast<size_t>(n.inputs.at(0)));
+            total += std::max(
+                0.0, table_.at(layer_key(n, in_shape)) - table_.at(overhead_key(in_shape)));
+        }
     }
     return total;
 }

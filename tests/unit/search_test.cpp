@@ -3,6 +3,8 @@
 #include "pocketflow/search.h"
 
 #include "pocketflow/bayesopt.h"
+#include "pocketflow/latency.h"
+#include "pocketflow/zoo.h"
 
 #include <algorithm>
 #include <cmath>
@@ -210,6 +212,30 @@ TEST(SearchTest, ResumedSearchEndsAsAnUninterruptedOne) {
     EXPECT_THROW(run_search(wider, o), InputError);
 }
 
+
+TEST(LatencyTableTest, MeasuresOnceThenReusesItsFile) {
+    testing::TempDir dir;
+    const Graph g = build_zoo_model("lenet5", 4, {1, 12, 12});
+    LatencyOptions o;
+    o.runtime = "libtorch";
+    o.batch = 2;
+    o.repeat = 2;
+    const std::string path = dir.file("table.csv");
+    LatencyTable first(o, path);
+    const double ms = first.predict_ms(g);
+    EXPECT_GE(ms, 0.0);
+    // 2 convs + 3 linears, and the overhead of each distinct layer input (5 here).
+    EXPECT_EQ(first.measured(), 10u);
+    EXPECT_EQ(first.predict_ms(g), ms);  // nothing new to measure
+    EXPECT_EQ(first.measured(), 10u);
+    LatencyTable again(o, path);  // a resumed search: the file's entries, nothing measured
+    EXPECT_EQ(again.size(), 10u);
+    EXPECT_EQ(again.predict_ms(g), ms);
+    EXPECT_EQ(again.measured(), 0u);
+    o.batch = 4;  // measured another way: the file is not reused
+    LatencyTable other(o, path);
+    EXPECT_EQ(other.size(), 0u);
+}
 
 // Bayesian optimisation (bayesopt.h): hand-computed values, then a known optimum.
 
