@@ -228,6 +228,19 @@ std::vector<double> search_ratios(RunContext& ctx,
         }
     };
     SearchResult result = run_search(space, so);
+    // The uniform allocation was scored too: the search never hands back something worse.
+    const double agent_reward = result.best_reward, agent_top1 = result.best_metrics.at(0);
+    const bool keep_uniform = uniform.reward > result.best_reward;
+    if (keep_uniform) {
+        spdlog::warn(
+            "[{}] the search found nothing better than the uniform ratios (best reward {:.4g}, "
+            "uniform {:.4g}): keeping them",
+            where, result.best_reward, uniform.reward);
+        result.best = plan.ratios;
+        result.best_reward = uniform.reward;
+        result.best_cost = cost(plan.ratios);
+        result.best_metrics = uniform.metrics;
+    }
     const double top1 = result.best_metrics.at(0);
     std::string measured = fmt::format(
         "validation top-1 {:.2f}% before fine-tuning (uniform "
@@ -253,7 +266,10 @@ std::vector<double> search_ratios(RunContext& ctx,
                          {"val_images", val_loader->num_samples()},
                          {"criterion", options.criterion},
                          {"seconds", seconds},
-                         {"resumed_episodes", result.resumed}};
+                         {"resumed_episodes", result.resumed},
+                         {"chosen", keep_uniform ? "uniform" : "search"},
+                         {"agent_best_reward", agent_reward},
+                         {"agent_best_val_top1", agent_top1}};
     if (latency) {
         summary["search"]["best_latency_ms"] = result.best_metrics.at(1);
         summary["search"]["uniform_latency_ms"] = uniform_ms;

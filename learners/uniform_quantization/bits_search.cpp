@@ -155,7 +155,18 @@ std::map<std::string, LayerBits> search_bits(RunContext& ctx,
                 where, episode + 1, options.episodes, reward, best, uniform_top1);
         }
     };
-    const SearchResult result = run_search(space, so);
+    SearchResult result = run_search(space, so);
+    // The uniform bits were scored too: the search never hands back something worse.
+    const double agent_top1 = result.best_reward;
+    const bool keep_uniform = uniform_top1 > result.best_reward;
+    if (keep_uniform) {
+        spdlog::warn(
+            "[{}] the search found nothing better than uniform {} bits (best {:.2f}%, uniform "
+            "{:.2f}%): keeping them",
+            where, uniform_bits, result.best_reward, uniform_top1);
+        result.best.assign(names.size(), static_cast<double>(uniform_bits));
+        result.best_reward = uniform_top1;
+    }
     std::map<std::string, LayerBits> bits = base.layers;
     nlohmann::json chosen = nlohmann::json::object();
     std::string yaml = fmt::format(
@@ -179,7 +190,9 @@ std::map<std::string, LayerBits> search_bits(RunContext& ctx,
                          {"weight_bits", chosen},
                          {"val_images", val_loader->num_samples()},
                          {"seconds", seconds},
-                         {"resumed_episodes", result.resumed}};
+                         {"resumed_episodes", result.resumed},
+                         {"chosen", keep_uniform ? "uniform" : "search"},
+                         {"agent_best_val_top1", agent_top1}};
     spdlog::info(
         "[{}] bits search done in {:.0f} s: best validation top-1 {:.2f}% (uniform {} bits "
         "{:.2f}%) at a mean of {:.3f} weight bits; {}",
