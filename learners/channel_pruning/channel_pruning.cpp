@@ -127,6 +127,10 @@ void register_channel_pruning(LearnerRegistry& registry) {
                         ConfigReader::in_range(0, 10000));
                  s.read("samples", so.samples, "lasso candidates: calibration images",
                         ConfigReader::in_range(8, 100000));
+                 so.finetune_lr = o.finetune_lr;
+                 s.read("finetune_steps", so.finetune_steps,
+                        "training steps of each candidate before it is scored",
+                        ConfigReader::in_range(0, 100000));
                  s.read("reward", so.reward, "what the agent maximises",
                         {"top1", "amc", "latency"});
                  s.section("latency", "latency reward: per-layer table", [&](ConfigReader& l) {

@@ -108,6 +108,8 @@ std::vector<double> search_ratios(RunContext& ctx,
         latency = std::make_unique<LatencyTable>(
             options.latency, (ctx.run.path() / "search" / "latency_table.csv").string());
     }
+    DataBundle train_only = ctx.data;  // candidates' training: no per-epoch validation
+    train_only.val_indices.clear();
     // kept counts → score (with channel blocks, candidates repeat)
     std::map<std::vector<int64_t>, SearchSpace::Score> scored;
     double uniform_ms = 0;  // latency: the uniform candidate's
@@ -127,6 +129,15 @@ std::vector<double> search_ratios(RunContext& ctx,
         Model m(std::move(g), input.meta());
         if (bn_loader) {
             reestimate_bn(m, *bn_loader);
+        }
+        if (options.finetune_steps > 0) {
+            const auto level = spdlog::get_level();
+            spdlog::set_level(spdlog::level::warn);  // one candidate's training is not news
+            Trainer trainer(
+                short_finetune(ctx.job.train, options.finetune_steps, options.finetune_lr), nullptr,
+                where + "_candidate");
+            trainer.fit(m, train_only, ctx.job.data, ctx.job.seed + 5);
+            spdlog::set_level(level);
         }
         m.eval();
         const double top1 = evaluate(m, *val_loader).top1;

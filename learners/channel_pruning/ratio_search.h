@@ -32,6 +32,10 @@ struct RatioSearchOptions {
     std::string reward = "top1";
     LatencyOptions latency;        ///< latency: where the table is measured
     double latency_weight = 0.07;  ///< latency: w (MnasNet's soft-constraint exponent)
+    /// Training steps of each candidate before it is scored (the job's recipe at finetune_lr,
+    /// no distillation): scores what fine-tuning will recover, not the pruned model as is.
+    int64_t finetune_steps = 0;
+    double finetune_lr = 0.01;  ///< the stage's finetune_lr
 };
 
 /// Re-estimates the BatchNorm statistics of `model` as cumulative averages over the batches of

@@ -538,6 +538,14 @@ TEST(CliTest, SearchedPruningRatiosEndToEnd) {
     EXPECT_EQ(read_file(dir.path() / "auto" / "search" / "episodes.csv"), csv);
     EXPECT_EQ(read_file(dir.path() / "auto" / "search" / "best_ratios.yaml"), yaml);
 
+    // Candidates trained a few steps before they are scored.
+    Result trained = cli("--json compress --config job.yaml --set output_dir=ft " + search +
+                             "--set pipeline.0.search.episodes=2 --set "
+                             "pipeline.0.search.finetune_steps=3",
+                         dir);
+    ASSERT_EQ(trained.code, 0) << trained.err;
+    EXPECT_EQ(json::parse(trained.out)["stages"][0]["search"]["episodes"], 2);
+
     // A latency reward: a per-layer table measured in LibTorch (and ONNX Runtime when installed),
     // cached in the run directory; the log has top-1 and latency per episode.
     std::vector<std::string> runtimes{"libtorch"};
