@@ -131,6 +131,9 @@ void register_channel_pruning(LearnerRegistry& registry) {
                  s.read("finetune_steps", so.finetune_steps,
                         "training steps of each candidate before it is scored",
                         ConfigReader::in_range(0, 100000));
+                 s.read("finetune_lr", so.finetune_lr,
+                        "learning rate of the candidates' steps (default: the stage's)",
+                        ConfigReader::in_open_range(0, 10));
                  s.read("reward", so.reward, "what the agent maximises",
                         {"top1", "amc", "latency"});
                  s.section("latency", "latency reward: per-layer table", [&](ConfigReader& l) {

@@ -35,7 +35,7 @@ struct RatioSearchOptions {
     /// Training steps of each candidate before it is scored (the job's recipe at finetune_lr,
     /// no distillation): scores what fine-tuning will recover, not the pruned model as is.
     int64_t finetune_steps = 0;
-    double finetune_lr = 0.01;  ///< the stage's finetune_lr
+    double finetune_lr = 0.01;  ///< of those steps (default: the stage's finetune_lr)
 };
 
 /// Re-estimates the BatchNorm statistics of `model` as cumulative averages over the batches of
