@@ -254,9 +254,10 @@ std::vector<double> search_ratios(RunContext& ctx,
     }
     const double top1 = result.best_metrics.at(0);
     std::string measured = fmt::format(
-        "validation top-1 {:.2f}% before fine-tuning (uniform "
-        "{:.2f}%), {:.1f}% of the MACs",
-        top1, uniform_top1, 100 * result.best_cost);
+        "validation top-1 {:.2f}% {} (uniform {:.2f}%), {:.1f}% of the MACs", top1,
+        options.finetune_steps > 0 ? fmt::format("after {} training steps", options.finetune_steps)
+                                   : std::string("before fine-tuning"),
+        uniform_top1, 100 * result.best_cost);
     if (latency) {
         measured += fmt::format(", {} latency {:.3f} ms at batch {} (uniform {:.3f} ms)",
                                 options.latency.runtime, result.best_metrics.at(1),
