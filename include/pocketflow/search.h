@@ -134,6 +134,7 @@ struct SearchOptions {
     /// agent takes the same actions and gets the logged rewards, without scoring — so the search
     /// ends with the same best policy as an uninterrupted one.
     bool resume = false;
+    std::string plot_path;  ///< SVG chart of the rewards (rewritten after every episode), or empty
     /// Called after every episode (progress): episode index, its reward, the best so far.
     std::function<void(int64_t, double, double)> progress;
 };

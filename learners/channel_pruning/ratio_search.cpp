@@ -223,6 +223,7 @@ std::vector<double> search_ratios(RunContext& ctx,
     so.agent.warmup = options.warmup;
     so.agent.seed = ctx.job.seed + 7;
     so.csv_path = (dir / "episodes.csv").string();
+    so.plot_path = (dir / "episodes.svg").string();
     so.resume = ctx.resume;
     const auto search_start = Clock::now();
     int64_t scored_here = 0;  // episodes scored by this process (not replayed)

@@ -146,6 +146,7 @@ std::map<std::string, LayerBits> search_bits(RunContext& ctx,
     so.agent.warmup = options.warmup;
     so.agent.seed = ctx.job.seed + 11;
     so.csv_path = (dir / "episodes.csv").string();
+    so.plot_path = (dir / "episodes.svg").string();
     so.resume = ctx.resume;
     so.progress = [&](int64_t episode, double reward, double best) {
         if ((episode + 1) % 10 == 0 || episode + 1 == options.episodes) {

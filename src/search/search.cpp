@@ -62,6 +62,48 @@ EpisodeLog read_episode_log(const std::string& path,
     return log;
 }
 
+/// The episodes as an SVG chart: each episode's reward (dots) and the best so far (line).
+std::string episode_plot(const std::vector<double>& rewards) {
+    const double w = 640, h = 360, left = 60, right = 20, top = 20, bottom = 40;
+    double lo = rewards.front(), hi = rewards.front();
+    for (double r : rewards) {
+        lo = std::min(lo, r);
+        hi = std::max(hi, r);
+    }
+    if (hi - lo < 1e-12) {
+        hi = lo + 1;
+    }
+    const double n = static_cast<double>(std::max<size_t>(rewards.size() - 1, 1));
+    auto x = [&](size_t i) { return left + (w - left - right) * static_cast<double>(i) / n; };
+    auto y = [&](double r) { return top + (h - top - bottom) * (hi - r) / (hi - lo); };
+    std::string svg = fmt::format(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{}\" height=\"{}\" "
+        "font-family=\"sans-serif\" font-size=\"12\">\n<rect width=\"100%\" height=\"100%\" "
+        "fill=\"white\"/>\n<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n"
+        "<line x1=\"{}\" y1=\"{}\" x2=\"{}\" y2=\"{}\" stroke=\"black\"/>\n",
+        w, h, left, h - bottom, w - right, h - bottom, left, top, left, h - bottom);
+    svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.4g}</text>\n", left - 4,
+                       top + 4, hi);
+    svg += fmt::format("<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{:.4g}</text>\n", left - 4,
+                       h - bottom, lo);
+    svg += fmt::format(
+        "<text x=\"{}\" y=\"{}\" text-anchor=\"middle\">episode (1–{}); dots: reward, line: best "
+        "so far</text>\n",
+        (w + left) / 2, h - 10, rewards.size());
+    std::string best_line;
+    double best = -1e300;
+    for (size_t i = 0; i < rewards.size(); ++i) {
+        svg += fmt::format("<circle cx=\"{:.1f}\" cy=\"{:.1f}\" r=\"2\" fill=\"#888\"/>\n", x(i),
+                           y(rewards[i]));
+        best = std::max(best, rewards[i]);
+        best_line += fmt::format("{:.1f},{:.1f} ", x(i), y(best));
+    }
+    svg += fmt::format(
+        "<polyline points=\"{}\" fill=\"none\" stroke=\"#c00\" stroke-width=\"2\"/>\n</svg>\n",
+        best_line);
+    return svg;
+}
+
 }  // namespace
 
 SearchResult run_search(const SearchSpace& space, const SearchOptions& options) {
@@ -84,6 +126,7 @@ SearchResult run_search(const SearchSpace& space, const SearchOptions& options) 
     }
     csv += "\n";
     EpisodeLog log;
+    std::vector<double> rewards;  // every episode's, for the chart
     if (options.resume && !options.csv_path.empty()) {
         log = read_episode_log(options.csv_path, csv, space.metric_names.size(), points);
         PF_CHECK(static_cast<int64_t>(log.scores.size()) <= options.episodes, InputError,
@@ -152,8 +195,12 @@ SearchResult run_search(const SearchSpace& space, const SearchOptions& options) 
             csv += fmt::format(",{:.4f}", a);
         }
         csv += "\n";
+        rewards.push_back(reward);
         if (!options.csv_path.empty() && !replay) {
             write_file_atomic(options.csv_path, csv);
+        }
+        if (!options.plot_path.empty() && !replay) {
+            write_file_atomic(options.plot_path, episode_plot(rewards));
         }
         if (options.progress && !replay) {
             options.progress(episode, reward, result.best_reward);

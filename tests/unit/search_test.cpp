@@ -142,6 +142,7 @@ TEST(SearchTest, RunSearchClipsEveryEpisodeToTheBudgetAndLogsIt) {
     o.agent.warmup = 10;
     o.agent.hidden = 32;
     o.csv_path = dir.file("episodes.csv");
+    o.plot_path = dir.file("episodes.svg");
     int calls = 0;
     o.progress = [&](int64_t, double, double) { ++calls; };
     SearchResult r = run_search(space, o);
@@ -160,6 +161,16 @@ TEST(SearchTest, RunSearchClipsEveryEpisodeToTheBudgetAndLogsIt) {
     }
     EXPECT_EQ(rows, 60);
     EXPECT_GT(r.best[2], 0.6);  // most of the budget went to the point that pays
+    // The chart: one dot per episode and the best-so-far line.
+    std::ifstream svg(o.plot_path);
+    const std::string plot(std::istreambuf_iterator<char>(svg), {});
+    size_t dots = 0;
+    for (size_t at = plot.find("<circle"); at != std::string::npos;
+         at = plot.find("<circle", at + 1)) {
+        ++dots;
+    }
+    EXPECT_EQ(dots, 60u);
+    EXPECT_NE(plot.find("<polyline"), std::string::npos);
 }
 
 std::string read_all(const std::string& path) {
