@@ -15,6 +15,7 @@
 #include "pocketflow/config.h"
 #include "pocketflow/data.h"
 #include "pocketflow/model.h"
+#include "pocketflow/search.h"
 #include "pocketflow/trainer.h"
 
 namespace pocketflow {
@@ -118,6 +119,19 @@ std::unique_ptr<Loader> calibration_loader(
 std::unique_ptr<Loader> search_validation_loader(const RunContext& ctx,
                                                  int64_t count,
                                                  const std::string& where);
+
+/// The options every stage's search starts from: `episodes`, `warmup`, the agent seeded from the
+/// job's seed and `salt`, the episode log, chart and resume flag in <run>/search/ (created).
+SearchOptions stage_search_options(const RunContext& ctx,
+                                   int64_t episodes,
+                                   int64_t warmup,
+                                   uint64_t salt);
+
+/// Reads the keys every search section has: `episodes`, `warmup`, `eval_images`.
+void read_search_keys(ConfigReader& reader,
+                      int64_t& episodes,
+                      int64_t& warmup,
+                      int64_t& eval_images);
 
 /// Applies `model.restore_bn` to a freshly loaded model: for a BN-folded graph (folded_convs),
 /// measures each conv's output mean and variance on 1,024 training images and re-inserts

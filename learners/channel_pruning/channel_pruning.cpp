@@ -109,14 +109,9 @@ void register_channel_pruning(LearnerRegistry& registry) {
                     ConfigReader::in_open_range(0, 10));
              r.section("search", "ratios: auto (DDPG search)", [&](ConfigReader& s) {
                  RatioSearchOptions& so = o.search;
-                 s.read("episodes", so.episodes, "search episodes (including warm-up)",
-                        ConfigReader::in_range(1, 100000));
-                 s.read("warmup", so.warmup, "random episodes before the agent learns",
-                        ConfigReader::at_least(0));
+                 read_search_keys(s, so.episodes, so.warmup, so.eval_images);
                  s.read("min_ratio", so.min_ratio, "smallest kept ratio of a group",
                         ConfigReader::in_open_range(0, 1));
-                 s.read("eval_images", so.eval_images, "validation images per candidate",
-                        ConfigReader::in_range(1, 10000000));
                  so.criterion = o.selection.criterion;  // default: prune as the stage does
                  s.read("criterion", so.criterion, "channel selection of candidates",
                         {"lasso", "l1", "l2", "fpgm", "bn_scale"});

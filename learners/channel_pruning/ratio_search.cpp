@@ -216,15 +216,8 @@ std::vector<double> search_ratios(RunContext& ctx,
         "validation top-1 {:.2f}% on {} images",
         where, plan.prunable.size(), options.episodes, options.warmup, uniform_top1,
         val_loader->num_samples());
-    const std::filesystem::path dir = ctx.run.path() / "search";
-    std::filesystem::create_directories(dir);
-    SearchOptions so;
-    so.episodes = options.episodes;
-    so.agent.warmup = options.warmup;
-    so.agent.seed = ctx.job.seed + 7;
-    so.csv_path = (dir / "episodes.csv").string();
-    so.plot_path = (dir / "episodes.svg").string();
-    so.resume = ctx.resume;
+    const std::filesystem::path dir = ctx.run.path() / "search";  // made by stage_search_options
+    SearchOptions so = stage_search_options(ctx, options.episodes, options.warmup, 7);
     const auto search_start = Clock::now();
     int64_t scored_here = 0;  // episodes scored by this process (not replayed)
     so.progress = [&](int64_t episode, double reward, double best) {

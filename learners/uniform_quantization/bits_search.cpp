@@ -139,15 +139,8 @@ std::map<std::string, LayerBits> search_bits(RunContext& ctx,
         "{} bits: validation top-1 {:.2f}% on {} images",
         where, names.size(), options.avg_bits, options.episodes, options.warmup, uniform_bits,
         uniform_top1, val_loader->num_samples());
-    const std::filesystem::path dir = ctx.run.path() / "search";
-    std::filesystem::create_directories(dir);
-    SearchOptions so;
-    so.episodes = options.episodes;
-    so.agent.warmup = options.warmup;
-    so.agent.seed = ctx.job.seed + 11;
-    so.csv_path = (dir / "episodes.csv").string();
-    so.plot_path = (dir / "episodes.svg").string();
-    so.resume = ctx.resume;
+    const std::filesystem::path dir = ctx.run.path() / "search";  // made by stage_search_options
+    SearchOptions so = stage_search_options(ctx, options.episodes, options.warmup, 11);
     so.progress = [&](int64_t episode, double reward, double best) {
         if ((episode + 1) % 10 == 0 || episode + 1 == options.episodes) {
             spdlog::info(

@@ -292,12 +292,7 @@ void register_uniform_quantization(LearnerRegistry& registry) {
                         ConfigReader::in_range(2, 8));
                  s.read("activations", so.activations, "activation bits of searched layers",
                         ConfigReader::in_range(2, 8));
-                 s.read("episodes", so.episodes, "search episodes (including warm-up)",
-                        ConfigReader::in_range(1, 100000));
-                 s.read("warmup", so.warmup, "random episodes before the agent learns",
-                        ConfigReader::at_least(0));
-                 s.read("eval_images", so.eval_images, "validation images per candidate",
-                        ConfigReader::in_range(1, 10000000));
+                 read_search_keys(s, so.episodes, so.warmup, so.eval_images);
                  if (so.min_bits > so.max_bits) {
                      s.fail("max_bits", fmt::format("must be at least min_bits ({})", so.min_bits));
                  }

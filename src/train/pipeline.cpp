@@ -261,6 +261,34 @@ std::unique_ptr<Loader> search_validation_loader(const RunContext& ctx,
     return std::make_unique<Loader>(ctx.data.train_set, val, lo);
 }
 
+SearchOptions stage_search_options(const RunContext& ctx,
+                                   int64_t episodes,
+                                   int64_t warmup,
+                                   uint64_t salt) {
+    const fs::path dir = ctx.run.path() / "search";
+    fs::create_directories(dir);
+    SearchOptions so;
+    so.episodes = episodes;
+    so.agent.warmup = warmup;
+    so.agent.seed = ctx.job.seed + salt;
+    so.csv_path = (dir / "episodes.csv").string();
+    so.plot_path = (dir / "episodes.svg").string();
+    so.resume = ctx.resume;
+    return so;
+}
+
+void read_search_keys(ConfigReader& reader,
+                      int64_t& episodes,
+                      int64_t& warmup,
+                      int64_t& eval_images) {
+    reader.read("episodes", episodes, "search episodes (including warm-up)",
+                ConfigReader::in_range(1, 100000));
+    reader.read("warmup", warmup, "random episodes before the agent learns",
+                ConfigReader::at_least(0));
+    reader.read("eval_images", eval_images, "validation images per candidate",
+                ConfigReader::in_range(1, 10000000));
+}
+
 int restore_batch_norm(const Job& job, const DataBundle& data, std::shared_ptr<Model>& model) {
     const std::string& mode = job.model.restore_bn;
     if (mode == "false" || (mode == "auto" && job.model.onnx.empty())) {
