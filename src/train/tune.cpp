@@ -321,7 +321,12 @@ json run_tune(const TuneSpace& space, const TuneOptions& options) {
     std::string best_yaml =
         fmt::format("# pocketflow tune: trial {} of {}, {} {} ({})\n", best, trials.size(),
                     space.objective, b.objective, space.maximize ? "maximised" : "minimised");
-    best_yaml += read_file(best_dir / "resolved_config.yaml");
+    // The trial's job without its run directory: a rerun gets its own.
+    YAML::Node best_job = YAML::LoadFile((best_dir / "resolved_config.yaml").string());
+    best_job.remove("output_dir");
+    YAML::Emitter emitter;
+    emitter << best_job;
+    best_yaml += std::string(emitter.c_str()) + "\n";
     write_file_atomic(dir / "best_job.yaml", best_yaml);
     json result = {{"space", space.file},
                    {"objective", space.objective},

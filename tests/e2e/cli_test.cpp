@@ -615,7 +615,9 @@ params:
         EXPECT_TRUE(epochs == 1 || epochs == 2) << epochs;
     }
     EXPECT_EQ(t["best_objective"].get<double>(), best);
-    // The best job, run again, gives the best trial's result (runs are seeded).
+    // The best job, run again, gives the best trial's result (runs are seeded); it names no run
+    // directory of its own (a rerun must not write into the trial's).
+    EXPECT_EQ(read_file(dir.path() / "t" / "best_job.yaml").find("output_dir"), std::string::npos);
     Result again = cli("--json compress --config t/best_job.yaml --set output_dir=again", dir);
     ASSERT_EQ(again.code, 0) << again.err;
     EXPECT_EQ(json::parse(again.out)["val_top1"].get<double>(), best);
