@@ -64,6 +64,19 @@ pipeline:
   - learner: full_precision
 )";
 
+/// Writes `job` as job.yaml in `dir` and trains the base model of the search tests in base/;
+/// returns the `--set` arguments that start a job from it (empty, with a failure recorded, when
+/// the training fails).
+std::string from_trained_base(const testing::TempDir& dir, const std::string& job = kTinyJob) {
+    write_file_atomic(dir.file("job.yaml"), job);
+    Result base = cli("--json train --config job.yaml --set output_dir=base", dir);
+    if (base.code != 0) {
+        ADD_FAILURE() << "training the base model failed: " << base.err;
+        return "";
+    }
+    return "--set model.arch= --set model.path=base/model.pfm ";
+}
+
 TEST(CliTest, VersionHelpAndLearners) {
     testing::TempDir dir;
     Result v = cli("--version", dir);
@@ -475,12 +488,12 @@ TEST(CliTest, UniformQuantizationEndToEnd) {
 
 TEST(CliTest, SearchedPruningRatiosEndToEnd) {
     testing::TempDir dir;
-    write_file_atomic(dir.file("job.yaml"), kTinyJob);
-    Result base = cli("--json train --config job.yaml --set output_dir=base", dir);
-    ASSERT_EQ(base.code, 0) << base.err;
+    const std::string from_base = from_trained_base(dir);
+    ASSERT_FALSE(from_base.empty());
     // Candidates are pruned as the stage prunes (LASSO + reconstruction here).
     const std::string search =
-        "--set model.arch= --set model.path=base/model.pfm --set 'pipeline=[{learner: "
+        from_base +
+        "--set 'pipeline=[{learner: "
         "channel_pruning, flops_target: 0.7, ratios: auto, samples: 32, channel_multiple: 1, "
         "finetune_epochs: 0, search: {episodes: 8, warmup: 3, samples: 32}}]' ";
     Result r = cli("--json compress --config job.yaml --set output_dir=auto " + search, dir);
@@ -554,12 +567,12 @@ TEST(CliTest, SearchedPruningRatiosEndToEnd) {
     }
     for (const auto& runtime : runtimes) {
         const std::string out = "lat_" + runtime;
-        Result lat = cli(
-            "--json compress --config job.yaml --set output_dir=" + out + " " + search +
-                "--set pipeline.0.search.episodes=3 --set pipeline.0.search.reward=latency "
-                "--set 'pipeline.0.search.latency={runtime: " +
-                runtime + ", batch: 4, repeat: 3}'",
-            dir);
+        Result lat =
+            cli("--json compress --config job.yaml --set output_dir=" + out + " " + search +
+                    "--set pipeline.0.search.episodes=3 --set pipeline.0.search.reward=latency "
+                    "--set 'pipeline.0.search.latency={runtime: " +
+                    runtime + ", batch: 4, repeat: 3}'",
+                dir);
         ASSERT_EQ(lat.code, 0) << lat.err;
         const json ls = json::parse(lat.out)["stages"][0]["search"];
         EXPECT_EQ(ls["reward"], "latency");
@@ -588,7 +601,6 @@ TEST(CliTest, SearchedPruningRatiosEndToEnd) {
     EXPECT_EQ(no_budget.code, 2);
     EXPECT_NE(no_budget.err.find("give flops_target too"), std::string::npos) << no_budget.err;
 }
-
 
 TEST(CliTest, TuneEndToEnd) {
     testing::TempDir dir;
@@ -664,14 +676,13 @@ params:
     EXPECT_NE(bad3.err.find("objective 'nope'"), std::string::npos) << bad3.err;
 }
 
-
 TEST(CliTest, SearchedBitsEndToEnd) {
     testing::TempDir dir;
-    write_file_atomic(dir.file("job.yaml"), kTinyJob);
-    Result base = cli("--json train --config job.yaml --set output_dir=base", dir);
-    ASSERT_EQ(base.code, 0) << base.err;
+    const std::string from_base = from_trained_base(dir);
+    ASSERT_FALSE(from_base.empty());
     const std::string stage =
-        "--set model.arch= --set model.path=base/model.pfm --set 'pipeline=[{learner: "
+        from_base +
+        "--set 'pipeline=[{learner: "
         "uniform_quantization, mode: ptq, bits: auto, keep_first_last: false, search: {avg_bits: "
         "3, episodes: 10, warmup: 4}}]' ";
     Result r = cli("--json compress --config job.yaml --set output_dir=q " + stage, dir);
@@ -690,13 +701,13 @@ TEST(CliTest, SearchedBitsEndToEnd) {
     EXPECT_NE(read_file(dir.path() / "q" / "search" / "best_bits.yaml").find("bits:"),
               std::string::npos);
     // Bad input: the budget outside the bits range; a search section without bits: auto.
-    Result bad = cli("compress --config job.yaml " + stage + "--set pipeline.0.search.avg_bits=1",
-                     dir);
+    Result bad =
+        cli("compress --config job.yaml " + stage + "--set pipeline.0.search.avg_bits=1", dir);
     EXPECT_EQ(bad.code, 2);
     EXPECT_NE(bad.err.find("search.avg_bits"), std::string::npos) << bad.err;
     Result stray = cli(
-        "compress --config job.yaml --set model.arch= --set model.path=base/model.pfm --set "
-        "'pipeline=[{learner: uniform_quantization, bits: 4, search: {avg_bits: 3}}]'",
+        "compress --config job.yaml " + from_base +
+            "--set 'pipeline=[{learner: uniform_quantization, bits: 4, search: {avg_bits: 3}}]'",
         dir);
     EXPECT_EQ(stray.code, 2);
     EXPECT_NE(stray.err.find("bits: auto"), std::string::npos) << stray.err;

@@ -2,21 +2,21 @@
 // The search machinery: budget arithmetic and the DDPG agent on toy problems with known optima.
 #include "pocketflow/search.h"
 
-#include "pocketflow/bayesopt.h"
-#include "pocketflow/latency.h"
-#include "pocketflow/zoo.h"
-
 #include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <iterator>
-#include <stdexcept>
 #include <random>
+#include <stdexcept>
 #include <string>
 
 #include <gtest/gtest.h>
 
+#include "pocketflow/bayesopt.h"
 #include "pocketflow/error.h"
+#include "pocketflow/latency.h"
+#include "pocketflow/zoo.h"
+
 #include "support/test_util.h"
 
 namespace pocketflow {
@@ -222,7 +222,6 @@ TEST(SearchTest, ResumedSearchEndsAsAnUninterruptedOne) {
     wider.features.push_back({0, 0, 0, 0});
     EXPECT_THROW(run_search(wider, o), InputError);
 }
-
 
 TEST(LatencyTableTest, MeasuresOnceThenReusesItsFile) {
     testing::TempDir dir;
