@@ -137,13 +137,20 @@ struct SearchOptions {
     std::string plot_path;  ///< SVG chart of the rewards (rewritten after every episode), or empty
     /// Called after every episode (progress): episode index, its reward, the best so far.
     std::function<void(int64_t, double, double)> progress;
+    /// A policy the search must beat, scored by the caller (e.g. the uniform allocation): when
+    /// no episode's reward exceeds `baseline_score`, the result is the baseline. Empty: none.
+    std::vector<double> baseline;
+    SearchSpace::Score baseline_score;
 };
 
 struct SearchResult {
-    std::vector<double> best;  ///< the best episode's actions
+    std::vector<double> best;  ///< the best policy: the best episode's actions, or the baseline
     double best_reward = 0;
     double best_cost = 0;
-    std::vector<double> best_metrics;  ///< the best episode's metric_names values
+    std::vector<double> best_metrics;  ///< its metric_names values
+    bool baseline_kept = false;        ///< no episode beat the baseline
+    double agent_best_reward = 0;      ///< the best episode's reward (baseline or not)
+    std::vector<double> agent_best_metrics;
     int64_t episodes = 0;
     int64_t resumed = 0;  ///< episodes replayed from the log
 };

@@ -232,20 +232,9 @@ std::vector<double> search_ratios(RunContext& ctx,
                 per * static_cast<double>(options.episodes - episode - 1));
         }
     };
-    SearchResult result = run_search(space, so);
-    // The uniform allocation was scored too: the search never hands back something worse.
-    const double agent_reward = result.best_reward, agent_top1 = result.best_metrics.at(0);
-    const bool keep_uniform = uniform.reward > result.best_reward;
-    if (keep_uniform) {
-        spdlog::warn(
-            "[{}] the search found nothing better than the uniform ratios (best reward {:.4g}, "
-            "uniform {:.4g}): keeping them",
-            where, result.best_reward, uniform.reward);
-        result.best = plan.ratios;
-        result.best_reward = uniform.reward;
-        result.best_cost = cost(plan.ratios);
-        result.best_metrics = uniform.metrics;
-    }
+    so.baseline = plan.ratios;  // never hand back something worse than uniform
+    so.baseline_score = uniform;
+    const SearchResult result = run_search(space, so);
     const double top1 = result.best_metrics.at(0);
     std::string measured = fmt::format(
         "validation top-1 {:.2f}% {} (uniform {:.2f}%), {:.1f}% of the MACs", top1,
@@ -273,9 +262,9 @@ std::vector<double> search_ratios(RunContext& ctx,
                          {"criterion", options.criterion},
                          {"seconds", seconds},
                          {"resumed_episodes", result.resumed},
-                         {"chosen", keep_uniform ? "uniform" : "search"},
-                         {"agent_best_reward", agent_reward},
-                         {"agent_best_val_top1", agent_top1}};
+                         {"chosen", result.baseline_kept ? "uniform" : "search"},
+                         {"agent_best_reward", result.agent_best_reward},
+                         {"agent_best_val_top1", result.agent_best_metrics.at(0)}};
     if (latency) {
         summary["search"]["best_latency_ms"] = result.best_metrics.at(1);
         summary["search"]["uniform_latency_ms"] = uniform_ms;

@@ -132,8 +132,8 @@ std::map<std::string, LayerBits> search_bits(RunContext& ctx,
     space.reward = [&](const std::vector<double>& a) { return SearchSpace::Score(score(a), {}); };
 
     const int uniform_bits = static_cast<int>(std::floor(options.avg_bits));
-    const double uniform_top1 =
-        score(std::vector<double>(names.size(), static_cast<double>(uniform_bits)));
+    const std::vector<double> uniform(names.size(), static_cast<double>(uniform_bits));
+    const double uniform_top1 = score(uniform);
     spdlog::info(
         "[{}] bits search: {} layers, mean {} weight bits, {} episodes ({} warm-up); uniform "
         "{} bits: validation top-1 {:.2f}% on {} images",
@@ -149,18 +149,9 @@ std::map<std::string, LayerBits> search_bits(RunContext& ctx,
                 where, episode + 1, options.episodes, reward, best, uniform_top1);
         }
     };
-    SearchResult result = run_search(space, so);
-    // The uniform bits were scored too: the search never hands back something worse.
-    const double agent_top1 = result.best_reward;
-    const bool keep_uniform = uniform_top1 > result.best_reward;
-    if (keep_uniform) {
-        spdlog::warn(
-            "[{}] the search found nothing better than uniform {} bits (best {:.2f}%, uniform "
-            "{:.2f}%): keeping them",
-            where, uniform_bits, result.best_reward, uniform_top1);
-        result.best.assign(names.size(), static_cast<double>(uniform_bits));
-        result.best_reward = uniform_top1;
-    }
+    so.baseline = uniform;  // never hand back something worse than uniform bits
+    so.baseline_score = uniform_top1;
+    const SearchResult result = run_search(space, so);
     std::map<std::string, LayerBits> bits = base.layers;
     nlohmann::json chosen = nlohmann::json::object();
     std::string yaml = fmt::format(
@@ -185,8 +176,8 @@ std::map<std::string, LayerBits> search_bits(RunContext& ctx,
                          {"val_images", val_loader->num_samples()},
                          {"seconds", seconds},
                          {"resumed_episodes", result.resumed},
-                         {"chosen", keep_uniform ? "uniform" : "search"},
-                         {"agent_best_val_top1", agent_top1}};
+                         {"chosen", result.baseline_kept ? "uniform" : "search"},
+                         {"agent_best_val_top1", result.agent_best_reward}};
     spdlog::info(
         "[{}] bits search done in {:.0f} s: best validation top-1 {:.2f}% (uniform {} bits "
         "{:.2f}%) at a mean of {:.3f} weight bits; {}",

@@ -206,6 +206,19 @@ SearchResult run_search(const SearchSpace& space, const SearchOptions& options) 
             options.progress(episode, reward, result.best_reward);
         }
     }
+    result.agent_best_reward = result.best_reward;
+    result.agent_best_metrics = result.best_metrics;
+    if (!options.baseline.empty() && options.baseline_score.reward > result.best_reward) {
+        spdlog::warn(
+            "search: no episode beat the baseline (best reward {:.4g}, baseline {:.4g}): "
+            "keeping the baseline",
+            result.best_reward, options.baseline_score.reward);
+        result.best = options.baseline;
+        result.best_reward = options.baseline_score.reward;
+        result.best_cost = space.cost(options.baseline);
+        result.best_metrics = options.baseline_score.metrics;
+        result.baseline_kept = true;
+    }
     return result;
 }
 

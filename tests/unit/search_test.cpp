@@ -173,6 +173,26 @@ TEST(SearchTest, RunSearchClipsEveryEpisodeToTheBudgetAndLogsIt) {
     EXPECT_NE(plot.find("<polyline"), std::string::npos);
 }
 
+TEST(SearchTest, ABaselineNoEpisodeBeatsIsKept) {
+    SearchOptions o;
+    o.episodes = 12;
+    o.agent.warmup = 4;
+    o.agent.hidden = 16;
+    o.baseline = {0.5, 0.5, 0.5, 0.5};
+    o.baseline_score = SearchSpace::Score(100.0);  // above any reachable reward (< 1)
+    const SearchResult kept = run_search(toy_space(), o);
+    EXPECT_TRUE(kept.baseline_kept);
+    EXPECT_EQ(kept.best, o.baseline);
+    EXPECT_EQ(kept.best_reward, 100.0);
+    EXPECT_DOUBLE_EQ(kept.best_cost, 0.5);
+    EXPECT_LT(kept.agent_best_reward, 1.0);
+    o.baseline_score = SearchSpace::Score(-100.0);  // below every episode
+    const SearchResult beaten = run_search(toy_space(), o);
+    EXPECT_FALSE(beaten.baseline_kept);
+    EXPECT_EQ(beaten.best_reward, beaten.agent_best_reward);
+    EXPECT_NE(beaten.best, o.baseline);
+}
+
 std::string read_all(const std::string& path) {
     std::ifstream in(path);
     return std::string(std::istreambuf_iterator<char>(in), {});
