@@ -24,6 +24,14 @@ struct EvalResult {
 /// Accuracy and mean loss of a model over a loader (eval mode, no gradients).
 EvalResult evaluate(Model& model, Loader& loader);
 
+/// Inference times (ms) of `models` on `input` in LibTorch, no gradients: `warmup` untimed runs,
+/// then `repeat` timed ones, interleaved (run k of each model, then run k+1) so that a change in
+/// the machine's load hits all of them alike. One vector of times per model.
+std::vector<std::vector<double>> time_forward(const std::vector<Model*>& models,
+                                              const at::Tensor& input,
+                                              int64_t warmup,
+                                              int64_t repeat);
+
 struct TrainResult {
     double train_loss = 0, train_top1 = 0;  ///< last epoch
     EvalResult val;                         ///< last evaluation on the validation split (if any)

@@ -522,21 +522,11 @@ int cmd_bench(const std::vector<std::string>& models,
             at::Tensor x = at::randn({b, shape[0], shape[1], shape[2]});
             std::vector<Timing> timings;
             if (runtime == "libtorch") {
-                at::NoGradGuard no_grad;
-                std::vector<std::vector<double>> times(entries.size());
-                for (int64_t i = 0; i < warmup + repeat; ++i) {
-                    for (size_t m = 0; m < entries.size(); ++m) {
-                        auto start = std::chrono::steady_clock::now();
-                        at::Tensor y = entries[m].model->forward(x);
-                        double ms = std::chrono::duration<double, std::milli>(
-                                        std::chrono::steady_clock::now() - start)
-                                        .count();
-                        if (i >= warmup) {
-                            times[m].push_back(ms);
-                        }
-                    }
+                std::vector<pf::Model*> loaded;
+                for (auto& e : entries) {
+                    loaded.push_back(e.model.get());
                 }
-                for (auto& t : times) {
+                for (auto& t : pf::time_forward(loaded, x, warmup, repeat)) {
                     timings.push_back(summarize(std::move(t)));
                 }
             } else {

@@ -3,7 +3,6 @@
 #include "pocketflow/latency.h"
 
 #include <algorithm>
-#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -17,6 +16,7 @@
 #include "pocketflow/error.h"
 #include "pocketflow/model.h"
 #include "pocketflow/onnx.h"
+#include "pocketflow/trainer.h"
 #include "pocketflow/util.h"
 
 namespace pocketflow {
@@ -150,24 +150,13 @@ double LatencyTable::predict_ms(const Graph& graph) {
                 ms.push_back(r.median_ms);
             }
         } else {
-            at::NoGradGuard no_grad;
             const int threads = at::get_num_threads();
             at::set_num_threads(static_cast<int>(options_.threads));
             for (size_t i = 0; i < layers.size(); ++i) {
                 Model m(std::move(layers[i]), ModelMeta{});
                 m.eval();
                 const at::Tensor x = at::full(inputs[i], 0.5);  // values do not change the time
-                std::vector<double> t;
-                for (int64_t k = 0; k < options_.repeat + 2; ++k) {
-                    const auto t0 = std::chrono::steady_clock::now();
-                    m.forward(x);
-                    if (k >= 2) {
-                        t.push_back(std::chrono::duration<double, std::milli>(
-                                        std::chrono::steady_clock::now() - t0)
-                                        .count());
-                    }
-                }
-                ms.push_back(median(std::move(t)));
+                ms.push_back(median(time_forward({&m}, x, 2, options_.repeat).front()));
             }
             at::set_num_threads(threads);
         }

@@ -103,6 +103,27 @@ EvalResult evaluate(Model& model, Loader& loader) {
     return r;
 }
 
+std::vector<std::vector<double>> time_forward(const std::vector<Model*>& models,
+                                              const at::Tensor& input,
+                                              int64_t warmup,
+                                              int64_t repeat) {
+    at::NoGradGuard no_grad;
+    std::vector<std::vector<double>> times(models.size());
+    for (int64_t i = 0; i < warmup + repeat; ++i) {
+        for (size_t m = 0; m < models.size(); ++m) {
+            const auto start = std::chrono::steady_clock::now();
+            at::Tensor y = models[m]->forward(input);
+            const double ms =
+                std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+                    .count();
+            if (i >= warmup) {
+                times[m].push_back(ms);
+            }
+        }
+    }
+    return times;
+}
+
 namespace {
 
 std::unique_ptr<torch::optim::Optimizer> make_optimizer(const OptimizerConfig& c,
