@@ -3,7 +3,6 @@
 // The only top-level try/catch of the project lives here: exceptions become one-line messages and
 // exit codes (0 ok, 2 bad input, 1 other failure, 130 interrupted after saving a checkpoint).
 #include <algorithm>
-#include <chrono>
 #include <filesystem>
 #include <iostream>
 
