@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -68,6 +69,8 @@ public:
     std::string key_path(const std::string& key) const;
     /// "file:line:col" (or "--set a.b") of a key, for messages.
     std::string location(const std::string& key) const;
+    /// "file:line:col" of a node inside this mapping (an entry of a list or nested map).
+    std::string location_of(const YAML::Node& node) const;
 
     static Check at_least(double lo);
     static Check in_range(double lo, double hi);       // lo <= v <= hi
@@ -175,6 +178,38 @@ struct ExportConfig {
 };
 
 /// One stage of the pipeline: the learner's name and its own section, validated by the learner.
+/// A per-layer number in a stage (sparsity, bits): one value for every layer, a map
+/// `{default: v, "glob": v, ...}` (globs on node names; later entries win), a list with one value
+/// per layer in graph order, or `auto` (searched) where the learner allows it.
+struct PerLayerSetting {
+    bool given = false;
+    bool is_auto = false;
+    bool has_value = false;  ///< a scalar, or the map's `default`
+    double value = 0;
+    struct Rule {
+        std::string glob;
+        double value = 0;
+        std::string where;
+    };
+    std::vector<Rule> rules;
+    std::vector<double> list;
+    std::string path;   ///< key path, for messages
+    std::string where;  ///< file:line:col of the key
+};
+
+/// Reads a PerLayerSetting, checking every value with `check` (ConfigError naming the entry).
+PerLayerSetting read_per_layer(ConfigReader& reader,
+                               const std::string& key,
+                               const std::string& doc,
+                               const ConfigReader::Check& check,
+                               bool allow_auto);
+
+/// The values a setting names explicitly for `layers` (node names in graph order): the list's, or
+/// the last matching glob's; the others are left empty for the learner's default. ConfigError for
+/// a glob that matches no layer or a list of the wrong length, listing the layers.
+std::vector<std::optional<double>> resolve_per_layer(const PerLayerSetting& setting,
+                                                     const std::vector<std::string>& layers);
+
 struct StageConfig {
     std::string learner;
     YAML::Node options;  ///< the whole stage mapping (including `learner`)

@@ -144,7 +144,7 @@ public:
     int64_t total_params() const;
     int64_t total_macs() const;
     /// Bytes of all parameters and buffers as stored in a .pfm: float32, quantized weights packed
-    /// at their bit width.
+    /// at their bit width, sparse and codebook weights compressed (weight_codec.h).
     int64_t weight_bytes() const;
     /// Number of classes: the output's last dimension.
     int64_t num_classes() const;
@@ -162,7 +162,8 @@ private:
     int output_ = 0;
 };
 
-/// Bytes of a node's parameters and buffers as stored in a .pfm (quantized weights packed).
+/// Bytes of a node's parameters and buffers as stored in a .pfm (quantized weights packed,
+/// sparse and codebook weights compressed).
 int64_t node_bytes(const Node& node);
 
 /// An inference copy of `graph`: every BatchNorm2d whose input is a conv read by nothing else is

@@ -144,8 +144,25 @@ TrainConfig short_finetune(const TrainConfig& recipe, int64_t steps, double lr);
 
 /// The final fine-tuning of a compression stage: `epochs` of the job's training recipe at
 /// learning rate `lr` (distillation as the job says). Adds finetune_epochs, images_per_second and
-/// val_top1 to `summary`. Nothing when epochs is 0.
-void finetune_stage(RunContext& ctx, int64_t epochs, double lr, nlohmann::json& summary);
+/// val_top1 to `summary`. Nothing when epochs is 0. `setup` may add hooks to the trainer (e.g. a
+/// sparsity schedule).
+void finetune_stage(RunContext& ctx,
+                    int64_t epochs,
+                    double lr,
+                    nlohmann::json& summary,
+                    const std::function<void(Trainer&)>& setup = {});
+
+/// Optimizer steps per epoch of the job's training recipe (the train split's full batches, capped
+/// by train.steps_per_epoch).
+int64_t steps_per_epoch(const RunContext& ctx);
+
+/// The conv and linear layers of a graph in order, and which are the first layer and the final
+/// linear classifier (learners keep those at full precision by default).
+struct WeightLayers {
+    std::vector<std::string> names;
+    std::vector<bool> edge;
+};
+WeightLayers weight_layers(const Graph& graph);
 
 /// Options of a whole run beyond the job itself.
 struct RunOptions {

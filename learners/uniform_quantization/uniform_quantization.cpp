@@ -106,19 +106,12 @@ void read_bits_section(ConfigReader& r, UniformQuantizationOptions& o) {
 }  // namespace
 
 std::map<std::string, bool> edge_layers(const Graph& graph, const std::string& stage_path) {
-    std::vector<std::string> layers;
-    for (const auto& n : graph.nodes()) {
-        if (n.op == Op::kConv2d || n.op == Op::kLinear) {
-            layers.push_back(n.name);
-        }
-    }
-    PF_CHECK(!layers.empty(), InputError, "{}: the model has no conv or linear layer to quantize",
-             stage_path);
+    const WeightLayers layers = weight_layers(graph);
+    PF_CHECK(!layers.names.empty(), InputError,
+             "{}: the model has no conv or linear layer to quantize", stage_path);
     std::map<std::string, bool> edge;
-    for (size_t k = 0; k < layers.size(); ++k) {
-        edge[layers[k]] =
-            k == 0 || (k + 1 == layers.size() &&
-                       graph.nodes()[static_cast<size_t>(graph.find(layers[k]))].op == Op::kLinear);
+    for (size_t k = 0; k < layers.names.size(); ++k) {
+        edge[layers.names[k]] = layers.edge[k];
     }
     return edge;
 }

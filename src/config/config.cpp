@@ -5,6 +5,8 @@
 #include <cmath>
 #include <filesystem>
 
+#include <fnmatch.h>
+
 #include "pocketflow/error.h"
 #include "pocketflow/util.h"
 #include "pocketflow/zoo.h"
@@ -54,6 +56,14 @@ std::string ConfigReader::location(const std::string& key) const {
     if (const YAML::Node* n = find(key)) {
         mark = n->Mark();
     }
+    if (mark.is_null()) {
+        return source_.file;
+    }
+    return fmt::format("{}:{}:{}", source_.file, mark.line + 1, mark.column + 1);
+}
+
+std::string ConfigReader::location_of(const YAML::Node& node) const {
+    const YAML::Mark mark = node.Mark();
     if (mark.is_null()) {
         return source_.file;
     }
@@ -650,6 +660,99 @@ Job default_job(const std::vector<std::string>& overrides) {
                o.rfind("model.onnx=", 0) == 0;
     });
     return parse_job(names_model ? "{}\n" : "model: {arch: lenet5}\n", "<defaults>", overrides);
+}
+
+PerLayerSetting read_per_layer(ConfigReader& r,
+                               const std::string& key,
+                               const std::string& doc,
+                               const ConfigReader::Check& check,
+                               bool allow_auto) {
+    PerLayerSetting s;
+    s.path = r.key_path(key);
+    s.where = r.location(key);
+    const bool present = r.has(key);
+    YAML::Node node = r.raw(key, doc);
+    if (!present || !node.IsDefined() || node.IsNull()) {
+        return s;
+    }
+    s.given = true;
+    const std::string forms =
+        fmt::format("expected a number, {{default: v, \"glob\": v}}, a list (one per layer){}",
+                    allow_auto ? " or auto" : "");
+    auto number = [&](const YAML::Node& v, const std::string& path) {
+        double x = 0;
+        bool ok = v.IsScalar();
+        if (ok) {
+            try {
+                x = v.as<double>();
+            } catch (const YAML::Exception&) {
+                ok = false;
+            }
+        }
+        const std::string broken = ok && std::isfinite(x) ? (check ? check(x) : "") : forms;
+        if (!broken.empty()) {
+            throw ConfigError(fmt::format("{}: failed to read {}{}: {}", r.location_of(v), path,
+                                          v.IsScalar() ? " with '" + v.Scalar() + "'" : "",
+                                          broken));
+        }
+        return x;
+    };
+    if (node.IsScalar() && node.Scalar() == "auto") {
+        if (!allow_auto) {
+            r.fail(key, forms);
+        }
+        s.is_auto = true;
+    } else if (node.IsScalar()) {
+        s.value = number(node, s.path);
+        s.has_value = true;
+    } else if (node.IsSequence()) {
+        for (size_t i = 0; i < node.size(); ++i) {
+            s.list.push_back(number(node[i], fmt::format("{}[{}]", s.path, i)));
+        }
+        if (s.list.empty()) {
+            r.fail(key, "the list is empty");
+        }
+    } else if (node.IsMap()) {
+        for (const auto& kv : node) {
+            const std::string k = kv.first.as<std::string>();
+            const double v = number(kv.second, s.path + "." + k);
+            if (k == "default") {
+                s.value = v;
+                s.has_value = true;
+            } else {
+                s.rules.push_back({k, v, r.location_of(kv.first)});
+            }
+        }
+    } else {
+        r.fail(key, forms);
+    }
+    return s;
+}
+
+std::vector<std::optional<double>> resolve_per_layer(const PerLayerSetting& s,
+                                                     const std::vector<std::string>& layers) {
+    std::vector<std::optional<double>> out(layers.size());
+    if (!s.list.empty()) {
+        PF_CHECK(s.list.size() == layers.size(), ConfigError,
+                 "{}: failed to read {}: the list has {} values for {} layers ({})", s.where,
+                 s.path, s.list.size(), layers.size(), join(layers, ", "));
+        for (size_t i = 0; i < layers.size(); ++i) {
+            out[i] = s.list[i];
+        }
+    }
+    for (const auto& rule : s.rules) {
+        bool matched = false;
+        for (size_t i = 0; i < layers.size(); ++i) {
+            if (fnmatch(rule.glob.c_str(), layers[i].c_str(), 0) == 0) {
+                out[i] = rule.value;
+                matched = true;
+            }
+        }
+        PF_CHECK(matched, ConfigError,
+                 "{}: failed to read {}.{}: the glob matches no layer (layers: {})", rule.where,
+                 s.path, rule.glob, join(layers, ", "));
+    }
+    return out;
 }
 
 }  // namespace pocketflow

@@ -8,6 +8,8 @@
 #include <ATen/CPUGeneratorImpl.h>
 
 #include "pocketflow/error.h"
+#include "pocketflow/sparsity.h"
+#include "pocketflow/weight_codec.h"
 
 namespace pocketflow {
 
@@ -460,10 +462,13 @@ void Graph::validate() const {
         }
         for (const auto* group : {&n.params, &n.buffers}) {
             for (const auto& [key, t] : *group) {
-                PF_CHECK(t.defined() && t.scalar_type() == at::kFloat, InputError,
+                const bool constraint =
+                    group == &n.buffers && (key == "weight_mask" || key == "weight_index");
+                PF_CHECK(t.defined() && (constraint || t.scalar_type() == at::kFloat), InputError,
                          "invalid graph: tensor {}.{} is not float32", n.name, key);
             }
         }
+        validate_weight_constraints(n);
         const QuantSpec& q = n.quant;
         if (q.weight_bits != 0) {
             const bool layer = n.op == Op::kConv2d || n.op == Op::kLinear;
@@ -542,12 +547,19 @@ int64_t Graph::total_macs() const {
 
 int64_t node_bytes(const Node& n) {
     int64_t bytes = 0;
+    const bool coded = uses_weight_codec(n);
     for (const auto* group : {&n.params, &n.buffers}) {
         for (const auto& [key, t] : *group) {
+            if (coded && (key == "weight" || key == "weight_mask" || key == "weight_index")) {
+                continue;  // stored together, compressed (weight_codec.h)
+            }
             bytes += key == "weight" && n.quant.weight_bits > 0
                          ? (t.numel() * n.quant.weight_bits + 7) / 8  // packed (quant.h)
                          : t.numel() * static_cast<int64_t>(t.element_size());
         }
+    }
+    if (coded) {
+        bytes += static_cast<int64_t>(encode_weight(n).bytes.size());
     }
     return bytes;
 }
@@ -601,7 +613,8 @@ Graph fold_batch_norm(const Graph& graph) {
         const bool foldable =
             n.op == Op::kBatchNorm2d && nodes[static_cast<size_t>(n.inputs[0])].op == Op::kConv2d &&
             readers[static_cast<size_t>(n.inputs[0])] == 1 && n.inputs[0] != graph.output() &&
-            !nodes[static_cast<size_t>(n.inputs[0])].quant.any() &&  // scales fit the weights
+            !nodes[static_cast<size_t>(n.inputs[0])].quant.any() &&    // scales fit the weights
+            !has_codebook(nodes[static_cast<size_t>(n.inputs[0])]) &&  // so do the centroids
             !n.quant.any();  // a quantized BN output keeps its node
         if (foldable) {
             // y = γ (W x + b − μ) / √(σ² + ε) + β: scale the conv's output rows, shift its bias.

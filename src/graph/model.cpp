@@ -9,6 +9,7 @@
 
 #include "pocketflow/error.h"
 #include "pocketflow/quant.h"
+#include "pocketflow/sparsity.h"
 
 #include "onednn_conv.h"
 
@@ -249,6 +250,16 @@ at::Tensor Model::forward_capture(const at::Tensor& input,
             values[i] = values[static_cast<size_t>(fused_from[i])];
         } else if (n.quant.weight_bits > 0) {
             values[i] = run_quantized_layer(i, args[0], training);
+        } else if (!in_place && has_weight_constraints(n)) {
+            // Training: the layer computes with the masked / codebook weight, so gradients reach
+            // only unmasked weights, and each centroid gets the sum of its weights' gradients.
+            const Attrs& a = n.attrs;
+            const at::Tensor w = constrained_weight(n);
+            auto b = n.params.find("bias");
+            const at::Tensor bias = b == n.params.end() ? at::Tensor() : b->second;
+            values[i] = n.op == Op::kConv2d ? at::conv2d(args[0], w, bias, a.stride, a.padding,
+                                                         a.dilation, a.groups)
+                                            : at::linear(args[0], w, bias);
         } else if (in_place && conv_cache_ && ConvCache::supports(n, args[0])) {
             // Inference: a cached oneDNN primitive with packed weights; a residual Add (into the
             // other operand, when nothing else needs it) and a ReLU after it are fused.

@@ -10,6 +10,7 @@
 #include "pocketflow/error.h"
 #include "pocketflow/quant.h"
 #include "pocketflow/util.h"
+#include "pocketflow/weight_codec.h"
 
 namespace pocketflow {
 
@@ -108,12 +109,21 @@ void save_model(const std::string& path, const Graph& graph, const ModelMeta& me
              {std::pair<const char*, const std::map<std::string, at::Tensor>*>{"params", &n.params},
               {"buffers", &n.buffers}}) {
             json tensors = json::array();
+            const bool coded = uses_weight_codec(n);
             for (const auto& [key, t] : *group) {
+                if (coded && (key == "weight_mask" || key == "weight_index")) {
+                    continue;  // part of the weight's encoding
+                }
                 json jt = {{"key", key},
                            {"shape", t.sizes().vec()},
                            {"offset", data.size()},
                            {"numel", t.numel()}};
-                if (key == "weight" && n.quant.weight_bits > 0) {
+                if (key == "weight" && coded) {
+                    // Sparse and/or codebook weights: positions and values (weight_codec.h).
+                    EncodedWeight e = encode_weight(n);
+                    jt["enc"] = std::move(e.meta);
+                    data += e.bytes;
+                } else if (key == "weight" && n.quant.weight_bits > 0) {
                     // Quantized weights: their integers, packed (the scales are a buffer).
                     jt["bits"] = n.quant.weight_bits;
                     data += pack_ints(weight_ints(n), n.quant.weight_bits);
@@ -230,6 +240,9 @@ ModelFile load_model(const std::string& path) {
             }
             at::Tensor packed_weight;  // integers, scaled once the scales are read
             int packed_bits = 0;
+            const json* coded_meta = nullptr;  // a weight_codec weight, decoded at the end
+            const char* coded_data = nullptr;
+            std::vector<int64_t> coded_shape;
             for (const char* group_name : {"params", "buffers"}) {
                 auto& group = std::string(group_name) == "params" ? n.params : n.buffers;
                 for (const json& jt : jn.at(group_name)) {
@@ -243,6 +256,21 @@ ModelFile load_model(const std::string& path) {
                                                   jt.at("key").get<std::string>()));
                         }
                         expect *= d;
+                    }
+                    if (jt.contains("enc")) {
+                        const json& enc = jt.at("enc");
+                        const auto bytes = enc.at("bytes").get<uint64_t>();
+                        if (jt.at("key") != "weight" || offset > data_size ||
+                            bytes > data_size - offset || count != expect) {
+                            throw bad(
+                                fmt::format("compressed tensor {}.{} lies outside the data "
+                                            "section",
+                                            n.name, jt.at("key").get<std::string>()));
+                        }
+                        coded_meta = &enc;
+                        coded_data = in.data() + data_begin + offset;
+                        coded_shape = shape;
+                        continue;
                     }
                     const int bits = jt.value("bits", 0);
                     if (bits != 0 && (bits < 2 || bits > 8 || bits != n.quant.weight_bits ||
@@ -268,6 +296,14 @@ ModelFile load_model(const std::string& path) {
                         std::memcpy(t.data_ptr(), src, static_cast<size_t>(count) * sizeof(float));
                     }
                     group[jt.at("key").get<std::string>()] = t;
+                }
+            }
+            if (coded_meta != nullptr) {
+                at::Tensor ints = decode_weight(n, coded_shape, *coded_meta, coded_data,
+                                                coded_meta->at("bytes").get<uint64_t>());
+                if (ints.defined()) {
+                    packed_weight = ints;
+                    packed_bits = n.quant.weight_bits;
                 }
             }
             if (packed_bits != 0) {

@@ -227,8 +227,18 @@ void prune_group(Graph& graph, const ChannelGroup& group, const std::vector<int6
     auto& nodes = graph.nodes();
     at::Tensor idx = index_tensor(keep);
     const auto k = static_cast<int64_t>(keep.size());
+    // A weight's mask and codebook indices follow its rows and columns (sparsity.h).
+    auto select_weight = [&](Node& n, int64_t dim, const at::Tensor& which) {
+        n.params["weight"] = select(n.params.at("weight"), dim, which);
+        for (const char* key : {"weight_mask", "weight_index"}) {
+            auto it = n.buffers.find(key);
+            if (it != n.buffers.end()) {
+                it->second = it->second.index_select(dim, which).contiguous();
+            }
+        }
+    };
     auto rows = [&](Node& n) {
-        n.params["weight"] = select(n.params.at("weight"), 0, idx);
+        select_weight(n, 0, idx);
         if (n.params.count("bias")) {
             n.params["bias"] = select(n.params.at("bias"), 0, idx);
         }
@@ -254,7 +264,7 @@ void prune_group(Graph& graph, const ChannelGroup& group, const std::vector<int6
         at::Tensor cols = n.op == Op::kLinear
                               ? index_tensor(expand_columns(keep, group.consumer_spatial[c]))
                               : idx;
-        n.params["weight"] = select(n.params.at("weight"), 1, cols);
+        select_weight(n, 1, cols);
     }
 }
 

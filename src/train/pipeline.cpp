@@ -364,7 +364,11 @@ TrainConfig short_finetune(const TrainConfig& recipe, int64_t steps, double lr) 
     return tc;
 }
 
-void finetune_stage(RunContext& ctx, int64_t epochs, double lr, nlohmann::json& summary) {
+void finetune_stage(RunContext& ctx,
+                    int64_t epochs,
+                    double lr,
+                    nlohmann::json& summary,
+                    const std::function<void(Trainer&)>& setup) {
     if (epochs <= 0) {
         return;
     }
@@ -372,12 +376,39 @@ void finetune_stage(RunContext& ctx, int64_t epochs, double lr, nlohmann::json& 
     tc.epochs = epochs;
     tc.optimizer.lr = lr;
     Trainer trainer = make_trainer(ctx, tc);
+    if (setup) {
+        setup(trainer);
+    }
     TrainResult r = trainer.fit(*ctx.model, ctx.data, ctx.job.data, ctx.job.seed + 1000);
     summary["finetune_epochs"] = tc.epochs;
     summary["images_per_second"] = r.images_per_second;
     if (r.val.samples > 0) {
         summary["val_top1"] = r.val.top1;
     }
+}
+
+int64_t steps_per_epoch(const RunContext& ctx) {
+    auto loader = ctx.data.train_loader(ctx.job.data, ctx.job.seed);
+    int64_t steps = loader->num_batches();
+    if (ctx.job.train.steps_per_epoch > 0) {
+        steps = std::min(steps, ctx.job.train.steps_per_epoch);
+    }
+    return steps;
+}
+
+WeightLayers weight_layers(const Graph& graph) {
+    WeightLayers out;
+    std::vector<Op> ops;
+    for (const auto& n : graph.nodes()) {
+        if (n.op == Op::kConv2d || n.op == Op::kLinear) {
+            out.names.push_back(n.name);
+            ops.push_back(n.op);
+        }
+    }
+    for (size_t k = 0; k < out.names.size(); ++k) {
+        out.edge.push_back(k == 0 || (k + 1 == out.names.size() && ops[k] == Op::kLinear));
+    }
+    return out;
 }
 
 namespace {

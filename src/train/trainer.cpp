@@ -20,6 +20,7 @@
 
 #include "pocketflow/error.h"
 #include "pocketflow/learner.h"
+#include "pocketflow/sparsity.h"
 #include "pocketflow/util.h"
 
 namespace pocketflow {
@@ -334,6 +335,8 @@ TrainResult Trainer::fit(Model& model,
                 torch::nn::utils::clip_grad_norm_(model.parameters(), config_.grad_clip);
             }
             optimizer->step();
+            // Masked weights stay zero, codebook weights stay decoded (sparsity.h).
+            apply_weight_constraints(model.graph());
             for (const auto& hook : after_step_) {
                 hook(model, pos.step);
             }
