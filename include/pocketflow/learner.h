@@ -164,6 +164,11 @@ struct WeightLayers {
 };
 WeightLayers weight_layers(const Graph& graph);
 
+/// The static state of a conv/linear layer for a per-layer search (HAQ-style): conv or not, log
+/// size relative to the `largest` layer's weights, output channels relative to the `widest`,
+/// kernel / 7, depthwise or not.
+std::vector<double> weight_layer_features(const Node& node, double largest, int64_t widest);
+
 /// Options of a whole run beyond the job itself.
 struct RunOptions {
     bool resume = false;

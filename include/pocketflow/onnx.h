@@ -29,6 +29,11 @@ struct OnnxExportOptions {
     int64_t opset = 13;           ///< 11–17
     bool dynamic_batch = true;    ///< batch dimension named "batch" instead of 1
     bool fold_batch_norm = true;  ///< fold BN into the preceding conv where it is its only reader
+    /// Codebook layers (codebook.h) as codebook + uint8 indices + Gather instead of decoded float
+    /// weights: a ~4x smaller .onnx that ONNX Runtime decodes once when it loads the model
+    /// (docs/performance.md compares both). A sparse layer's zeros get an extra zero centroid; an
+    /// 8-bit sparse codebook (257 entries) stays decoded.
+    bool codebook_weights = false;
 };
 
 /// Writes a graph as an ONNX model (input "input" [N, C, H, W], output "logits" [N, classes]) that
@@ -46,6 +51,7 @@ struct OrtRun {
     at::Tensor output;  ///< the first output
     std::vector<double> times_ms;
     double median_ms = 0, p90_ms = 0;
+    double load_ms = 0;  ///< median time to create the session (read, optimise, prepare)
 };
 
 /// Path of the ONNX Runtime runner script (tools/ort/run.js): $POCKETFLOW_ORT_RUNNER, else next to
@@ -65,13 +71,15 @@ OrtRun run_onnxruntime(const std::string& onnx_path,
 
 /// Runs several ONNX files on the same input in one ONNX Runtime process, their timed runs
 /// interleaved (run k of each model, then run k+1) so that load changes affect all alike; one
-/// OrtRun per file, in order (only the first carries `output`).
+/// OrtRun per file, in order (only the first carries `output`). Each session is created `loads`
+/// times (interleaved too) for its load_ms.
 std::vector<OrtRun> run_onnxruntime(const std::vector<std::string>& onnx_paths,
                                     const at::Tensor& input,
                                     int64_t warmup,
                                     int64_t repeat,
                                     int64_t threads,
-                                    const std::string& optimized_path = "");
+                                    const std::string& optimized_path = "",
+                                    int64_t loads = 1);
 
 /// Times several ONNX files in one ONNX Runtime process, each on its own seeded random input of
 /// its shape in `shapes` (per-layer timing tables); `settle_ms` of untimed runs precede each

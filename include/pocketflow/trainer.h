@@ -32,6 +32,11 @@ std::vector<std::vector<double>> time_forward(const std::vector<Model*>& models,
                                               int64_t warmup,
                                               int64_t repeat);
 
+/// Re-estimates every BatchNorm's running statistics as the cumulative average over the batches
+/// of `bn` (train mode for the statistics only: Dropout stays an identity and draws nothing), e.g.
+/// after pruning changed the statistics. Leaves the model in eval mode.
+void reestimate_bn(Model& model, Loader& bn);
+
 struct TrainResult {
     double train_loss = 0, train_top1 = 0;  ///< last epoch
     EvalResult val;                         ///< last evaluation on the validation split (if any)

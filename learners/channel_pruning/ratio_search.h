@@ -38,10 +38,6 @@ struct RatioSearchOptions {
     double finetune_lr = 0.01;  ///< of those steps (default: the stage's finetune_lr)
 };
 
-/// Re-estimates the BatchNorm statistics of `model` as cumulative averages over the batches of
-/// `bn` (train mode for the statistics only: Dropout stays an identity); leaves it in eval mode.
-void reestimate_bn(Model& model, Loader& bn);
-
 /// Searches per-group kept ratios under `plan`'s MACs budget (AMC): each episode's policy is
 /// applied to a copy as the stage would prune it (`stage_selection` with the search's criterion:
 /// LASSO + reconstruction by default, on `samples` calibration images; BN statistics re-estimated

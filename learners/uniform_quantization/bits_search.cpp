@@ -106,13 +106,8 @@ std::map<std::string, LayerBits> search_bits(RunContext& ctx,
     }
     // HAQ's static state: the layer's kind, size and shape.
     for (size_t i = 0; i < names.size(); ++i) {
-        const Node& n = graph.nodes()[static_cast<size_t>(graph.find(names[i]))];
-        const at::Tensor& w = n.params.at("weight");
-        space.features.push_back(
-            {n.op == Op::kConv2d ? 1.0 : 0.0, std::log1p(params[i]) / std::log1p(largest),
-             static_cast<double>(w.size(0)) / static_cast<double>(widest),
-             n.op == Op::kConv2d ? static_cast<double>(n.attrs.kernel.at(0)) / 7.0 : 0.0,
-             n.op == Op::kConv2d && n.attrs.groups > 1 ? 1.0 : 0.0});
+        space.features.push_back(weight_layer_features(
+            graph.nodes()[static_cast<size_t>(graph.find(names[i]))], largest, widest));
     }
     space.cost = [&](const std::vector<double>& a) {
         std::vector<double> full = a;

@@ -105,6 +105,10 @@ nlohmann::json WeightSparsification::run(RunContext& ctx) {
     const int64_t bytes_before = graph.weight_bytes();
     const double top_before = count_sparsity(graph).sparsity();
     Plan plan = make_plan(graph, o, path);
+    nlohmann::json search_summary;
+    if (o.sparsity.is_auto) {
+        plan.targets = search_sparsities(ctx, graph, plan.nodes, o.search, search_summary);
+    }
     // Every sparsified layer gets its mask now (all true), so the Model registers it and
     // checkpoints carry it; the schedule then tightens it in place.
     for (int i : plan.nodes) {
@@ -125,9 +129,13 @@ nlohmann::json WeightSparsification::run(RunContext& ctx) {
         pruned += n * (plan.targets.empty() ? o.sparsity.value : plan.targets[k]);
     }
     const double final_sparsity = weights > 0 ? pruned / weights : 0.0;
-    nlohmann::json summary = {{"pattern", o.pattern},
-                              {"allocation", o.nm_m > 0 ? "n:m" : o.allocation},
-                              {"target_sparsity", final_sparsity}};
+    nlohmann::json summary = {
+        {"pattern", o.pattern},
+        {"allocation", o.nm_m > 0 ? "n:m" : (o.sparsity.is_auto ? "auto" : o.allocation)},
+        {"target_sparsity", final_sparsity}};
+    if (!search_summary.is_null()) {
+        summary["search"] = search_summary["search"];
+    }
     const int64_t per_epoch = o.epochs > 0 ? steps_per_epoch(ctx) : 0;
     const int64_t total = per_epoch * o.epochs;
     const auto begin = static_cast<int64_t>(std::llround(o.begin * static_cast<double>(total)));
@@ -196,7 +204,7 @@ void register_weight_sparsification(LearnerRegistry& registry) {
                                                   "sparsity must lie in "
                                                   "[0, 1)");
                  },
-                 /*allow_auto=*/false);
+                 /*allow_auto=*/true);
              r.read("allocation", o.allocation,
                     "one sparsity for all layers: uniform, log_size (larger layers more) or global "
                     "(one magnitude threshold)",
@@ -225,9 +233,37 @@ void register_weight_sparsification(LearnerRegistry& registry) {
              r.read("lr", o.lr, "learning rate", ConfigReader::in_open_range(0, 10));
              r.read("keep_first_last", o.keep_first_last,
                     "first conv and last linear stay dense unless a glob names them");
+             r.section("search", "sparsity: auto (DDPG search of per-layer sparsities)",
+                       [&](ConfigReader& s) {
+                           SparsitySearchOptions& so = o.search;
+                           s.read("target", so.target,
+                                  "budget: fraction of the searched layers' weights pruned",
+                                  ConfigReader::in_range(0, 0.99));
+                           s.read("max_sparsity", so.max_sparsity, "most sparsity of a layer",
+                                  ConfigReader::in_range(0, 0.999));
+                           s.read("bn_batches", so.bn_batches,
+                                  "batches to re-estimate BN on per candidate (0: none)",
+                                  ConfigReader::in_range(0, 1000));
+                           read_search_keys(s, so.episodes, so.warmup, so.eval_images);
+                           if (so.target > so.max_sparsity) {
+                               s.fail("target",
+                                      fmt::format("exceeds max_sparsity {}", so.max_sparsity));
+                           }
+                       });
+             if (r.has("search") != o.sparsity.is_auto) {
+                 r.fail(o.sparsity.is_auto ? "sparsity" : "search",
+                        "sparsity: auto and a search: section (with its target) go together");
+             }
+             if (o.sparsity.is_auto) {
+                 o.sparsity.value = o.search.target;  // every eligible layer is searched
+                 o.sparsity.has_value = true;
+             }
              if (o.end < o.begin) {
                  r.fail("end",
                         fmt::format("the schedule ends before it begins (begin {})", o.begin));
+             }
+             if (o.nm_m > 0 && o.sparsity.is_auto) {
+                 r.fail("sparsity", "auto goes with unstructured sparsity");
              }
              if (o.nm_m == 0 && !o.sparsity.given) {
                  r.fail("sparsity", "required (e.g. sparsity: 0.8)");
@@ -240,7 +276,8 @@ void register_weight_sparsification(LearnerRegistry& registry) {
                  // A map without default: unnamed layers stay dense.
                  o.sparsity.value = 0;
              }
-             if (r.has("allocation") && !(o.sparsity.has_value && o.sparsity.rules.empty())) {
+             if (r.has("allocation") &&
+                 (o.sparsity.is_auto || !(o.sparsity.has_value && o.sparsity.rules.empty()))) {
                  r.fail("allocation", "goes with one sparsity for all layers");
              }
              r.finish();

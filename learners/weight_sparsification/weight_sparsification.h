@@ -5,6 +5,8 @@
 
 #include "pocketflow/learner.h"
 
+#include "sparsity_search.h"
+
 namespace pocketflow::learners {
 
 /// Options of `weight_sparsification` (README.md in this folder).
@@ -19,7 +21,8 @@ struct WeightSparsificationOptions {
     double alpha = 3;         ///< schedule exponent
     int64_t epochs = 0;       ///< training epochs of the stage (0: prune at once, no training)
     double lr = 0.01;
-    bool keep_first_last = true;  ///< first conv and last linear stay dense unless named
+    bool keep_first_last = true;   ///< first conv and last linear stay dense unless named
+    SparsitySearchOptions search;  ///< sparsity: auto
 };
 
 /// Unstructured magnitude pruning on Zhu & Gupta's gradual schedule, or N:M structured sparsity:

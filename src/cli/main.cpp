@@ -234,6 +234,11 @@ int run_cli(int argc, char** argv) {
     exporter->add_option("--opset", export_opset, "ONNX opset")->check(CLI::Range(11, 17));
     exporter->add_option("--batch", export_batch, "dynamic or 1")
         ->check(CLI::IsMember({"dynamic", "1"}));
+    std::string export_weights = "decoded";
+    exporter
+        ->add_option("--weights", export_weights,
+                     "codebook layers: decoded float weights, or codebook + uint8 indices + Gather")
+        ->check(CLI::IsMember({"decoded", "codebook"}));
     bool export_check = false;
     exporter->add_flag(
         "--check", export_check,
@@ -303,7 +308,7 @@ int run_cli(int argc, char** argv) {
     }
     if (exporter->parsed()) {
         return cmd_export(export_model, export_format, export_out, export_opset, export_batch,
-                          export_check, export_job, export_reference, g);
+                          export_weights, export_check, export_job, export_reference, g);
     }
     if (tune->parsed()) {
         return cmd_tune(tune_opts, tune_space, tune_out, g);

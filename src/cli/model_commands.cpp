@@ -266,6 +266,7 @@ int cmd_export(const std::string& model_path,
                const std::string& out,
                int64_t opset,
                const std::string& batch,
+               const std::string& weights,
                bool check,
                const JobOptions& check_job,
                const std::string& reference,
@@ -279,7 +280,13 @@ int cmd_export(const std::string& model_path,
     PF_CHECK(std::filesystem::absolute(target) != std::filesystem::absolute(model_path),
              ConfigError, "failed to export {}: the output would overwrite the input; give -o",
              model_path);
-    pf::export_onnx(target, file.graph, file.meta, {opset, batch == "dynamic", true});
+    PF_CHECK(weights == "decoded" || weights == "codebook", ConfigError,
+             "--weights {}: expected decoded or codebook", weights);
+    pf::OnnxExportOptions options;
+    options.opset = opset;
+    options.dynamic_batch = batch == "dynamic";
+    options.codebook_weights = weights == "codebook";
+    pf::export_onnx(target, file.graph, file.meta, options);
     auto bytes = std::filesystem::file_size(target);
     json result = {{"model", model_path}, {"onnx", target}, {"bytes", bytes}, {"opset", opset}};
     if (check) {
@@ -360,6 +367,7 @@ namespace {
 
 struct Timing {
     double median_ms = 0, p90_ms = 0;
+    double load_ms = -1;  ///< ONNX Runtime: median session creation time
 };
 
 Timing summarize(std::vector<double> times) {
@@ -455,8 +463,10 @@ int cmd_bench(const std::vector<std::string>& models,
                 for (const auto& e : entries) {
                     paths.push_back(e.onnx_path);
                 }
-                for (const auto& r : pf::run_onnxruntime(paths, x, warmup, repeat, threads)) {
-                    timings.push_back({r.median_ms, r.p90_ms});
+                // Each session is created 5 times (interleaved) for its load time.
+                for (const auto& r :
+                     pf::run_onnxruntime(paths, x, warmup, repeat, threads, "", 5)) {
+                    timings.push_back({r.median_ms, r.p90_ms, r.load_ms});
                 }
             }
             for (size_t m = 0; m < entries.size(); ++m) {
@@ -477,6 +487,9 @@ int cmd_bench(const std::vector<std::string>& models,
                       static_cast<double>(entries[0].macs) / static_cast<double>(e.macs)},
                      {"int8", e.quantized && runtime == "onnxruntime"},
                      {"simulated", e.quantized && runtime == "libtorch"}});
+                if (t.load_ms >= 0) {
+                    rows.back()["load_ms"] = t.load_ms;
+                }
             }
         }
     }
@@ -489,9 +502,9 @@ int cmd_bench(const std::vector<std::string>& models,
                   << std::endl;
         return 0;
     }
-    fmt::print("{:<36}{:>10}{:>10}{:>11}{:<13}{:>7}{:>11}{:>11}{:>9}{:>9}{:>9}\n", "model",
+    fmt::print("{:<36}{:>10}{:>10}{:>11}{:<13}{:>7}{:>11}{:>11}{:>9}{:>9}{:>9}{:>10}\n", "model",
                "params", "MACs", "bytes", "  runtime", "batch", "median ms", "p90 ms", "speedup",
-               "MACs÷", "ratio");
+               "MACs÷", "ratio", "load ms");
     for (const auto& r : rows) {
         std::string name = r["model"].get<std::string>();
         if (name.size() > 35) {
@@ -500,12 +513,16 @@ int cmd_bench(const std::vector<std::string>& models,
         const double speedup = r["speedup"].get<double>(),
                      macs_ratio = r["macs_ratio"].get<double>();
         fmt::print(
-            "{:<36}{:>10}{:>10}{:>11}  {:<11}{:>7}{:>11.3f}{:>11.3f}{:>8.2f}x{:>8.2f}x{:>9.2f}\n",
+            "{:<36}{:>10}{:>10}{:>11}  "
+            "{:<11}{:>7}{:>11.3f}{:>11.3f}{:>8.2f}x{:>8.2f}x{:>9.2f}{:>10}"
+            "\n",
             name, pf::human_count(r["params"].get<double>()),
             pf::human_count(r["macs"].get<double>()),
             pf::human_bytes(r["file_bytes"].get<double>()), r["runtime"].get<std::string>(),
             r["batch"].get<int64_t>(), r["median_ms"].get<double>(), r["p90_ms"].get<double>(),
-            speedup, macs_ratio, speedup / macs_ratio);
+            speedup, macs_ratio, speedup / macs_ratio,
+            r.contains("load_ms") ? fmt::format("{:.1f}", r["load_ms"].get<double>())
+                                  : std::string("-"));
     }
     fmt::print(
         "({} threads, {} warm-up and {} timed runs per model, interleaved; speed-up and MACs "

@@ -17,6 +17,7 @@
 #include "pocketflow/error.h"
 #include "pocketflow/onnx.h"
 #include "pocketflow/quant.h"
+#include "pocketflow/sparsity.h"
 #include "pocketflow/util.h"
 
 namespace pocketflow {
@@ -207,12 +208,38 @@ private:
         names_[i] = out;
     }
 
+    /// A codebook layer's weight computed in the model: Gather(codebook, Cast(uint8 indices)).
+    std::string codebook_weight(const Node& n) {
+        at::Tensor codebook = n.params.at("codebook").detach().to(at::kFloat).contiguous();
+        at::Tensor index = n.buffers.at("weight_index").contiguous();
+        const int64_t k = codebook.numel();
+        if (has_mask(n)) {
+            if (k >= 256) {
+                return initializer(n.name + ".weight", n.params.at("weight"));
+            }
+            codebook = at::cat({codebook, at::zeros({1})});  // index k: a pruned weight
+            index = index.masked_fill(n.buffers.at("weight_mask").logical_not(), k).contiguous();
+        }
+        const std::string book = initializer(n.name + ".codebook", codebook);
+        const std::string idx =
+            raw_initializer(n.name + ".weight_index", onnx::TensorProto::UINT8, index.sizes().vec(),
+                            std::string(static_cast<const char*>(index.data_ptr()),
+                                        static_cast<size_t>(index.numel())));
+        auto* cast = node("Cast", n.name + "_index_cast", {idx}, n.name + ".weight_index_i32");
+        set_int(cast, "to", onnx::TensorProto::INT32);
+        node("Gather", n.name + "_decode", {book, n.name + ".weight_index_i32"},
+             n.name + ".weight");
+        return n.name + ".weight";
+    }
+
     /// The weight (and bias) inputs of a conv/linear: float initializers, or for a quantized
     /// layer int8 weights and int32 biases behind DequantizeLinear.
     std::vector<std::string> layer_inputs(const Node& n) {
         std::vector<std::string> inputs = {in(n, 0)};
         if (n.quant.weight_bits == 0) {
-            inputs.push_back(initializer(n.name + ".weight", n.params.at("weight")));
+            inputs.push_back(options_.codebook_weights && has_codebook(n)
+                                 ? codebook_weight(n)
+                                 : initializer(n.name + ".weight", n.params.at("weight")));
             if (n.params.count("bias")) {
                 inputs.push_back(initializer(n.name + ".bias", n.params.at("bias")));
             }

@@ -221,6 +221,24 @@ private:
                 c.tensor = at::tensor(c.ints, at::kLong).reshape(dims).to(at::kFloat);
                 break;
             }
+            case onnx::TensorProto::UINT8:
+            case onnx::TensorProto::INT8: {
+                // Codebook indices (export --weights codebook): Gather(codebook, Cast(indices)).
+                const bool is_signed = t.data_type() == onnx::TensorProto::INT8;
+                c.is_int = true;
+                if (!t.raw_data().empty() && static_cast<int64_t>(t.raw_data().size()) == n) {
+                    for (char b : t.raw_data()) {
+                        c.ints.push_back(is_signed ? static_cast<int8_t>(b)
+                                                   : static_cast<uint8_t>(b));
+                    }
+                } else if (t.int32_data_size() == n) {
+                    c.ints.assign(t.int32_data().begin(), t.int32_data().end());
+                } else {
+                    fail_file(what + " has the wrong amount of data");
+                }
+                c.tensor = at::tensor(c.ints, at::kLong).reshape(dims).to(at::kFloat);
+                break;
+            }
             case onnx::TensorProto::INT64:
             case onnx::TensorProto::INT32: {
                 bool is64 = t.data_type() == onnx::TensorProto::INT64;
@@ -251,9 +269,11 @@ private:
                 break;
             }
             default:
-                fail_file(fmt::format(
-                    "{} has data type {}, which is not supported (float, double, int32, int64)",
-                    what, t.data_type()));
+                fail_file(
+                    fmt::format("{} has data type {}, which is not supported (float, double, int8, "
+                                "uint8, int32, "
+                                "int64)",
+                                what, t.data_type()));
         }
         return c;
     }
@@ -786,8 +806,29 @@ private:
         Constant out;
         out.is_int = true;
         const Constant& a = constants_.at(n.input(0));
+        if (op == "Cast" && a.tensor.dim() > 1) {
+            constants_[n.output(0)] = a;  // a tensor of indices keeps its shape
+            return;
+        }
         if (op == "Cast") {
             out = a;
+        } else if (op == "Gather" && !a.is_int) {
+            // A float table gathered by constant indices: a codebook decoding its layer's weight.
+            const Constant& idx = constants_.at(n.input(1));
+            if (!idx.is_int || attr_int(n, "axis", 0) != 0 || a.tensor.dim() != 1) {
+                fail(n, "only gathering from a constant 1-D float table along axis 0 is supported");
+            }
+            at::Tensor k = idx.tensor.to(at::kLong);
+            const int64_t size = a.tensor.numel();
+            if (k.numel() > 0 &&
+                (k.min().item<int64_t>() < -size || k.max().item<int64_t>() >= size)) {
+                fail(n, "index out of range");
+            }
+            k = at::where(k < 0, k + size, k);
+            Constant w;
+            w.tensor = a.tensor.index_select(0, k.reshape({-1})).reshape(k.sizes()).contiguous();
+            constants_[n.output(0)] = w;
+            return;
         } else if (op == "Gather") {
             const Constant& idx = constants_.at(n.input(1));
             if (!a.is_int || !idx.is_int || attr_int(n, "axis", 0) != 0) {

@@ -85,6 +85,7 @@ OrtRun timings(const nlohmann::json& j) {
     r.times_ms = j.at("times_ms").get<std::vector<double>>();
     r.median_ms = j.at("median_ms").get<double>();
     r.p90_ms = j.at("p90_ms").get<double>();
+    r.load_ms = j.value("load_ms", 0.0);
     return r;
 }
 
@@ -95,7 +96,8 @@ std::vector<OrtRun> run_onnxruntime(const std::vector<std::string>& onnx_paths,
                                     int64_t warmup,
                                     int64_t repeat,
                                     int64_t threads,
-                                    const std::string& optimized_path) {
+                                    const std::string& optimized_path,
+                                    int64_t loads) {
     ScopedTempDir scratch("pocketflow-ort");
     const std::filesystem::path& dir = scratch.path();
     at::Tensor x = input.detach().to(at::kFloat).contiguous();
@@ -107,6 +109,9 @@ std::vector<OrtRun> run_onnxruntime(const std::vector<std::string>& onnx_paths,
                     quote((dir / "output.f32").string()), warmup, repeat, threads);
     if (!optimized_path.empty()) {
         args += " --optimized " + quote(optimized_path);
+    }
+    if (loads > 1) {
+        args += fmt::format(" --loads {}", loads);
     }
     const nlohmann::json results = run_node(args, dir, onnx_paths);
     std::vector<OrtRun> runs;

@@ -411,6 +411,15 @@ WeightLayers weight_layers(const Graph& graph) {
     return out;
 }
 
+std::vector<double> weight_layer_features(const Node& n, double largest, int64_t widest) {
+    const at::Tensor& w = n.params.at("weight");
+    const bool conv = n.op == Op::kConv2d;
+    return {conv ? 1.0 : 0.0, std::log1p(static_cast<double>(w.numel())) / std::log1p(largest),
+            static_cast<double>(w.size(0)) / static_cast<double>(widest),
+            conv ? static_cast<double>(n.attrs.kernel.at(0)) / 7.0 : 0.0,
+            conv && n.attrs.groups > 1 ? 1.0 : 0.0};
+}
+
 namespace {
 
 fs::path choose_run_dir(const Job& job, bool resume) {

@@ -240,6 +240,48 @@ void Trainer::set_teacher(std::shared_ptr<Model> teacher, const DistillationConf
     }
 }
 
+void reestimate_bn(Model& model, Loader& bn) {
+    at::NoGradGuard no_grad;
+    std::vector<Node*> bns, dropouts;
+    for (auto& n : model.graph().nodes()) {
+        if (n.op == Op::kBatchNorm2d) {
+            bns.push_back(&n);
+        } else if (n.op == Op::kDropout) {
+            dropouts.push_back(&n);
+        }
+    }
+    if (bns.empty() || bn.num_samples() == 0) {
+        return;
+    }
+    std::vector<double> p, momentum;
+    for (auto* n : bns) {
+        n->buffers.at("running_mean").zero_();
+        n->buffers.at("running_var").fill_(1);
+        momentum.push_back(n->attrs.momentum);
+    }
+    for (auto* n : dropouts) {
+        p.push_back(n->attrs.p);
+        n->attrs.p = 0;
+    }
+    model.train();
+    int64_t k = 0;
+    bn.start_epoch(0);
+    while (auto batch = bn.next()) {
+        for (auto* n : bns) {
+            n->attrs.momentum = 1.0 / static_cast<double>(k + 1);  // cumulative average
+        }
+        model.forward(batch->images);
+        ++k;
+    }
+    for (size_t i = 0; i < bns.size(); ++i) {
+        bns[i]->attrs.momentum = momentum[i];
+    }
+    for (size_t i = 0; i < dropouts.size(); ++i) {
+        dropouts[i]->attrs.p = p[i];
+    }
+    model.eval();
+}
+
 TrainResult Trainer::fit(Model& model,
                          const DataBundle& data,
                          const DataConfig& data_config,

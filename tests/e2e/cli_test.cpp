@@ -788,6 +788,20 @@ TEST(CliTest, DeepCompressionPipelineEndToEnd) {
                 << fa.graph.nodes()[n].name << "." << k;
         }
     }
+    // Searched per-layer sparsities under the budget, then the schedule to them.
+    Result searched = cli("--json compress --config job.yaml --set output_dir=auto " + from_base +
+                              "--set 'pipeline=[{learner: weight_sparsification, sparsity: auto, "
+                              "search: {target: 0.75, episodes: 8, warmup: 4, eval_images: 64}, "
+                              "epochs: 1}]'",
+                          dir);
+    ASSERT_EQ(searched.code, 0) << searched.err;
+    json a = json::parse(searched.out)["stages"][0];
+    EXPECT_EQ(a["allocation"], "auto");
+    EXPECT_EQ(a["search"]["episodes"], 8);
+    EXPECT_NEAR(a["search"]["sparsity"].get<double>(), 0.75, 1e-6);
+    EXPECT_NEAR(a["target_sparsity"].get<double>(), 0.75, 0.01);
+    EXPECT_TRUE(fs::exists(dir.path() / "auto" / "search" / "best_sparsity.yaml"));
+    EXPECT_TRUE(fs::exists(dir.path() / "auto" / "search" / "episodes.csv"));
     // 2:4 structured sparsity: half of every group of four input-channel weights.
     Result nm = cli("--json compress --config job.yaml --set output_dir=nm " + from_base +
                         "--set 'pipeline=[{learner: weight_sparsification, pattern: \"2:4\", "
@@ -820,6 +834,14 @@ TEST(CliTest, SparsityAndCodebookBadInputExitWithTwo) {
     fails("{learner: weight_sparsification, sparsity: {\"res*\": 0.5}}",
           "the glob matches no layer");
     fails("{learner: weight_sparsification, sparsity: [0.5, 0.5]}", "2 values for 5 layers");
+    fails("{learner: weight_sparsification, sparsity: auto}",
+          "sparsity: auto and a search: section (with its target) go together");
+    fails("{learner: weight_sparsification, sparsity: 0.5, search: {target: 0.5}}",
+          "sparsity: auto and a search: section (with its target) go together");
+    fails(
+        "{learner: weight_sparsification, sparsity: auto, search: {target: 0.99, max_sparsity: "
+        "0.9}}",
+        "exceeds max_sparsity");
     fails("{learner: nonuniform_quantization, bits: 9}", "bits must be an integer 2–8");
     fails("{learner: nonuniform_quantization, bits: 1}", "bits must be an integer 2–8");
     fails("{learner: nonuniform_quantization, bits: 4, init: kmeans}", "did you mean");

@@ -17,6 +17,7 @@
 #include "pocketflow/error.h"
 #include "pocketflow/learner.h"
 #include "pocketflow/model.h"
+#include "pocketflow/onnx.h"
 #include "pocketflow/pfm.h"
 #include "pocketflow/quant.h"
 #include "pocketflow/trainer.h"
@@ -613,6 +614,35 @@ TEST(WeightCodecTest, CorruptedCompressedFilesAreRejectedCleanly) {
         expect_rejected(p, "failed to load model");
     }
     EXPECT_NO_THROW(load_model(dir.file("m.pfm")));
+}
+
+TEST(CodebookExportTest, GatherExportIsSmallerRunsInOnnxRuntimeAndImportsBack) {
+    TempDir dir;
+    Graph g = coded_graph(0.5, 4, 3);
+    OnnxExportOptions plain;
+    OnnxExportOptions coded;
+    coded.codebook_weights = true;
+    export_onnx(dir.file("decoded.onnx"), g, ModelMeta{}, plain);
+    export_onnx(dir.file("codebook.onnx"), g, ModelMeta{}, coded);
+    EXPECT_LT(read_file(dir.file("codebook.onnx")).size() * 2,
+              read_file(dir.file("decoded.onnx")).size());
+    // Importing folds Gather(codebook, Cast(indices)) back into the decoded weights.
+    ModelFile f = import_onnx(dir.file("codebook.onnx"));
+    for (const char* name : {"conv", "fc"}) {
+        const Node& a = g.nodes()[static_cast<size_t>(g.find(name))];
+        const Node& b = f.graph.nodes()[static_cast<size_t>(f.graph.find(name))];
+        EXPECT_TRUE(b.params.at("weight").equal(a.params.at("weight"))) << name;
+    }
+    if (!ort_runner_path().empty()) {
+        torch::manual_seed(4);
+        at::Tensor x = torch::randn({3, 2, 6, 6});
+        Model model(g.clone(), ModelMeta{});
+        model.eval();
+        at::NoGradGuard no_grad;
+        at::Tensor want = model.forward(x);
+        at::Tensor got = run_onnxruntime(dir.file("codebook.onnx"), x).output;
+        EXPECT_TRUE(at::allclose(got, want, 1e-4, 1e-5));
+    }
 }
 
 }  // namespace
