@@ -30,15 +30,32 @@ nlohmann::json NonuniformQuantization::run(RunContext& ctx) {
     PF_CHECK(!layers.names.empty(), InputError, "{}: the model has no conv or linear layer", path);
     const auto named = resolve_per_layer(o.bits, layers.names);
     const CodebookInit init = codebook_init_from_name(o.init);
+    // Each layer's bits: named, the default, or searched (bits: auto).
+    std::vector<int> layer_bits(layers.names.size(), 0);
+    std::vector<int> searched;
+    for (size_t k = 0; k < layers.names.size(); ++k) {
+        if (named[k]) {
+            layer_bits[k] = static_cast<int>(*named[k]);
+        } else if (!(o.keep_first_last && layers.edge[k]) && (o.bits.has_value || o.bits.is_auto)) {
+            layer_bits[k] = o.bits.is_auto ? -1 : static_cast<int>(o.bits.value);
+            if (o.bits.is_auto) {
+                searched.push_back(graph.find(layers.names[k]));
+            }
+        }
+    }
+    nlohmann::json search_summary;
+    if (!searched.empty()) {
+        const std::vector<int> found = search_codebook_bits(
+            ctx, graph, searched, init, o.kmeans_iterations, o.search, search_summary);
+        size_t next = 0;
+        for (int& b : layer_bits) {
+            b = b < 0 ? found[next++] : b;
+        }
+    }
     nlohmann::json per_layer = nlohmann::json::object();
     int64_t coded = 0;
     for (size_t k = 0; k < layers.names.size(); ++k) {
-        int bits = 0;
-        if (named[k]) {
-            bits = static_cast<int>(*named[k]);
-        } else if (!(o.keep_first_last && layers.edge[k]) && o.bits.has_value) {
-            bits = static_cast<int>(o.bits.value);
-        }
+        const int bits = layer_bits[k];
         if (bits == 0) {
             continue;
         }
@@ -59,6 +76,9 @@ nlohmann::json NonuniformQuantization::run(RunContext& ctx) {
     const double cluster_seconds = std::chrono::duration<double>(Clock::now() - start).count();
     nlohmann::json summary = {
         {"init", o.init}, {"fold_bn", o.fold_bn}, {"cluster_seconds", cluster_seconds}};
+    if (!search_summary.is_null()) {
+        summary["search"] = search_summary["search"];
+    }
     auto val = ctx.data.val_loader(ctx.job.data);
     if (val && val->num_samples() > 0) {
         summary["val_top1_clustered"] = evaluate(*ctx.model, *val).top1;
@@ -81,38 +101,63 @@ nlohmann::json NonuniformQuantization::run(RunContext& ctx) {
 }
 
 void register_nonuniform_quantization(LearnerRegistry& registry) {
-    registry.add({"nonuniform_quantization",
-                  "per-layer k-means codebooks (Deep Compression) with centroid fine-tuning",
-                  [](const StageConfig& stage, const Job& job) -> std::unique_ptr<Learner> {
-                      NonuniformQuantizationOptions o;
-                      ConfigReader r = stage_reader(stage, job);
-                      o.bits = read_per_layer(
-                          r, "bits", "codebook bits: 4, per layer or a list",
-                          [](double v) {
-                              return v >= 2 && v <= 8 && v == std::floor(v)
-                                         ? std::string()
-                                         : std::string("bits must be an integer 2–8");
-                          },
-                          /*allow_auto=*/false);
-                      if (!o.bits.given) {
-                          o.bits.has_value = true;
-                          o.bits.value = 4;
-                      }
-                      r.read("init", o.init, "centroid initialisation before k-means",
-                             {"quantile", "linear", "kmeans++"});
-                      r.read("kmeans_iterations", o.kmeans_iterations, "k-means rounds at most",
-                             ConfigReader::in_range(0, 10000));
-                      r.read("epochs", o.epochs, "centroid fine-tuning epochs (0: none)",
-                             ConfigReader::at_least(0));
-                      r.read("lr", o.lr, "centroid fine-tuning learning rate",
-                             ConfigReader::in_open_range(0, 10));
-                      r.read("keep_first_last", o.keep_first_last,
-                             "first conv and last linear stay float unless a glob names them");
-                      r.read("fold_bn", o.fold_bn,
-                             "fold BatchNorm into the convs before clustering");
-                      r.finish();
-                      return std::make_unique<NonuniformQuantization>(o);
-                  }});
+    registry.add(
+        {"nonuniform_quantization",
+         "per-layer k-means codebooks (Deep Compression) with centroid fine-tuning",
+         [](const StageConfig& stage, const Job& job) -> std::unique_ptr<Learner> {
+             NonuniformQuantizationOptions o;
+             ConfigReader r = stage_reader(stage, job);
+             o.bits = read_per_layer(
+                 r, "bits", "codebook bits: 4, per layer or a list",
+                 [](double v) {
+                     return v >= 2 && v <= 8 && v == std::floor(v)
+                                ? std::string()
+                                : std::string("bits must be an integer 2–8");
+                 },
+                 /*allow_auto=*/true);
+             if (!o.bits.given) {
+                 o.bits.has_value = true;
+                 o.bits.value = 4;
+             }
+             r.read("init", o.init, "centroid initialisation before k-means",
+                    {"quantile", "linear", "kmeans++"});
+             r.read("kmeans_iterations", o.kmeans_iterations, "k-means rounds at most",
+                    ConfigReader::in_range(0, 10000));
+             r.read("epochs", o.epochs, "centroid fine-tuning epochs (0: none)",
+                    ConfigReader::at_least(0));
+             r.read("lr", o.lr, "centroid fine-tuning learning rate",
+                    ConfigReader::in_open_range(0, 10));
+             r.read("keep_first_last", o.keep_first_last,
+                    "first conv and last linear stay float unless a glob names them");
+             r.read("fold_bn", o.fold_bn, "fold BatchNorm into the convs before clustering");
+             r.section("search", "bits: auto (DDPG search of per-layer codebook bits)",
+                       [&](ConfigReader& s) {
+                           CodebookSearchOptions& so = o.search;
+                           s.read("avg_bits", so.avg_bits,
+                                  "budget: mean index bits over the clustered weights",
+                                  ConfigReader::in_range(2, 8));
+                           s.read("min_bits", so.min_bits, "fewest bits of a layer",
+                                  ConfigReader::in_range(2, 8));
+                           s.read("max_bits", so.max_bits, "most bits of a layer",
+                                  ConfigReader::in_range(2, 8));
+                           read_search_keys(s, so.episodes, so.warmup, so.eval_images);
+                           if (so.min_bits > so.max_bits) {
+                               s.fail("max_bits",
+                                      fmt::format("must be at least min_bits ({})", so.min_bits));
+                           }
+                           if (so.avg_bits < so.min_bits || so.avg_bits > so.max_bits) {
+                               s.fail("avg_bits",
+                                      fmt::format("must lie in [min_bits {}, max_bits {}]",
+                                                  so.min_bits, so.max_bits));
+                           }
+                       });
+             if (r.has("search") != o.bits.is_auto) {
+                 r.fail(o.bits.is_auto ? "bits" : "search",
+                        "bits: auto and a search: section go together");
+             }
+             r.finish();
+             return std::make_unique<NonuniformQuantization>(o);
+         }});
 }
 
 }  // namespace pocketflow::learners

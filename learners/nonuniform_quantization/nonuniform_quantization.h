@@ -5,6 +5,8 @@
 
 #include "pocketflow/learner.h"
 
+#include "codebook_search.h"
+
 namespace pocketflow::learners {
 
 /// Options of `nonuniform_quantization` (README.md in this folder).
@@ -13,9 +15,10 @@ struct NonuniformQuantizationOptions {
     std::string init = "linear";   ///< quantile | linear | kmeans++
     int kmeans_iterations = 100;   ///< Lloyd rounds at most
     int64_t epochs = 1;            ///< centroid fine-tuning epochs (0: none)
-    double lr = 1e-4;              ///< centroid fine-tuning learning rate
+    double lr = 1e-5;              ///< centroid fine-tuning learning rate (a sum of gradients)
     bool keep_first_last = false;  ///< true: first conv and last linear stay float unless named
     bool fold_bn = true;           ///< fold BatchNorm into the convs first (the deployed graph)
+    CodebookSearchOptions search;  ///< bits: auto
 };
 
 /// Deep Compression's weight sharing: a codebook of 2^b centroids per layer (k-means), weights

@@ -9,6 +9,7 @@
 
 #include "pocketflow/cpu.h"
 #include "pocketflow/error.h"
+#include "pocketflow/sparsity.h"
 
 #include "bits_search.h"
 
@@ -150,6 +151,11 @@ nlohmann::json UniformQuantization::run(RunContext& ctx) {
     PF_CHECK(!is_quantized(ctx.model->graph()), ConfigError,
              "{}: the model is quantized already (one uniform_quantization stage per pipeline)",
              path);
+    for (const auto& n : ctx.model->graph().nodes()) {
+        PF_CHECK(!has_codebook(n), ConfigError,
+                 "{}: {} has a codebook (nonuniform_quantization); a layer is quantized one way",
+                 path, n.name);
+    }
     // Quantization is defined on the deployed graph: BatchNorm folded into the convs.
     Graph graph = fold_batch_norm(ctx.model->graph());
     const int64_t bytes_before = ctx.model->graph().weight_bytes();

@@ -138,8 +138,12 @@ nlohmann::json WeightSparsification::run(RunContext& ctx) {
     }
     const int64_t per_epoch = o.epochs > 0 ? steps_per_epoch(ctx) : 0;
     const int64_t total = per_epoch * o.epochs;
-    const auto begin = static_cast<int64_t>(std::llround(o.begin * static_cast<double>(total)));
-    const auto end = static_cast<int64_t>(std::llround(o.end * static_cast<double>(total)));
+    // Steps are counted completed (1..total): the final masks come at step `end` >= 1 even when
+    // end·total rounds to 0.
+    const int64_t end = std::max<int64_t>(
+        1, static_cast<int64_t>(std::llround(o.end * static_cast<double>(total))));
+    const int64_t begin =
+        std::min(end, static_cast<int64_t>(std::llround(o.begin * static_cast<double>(total))));
     if (o.epochs == 0) {
         update_masks(ctx.model->graph(), plan, o, final_sparsity, final_sparsity);
         spdlog::info("[{}] {} layers pruned to {:.1f}% at once (epochs: 0)", path,
@@ -156,7 +160,11 @@ nlohmann::json WeightSparsification::run(RunContext& ctx) {
                                {"alpha", o.alpha}};
         auto hook = [&, plan](Model& model, int64_t step) {
             const int64_t t = step + 1;  // steps completed
-            if (t < begin || t > end || ((t - begin) % o.frequency != 0 && t != end)) {
+            if (o.nm_m > 0) {
+                if (t != std::max<int64_t>(begin, 1)) {
+                    return;  // N:M: set once at `begin`, then kept
+                }
+            } else if (t < begin || t > end || ((t - begin) % o.frequency != 0 && t != end)) {
                 return;
             }
             const double s = o.nm_m > 0

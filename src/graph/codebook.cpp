@@ -145,6 +145,8 @@ CodebookReport set_codebook(
     at::Tensor keep = has_mask(node) ? node.buffers.at("weight_mask").contiguous().reshape({-1})
                                      : at::ones({flat.numel()}, at::kBool);
     at::Tensor values = flat.masked_select(keep);
+    PF_CHECK(values.numel() == 0 || values.isfinite().all().item<bool>(), InputError,
+             "{}: the weights hold NaN or infinity; a codebook needs finite weights", node.name);
     const int64_t k = int64_t{1} << bits;
     CodebookReport report;
     report.clustered = values.numel();

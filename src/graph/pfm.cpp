@@ -251,7 +251,9 @@ ModelFile load_model(const std::string& path) {
                     auto count = jt.at("numel").get<int64_t>();
                     int64_t expect = 1;
                     for (int64_t d : shape) {
-                        if (d < 0 || d > (int64_t{1} << 40)) {
+                        // At most 2^40 elements in all (and no overflow on the way there).
+                        if (d < 0 || d > (int64_t{1} << 40) ||
+                            (d > 0 && expect > (int64_t{1} << 40) / d)) {
                             throw bad(fmt::format("tensor {}.{} has an invalid shape", n.name,
                                                   jt.at("key").get<std::string>()));
                         }

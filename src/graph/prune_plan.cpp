@@ -12,6 +12,7 @@
 
 #include "pocketflow/error.h"
 #include "pocketflow/quant.h"
+#include "pocketflow/sparsity.h"
 #include "pocketflow/util.h"
 
 namespace pocketflow {
@@ -79,6 +80,13 @@ PrunePlan plan_pruning(const Graph& graph, const PruneBudget& budget, const std:
              "{}: the model is quantized; prune before quantizing (put uniform_quantization "
              "after the pruning stage)",
              where);
+    for (const auto& n : graph.nodes()) {
+        // Selection and reconstruction rewrite weights that masks and codebooks pin down.
+        PF_CHECK(!has_weight_constraints(n), ConfigError,
+                 "{}: {} is sparse or has a codebook; prune channels before weight_sparsification "
+                 "and nonuniform_quantization (prune -> sparsify -> quantize)",
+                 where, n.name);
+    }
     PrunePlan plan;
     std::vector<std::string> exclude = budget.exclude;
     if (budget.keep_first_conv) {

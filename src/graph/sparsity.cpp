@@ -27,9 +27,13 @@ at::Tensor constrained_weight(const Node& node) {
         w = node.params.at("codebook")
                 .index_select(0, index.reshape({-1}).to(at::kLong))
                 .view(weight.sizes());
+        if (w.dim() == 4) {
+            w = w.contiguous(at::MemoryFormat::ChannelsLast);  // as Model keeps conv weights
+        }
     }
     if (has_mask(node)) {
-        w = w * node.buffers.at("weight_mask");
+        // where(), not a product: a non-finite weight under the mask still gives an exact zero.
+        w = at::where(node.buffers.at("weight_mask"), w, at::zeros({}, w.options()));
     }
     return w;
 }
@@ -40,7 +44,7 @@ void apply_weight_constraints(Graph& graph) {
         if (has_codebook(n)) {
             n.params.at("weight").copy_(constrained_weight(n));
         } else if (has_mask(n)) {
-            n.params.at("weight").mul_(n.buffers.at("weight_mask"));
+            n.params.at("weight").masked_fill_(n.buffers.at("weight_mask").logical_not(), 0.0);
         }
     }
 }
@@ -124,7 +128,7 @@ void set_mask(Node& node, const at::Tensor& mask) {
     } else {
         it->second.copy_(mask);  // keep the tensor a Model registered
     }
-    w.mul_(node.buffers.at("weight_mask"));
+    w.masked_fill_(node.buffers.at("weight_mask").logical_not(), 0.0);
 }
 
 }  // namespace
@@ -193,7 +197,7 @@ std::vector<double> log_size_sparsities(const std::vector<int64_t>& sizes,
         }
         return pruned / std::max(1.0, total);
     };
-    PF_CHECK(target <= cap * 0.999999 || target == 0, InputError,
+    PF_CHECK(target <= cap + 1e-12, InputError,
              "sparsity {} cannot be reached with layers capped at {}", target, cap);
     double lo = 0, hi = 1;
     while (pruned_at(hi, nullptr) < target && hi < 1e6) {

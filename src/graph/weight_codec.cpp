@@ -195,11 +195,13 @@ std::vector<uint8_t> decode_symbols(const char* data, size_t size, int64_t count
     PF_CHECK((mode == 0 || mode == 1) && bits >= 1 && bits <= 8, InputError,
              "a compressed weight stream has an unknown header ({} {})", mode, bits);
     const size_t alphabet = size_t{1} << bits;
-    std::vector<uint8_t> out(static_cast<size_t>(count));
+    // Sizes are checked before anything is allocated: a packed stream has an exact size, and a
+    // Huffman code spends at least one bit a symbol.
     if (mode == 0) {
         PF_CHECK(static_cast<int64_t>(size) - 2 == ceil_div(count * bits, 8), InputError,
                  "a packed weight stream has {} bytes for {} {}-bit symbols", size - 2, count,
                  bits);
+        std::vector<uint8_t> out(static_cast<size_t>(count));
         BitReader r(data + 2, size - 2);
         for (auto& s : out) {
             s = static_cast<uint8_t>(r.get(bits));
@@ -208,6 +210,9 @@ std::vector<uint8_t> decode_symbols(const char* data, size_t size, int64_t count
     }
     const size_t table = static_cast<size_t>(ceil_div(static_cast<int64_t>(alphabet), 2));
     PF_CHECK(size >= 2 + table, InputError, "a Huffman weight stream lacks its code table");
+    PF_CHECK(static_cast<int64_t>(size - 2 - table) >= ceil_div(count, 8), InputError,
+             "a compressed weight stream ends early");
+    std::vector<uint8_t> out(static_cast<size_t>(count));
     std::vector<int> lengths(alphabet);
     std::vector<int> per_length(kMaxCodeLength + 1, 0);
     for (size_t s = 0; s < alphabet; ++s) {
@@ -314,11 +319,14 @@ EncodedWeight encode_weight(const Node& node) {
     const int64_t nnz = positions.numel();
     EncodedWeight e;
     e.meta = {{"nnz", nnz}};
-    if (has_mask(node)) {
+    if (has_mask(node) && nnz < numel) {
         encode_positions(keep.data_ptr<uint8_t>(), numel, e.meta, e.bytes);
     } else {
-        e.meta["positions"] = "dense";
+        e.meta["positions"] = "dense";  // (an all-true mask: nothing to say where)
         e.meta["pos_bytes"] = 0;
+        if (has_mask(node)) {
+            e.meta["mask"] = true;
+        }
     }
     if (has_codebook(node)) {
         const int bits = static_cast<int>(std::log2(node.params.at("codebook").numel()));
@@ -362,6 +370,16 @@ at::Tensor decode_weight(Node& node,
     PF_CHECK(nnz >= 0 && nnz <= numel && pos_bytes <= size, InputError,
              "{}.weight: {} non-zeros in {} weights, {} position bytes of {}", node.name, nnz,
              numel, pos_bytes, size);
+    // Gap codes make trailing zeros free, so the file's size does not bound the weight's: cap it
+    // (the largest layers of ImageNet models have ~10^8 weights) before allocating.
+    PF_CHECK(numel <= (int64_t{1} << 31), InputError,
+             "{}.weight: {} weights is more than a layer can have", node.name, numel);
+    const auto kind = meta.at("values").get<std::string>();
+    const size_t value_size = size - pos_bytes;
+    PF_CHECK(kind == "float" ? value_size == static_cast<size_t>(nnz) * sizeof(float)
+                             : static_cast<int64_t>(value_size) >= 2 + ceil_div(nnz, 8),
+             InputError, "{}.weight: {} value bytes cannot hold {} values", node.name, value_size,
+             nnz);
     std::vector<int64_t> pos;
     pos.reserve(static_cast<size_t>(nnz));
     if (where == "dense") {
@@ -381,8 +399,10 @@ at::Tensor decode_weight(Node& node,
     } else if (where == "gaps") {
         const int g = meta.at("gap_bits").get<int>();
         const auto count = meta.at("pos_symbols").get<int64_t>();
-        PF_CHECK(g >= 1 && g <= 8 && count >= nnz && count <= numel, InputError,
-                 "{}.weight: invalid gap coding ({} bits, {} symbols)", node.name, g, count);
+        PF_CHECK(g >= 1 && g <= 8 && count >= nnz && count <= numel && pos_bytes >= 2 &&
+                     static_cast<uint8_t>(data[1]) == g,
+                 InputError, "{}.weight: invalid gap coding ({} bits, {} symbols)", node.name, g,
+                 count);
         std::vector<uint8_t> syms = decode_symbols(data, pos_bytes, count);
         const int64_t skip = (int64_t{1} << g) - 1;
         int64_t at_ = 0;
@@ -404,8 +424,6 @@ at::Tensor decode_weight(Node& node,
              nnz);
     at::Tensor index = at::from_blob(pos.data(), {nnz}, at::kLong).clone();
     const char* values = data + pos_bytes;
-    const size_t value_size = size - pos_bytes;
-    const auto kind = meta.at("values").get<std::string>();
     at::Tensor weight = at::zeros({numel});
     at::Tensor ints;
     auto symbols = [&](int bits) {
@@ -442,11 +460,11 @@ at::Tensor decode_weight(Node& node,
     } else {
         throw InputError(fmt::format("{}.weight: unknown value coding '{}'", node.name, kind));
     }
-    if (where != "dense") {
+    if (where != "dense" || meta.value("mask", false)) {
         at::Tensor mask = at::zeros({numel}, at::kBool);
         mask.index_fill_(0, index, true);
         node.buffers["weight_mask"] = mask.reshape(shape);
-        weight = weight * mask;
+        weight = weight.masked_fill(mask.logical_not(), 0.0);
     }
     node.params["weight"] = weight.reshape(shape).contiguous();
     return ints;

@@ -807,7 +807,11 @@ private:
         out.is_int = true;
         const Constant& a = constants_.at(n.input(0));
         if (op == "Cast" && a.tensor.dim() > 1) {
-            constants_[n.output(0)] = a;  // a tensor of indices keeps its shape
+            Constant c = a;  // a tensor (e.g. of codebook indices) keeps its shape
+            const int64_t to = attr_int(n, "to", onnx::TensorProto::INT64);
+            c.is_int = to != onnx::TensorProto::FLOAT && to != onnx::TensorProto::DOUBLE &&
+                       to != onnx::TensorProto::FLOAT16;
+            constants_[n.output(0)] = c;
             return;
         }
         if (op == "Cast") {

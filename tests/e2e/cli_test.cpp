@@ -802,6 +802,20 @@ TEST(CliTest, DeepCompressionPipelineEndToEnd) {
     EXPECT_NEAR(a["target_sparsity"].get<double>(), 0.75, 0.01);
     EXPECT_TRUE(fs::exists(dir.path() / "auto" / "search" / "best_sparsity.yaml"));
     EXPECT_TRUE(fs::exists(dir.path() / "auto" / "search" / "episodes.csv"));
+    // Searched codebook bits under a mean-bits budget.
+    Result bits = cli("--json compress --config job.yaml --set output_dir=bits " + from_base +
+                          "--set 'pipeline=[{learner: nonuniform_quantization, bits: auto, "
+                          "search: {avg_bits: 3, episodes: 8, warmup: 4, eval_images: 64}, "
+                          "epochs: 0}]'",
+                      dir);
+    ASSERT_EQ(bits.code, 0) << bits.err;
+    json cb = json::parse(bits.out)["stages"][0];
+    EXPECT_LE(cb["search"]["avg_bits"].get<double>(), 3.0 + 1e-9);
+    EXPECT_EQ(cb["search"]["bits"].size(), 5u);
+    for (const auto& [layer, l] : cb["layers"].items()) {
+        EXPECT_EQ(l["bits"], cb["search"]["bits"][layer]) << layer;
+    }
+    EXPECT_TRUE(fs::exists(dir.path() / "bits" / "search" / "best_bits.yaml"));
     // 2:4 structured sparsity: half of every group of four input-channel weights.
     Result nm = cli("--json compress --config job.yaml --set output_dir=nm " + from_base +
                         "--set 'pipeline=[{learner: weight_sparsification, pattern: \"2:4\", "
@@ -842,6 +856,16 @@ TEST(CliTest, SparsityAndCodebookBadInputExitWithTwo) {
         "{learner: weight_sparsification, sparsity: auto, search: {target: 0.99, max_sparsity: "
         "0.9}}",
         "exceeds max_sparsity");
+    fails(
+        "{learner: weight_sparsification, sparsity: 0.5}, {learner: channel_pruning, "
+        "flops_target: 0.7, criterion: l1}",
+        "prune channels before weight_sparsification");
+    fails("{learner: nonuniform_quantization, bits: 4}, {learner: uniform_quantization, mode: ptq}",
+          "has a codebook (nonuniform_quantization)");
+    fails("{learner: nonuniform_quantization, bits: auto}",
+          "bits: auto and a search: section go together");
+    fails("{learner: nonuniform_quantization, bits: auto, search: {avg_bits: 5, max_bits: 4}}",
+          "must lie in [min_bits 2, max_bits 4]");
     fails("{learner: nonuniform_quantization, bits: 9}", "bits must be an integer 2–8");
     fails("{learner: nonuniform_quantization, bits: 1}", "bits must be an integer 2–8");
     fails("{learner: nonuniform_quantization, bits: 4, init: kmeans}", "did you mean");

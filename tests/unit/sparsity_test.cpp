@@ -339,6 +339,10 @@ TEST(CodebookTest, SparseLayerKeepsItsZerosAndTrainingKeepsIndices) {
     EXPECT_EQ(std::get<0>((nz.view({-1, 1}) - c.view({1, -1})).abs().min(1)).max().item<float>(),
               0.0f);
     validate_weight_constraints(n);
+    Node bad = linear_node(torch::randn({4, 4}));
+    bad.params.at("weight")[1][2] = std::nanf("");
+    expect_error<InputError>([&] { set_codebook(bad, 2, CodebookInit::kLinear, 5, 0); },
+                             "NaN or infinity");
     // After a centroid moves, applying the constraints moves exactly its weights.
     {
         at::NoGradGuard no_grad;
@@ -482,6 +486,14 @@ TEST(WeightCodecTest, PfmRoundTripsAreBitExactAtEveryWidthAndSparsity) {
             EXPECT_LT(g.weight_bytes(), static_cast<int64_t>(read_file(path).size()));
         }
     }
+    // An all-true mask (a layer left dense) costs no position bytes and survives the trip.
+    Graph dense_mask = coded_graph(0.0, 3, 2);
+    set_magnitude_mask(dense_mask.nodes()[3], 0.0);
+    const WeightStorage st = weight_storage(dense_mask.nodes()[3]);
+    EXPECT_EQ(st.positions, "dense");
+    EXPECT_EQ(st.position_bytes, 0);
+    save_model(dir.file("d.pfm"), dense_mask, ModelMeta{});
+    expect_same_tensors(dense_mask, load_model(dir.file("d.pfm")).graph);
     // Sparse and uniformly quantized: the integers of the non-zeros.
     Graph g = coded_graph(0.8, 0, 3);
     QuantizeOptions qo;

@@ -75,13 +75,15 @@ async function main() {
   // time of InferenceSession.create (reading, optimising and preparing the model).
   const sessions = [];
   const loadTimes = args.model.map(() => []);
-  const loads = Math.max(1, Number(args.loads || 1));
+  const loads = Number(args.loads || 1);
+  if (!Number.isInteger(loads) || loads < 1) throw new Error(`--loads ${args.loads}: expected a positive integer`);
   for (let r = 0; r < loads; ++r) {
     for (const [k, model] of args.model.entries()) {
       const o = k === 0 && args.optimized ? {...options, optimizedModelFilePath: args.optimized} : options;
       const t0 = process.hrtime.bigint();
       const session = await ort.InferenceSession.create(model, o);
       loadTimes[k].push(Number(process.hrtime.bigint() - t0) / 1e6);
+      if (sessions[k]) await sessions[k].release();  // time each load with one session alive
       sessions[k] = session;
     }
   }
