@@ -127,6 +127,23 @@ SearchOptions stage_search_options(const RunContext& ctx,
                                    int64_t warmup,
                                    uint64_t salt);
 
+/// Runs a stage's search (run_search with stage_search_options) that must beat `baseline`
+/// (scored `baseline_score`, named `baseline_name` in the log), logging progress every 10
+/// episodes as "<what> episode e/N: top-1 …, best … (<baseline_name> …)".
+SearchResult run_stage_search(RunContext& ctx,
+                              const SearchSpace& space,
+                              int64_t episodes,
+                              int64_t warmup,
+                              uint64_t salt,
+                              const std::string& what,
+                              const std::vector<double>& baseline,
+                              double baseline_score,
+                              const std::string& baseline_name);
+
+/// Reads a bit-width search's budget keys (`avg_bits`, `min_bits`, `max_bits`) into `budget`,
+/// checking min_bits <= avg_bits <= max_bits.
+void read_bits_budget(ConfigReader& reader, BitsBudget& budget, const std::string& doc);
+
 /// Reads the keys every search section has: `episodes`, `warmup`, `eval_images`.
 void read_search_keys(ConfigReader& reader,
                       int64_t& episodes,

@@ -155,6 +155,22 @@ struct SearchResult {
     int64_t resumed = 0;  ///< episodes replayed from the log
 };
 
+/// Per-layer bit widths under a mean-bits budget (HAQ), shared by the bit-width searches: an action
+/// a means floor(a) bits, clamped to [min_bits, max_bits]; the budget is a `weights`-weighted mean
+/// of at most avg_bits (weights: each layer's parameters, or its non-zeros).
+struct BitsBudget {
+    std::vector<double> weights;
+    double avg_bits = 4;
+    int min_bits = 2, max_bits = 8;
+
+    int bits_of(double action) const;
+    /// The weighted mean bits of `actions` (missing trailing layers count at min_bits).
+    double mean_bits(const std::vector<double>& actions) const;
+    /// Sets the space's range (floor gives every width an equal share), cost (mean bits /
+    /// max_bits) and max_action (what the budget allows with the later layers at min_bits).
+    void describe(SearchSpace& space) const;
+};
+
 /// Runs the DDPG search: each episode visits the decision points in order (state = the point's
 /// features, its position, the previous action and the budget used so far), clips each action to
 /// `max_action`, scores the policy, and keeps the best.

@@ -27,50 +27,26 @@ std::vector<int> search_codebook_bits(RunContext& ctx,
     using Clock = std::chrono::steady_clock;
     const auto start = Clock::now();
     const std::string& where = ctx.stage.path;
-    PF_CHECK(options.min_bits <= options.avg_bits && options.avg_bits <= options.max_bits,
-             ConfigError, "{}: search.avg_bits {} must lie in [min_bits {}, max_bits {}]", where,
-             options.avg_bits, options.min_bits, options.max_bits);
     // The budget counts the weights each layer clusters: its non-zeros.
     std::vector<double> clustered;
-    double total = 0, largest = 0;
+    double largest = 0;
     int64_t widest = 1;
     for (int i : nodes) {
         const Node& n = graph.nodes()[static_cast<size_t>(i)];
         const SparsityCount c = count_sparsity(n);
         clustered.push_back(static_cast<double>(has_mask(n) ? c.weights - c.zeros : c.weights));
-        total += clustered.back();
         largest = std::max(largest, static_cast<double>(c.weights));
         widest = std::max<int64_t>(widest, n.params.at("weight").size(0));
     }
-    auto bits_of = [&](double a) {
-        return std::clamp(static_cast<int>(std::floor(a)), options.min_bits, options.max_bits);
-    };
-    auto mean_bits = [&](const std::vector<double>& a) {
-        double sum = 0;
-        for (size_t i = 0; i < clustered.size(); ++i) {
-            sum += clustered[i] * bits_of(i < a.size() ? a[i] : options.min_bits);
-        }
-        return sum / std::max(1.0, total);
-    };
+    BitsBudget budget = options.budget;
+    budget.weights = clustered;
+    auto bits_of = [&](double a) { return budget.bits_of(a); };
     SearchSpace space;
-    space.lo = options.min_bits;
-    space.hi = options.max_bits + 0.999;  // floor() gives every width an equal share
+    budget.describe(space);
     for (int i : nodes) {
         space.features.push_back(
             weight_layer_features(graph.nodes()[static_cast<size_t>(i)], largest, widest));
     }
-    space.cost = [&](const std::vector<double>& a) { return mean_bits(a) / options.max_bits; };
-    space.max_action = [&](size_t t, const std::vector<double>& earlier) {
-        double spent = 0, rest = 0;
-        for (size_t i = 0; i < earlier.size(); ++i) {
-            spent += clustered[i] * bits_of(earlier[i]);
-        }
-        for (size_t i = t + 1; i < clustered.size(); ++i) {
-            rest += clustered[i] * options.min_bits;
-        }
-        return clustered[t] > 0 ? (options.avg_bits * total - spent - rest) / clustered[t]
-                                : space.hi;
-    };
     // Each layer's decoded weight at each width, clustered once.
     std::map<std::pair<size_t, int>, at::Tensor> decoded;
     auto weight_at = [&](size_t k, int bits) {
@@ -106,32 +82,23 @@ std::vector<int> search_codebook_bits(RunContext& ctx,
     };
     space.reward = [&](const std::vector<double>& a) { return SearchSpace::Score(score(a), {}); };
 
-    const int uniform_bits = static_cast<int>(std::floor(options.avg_bits));
+    const int uniform_bits = static_cast<int>(std::floor(budget.avg_bits));
     const std::vector<double> uniform(nodes.size(), static_cast<double>(uniform_bits));
     const double uniform_top1 = score(uniform);
     spdlog::info(
         "[{}] codebook bits search: {} layers, mean {} index bits, {} episodes ({} warm-up); "
         "uniform {} bits: validation top-1 {:.2f}% on {} images",
-        where, nodes.size(), options.avg_bits, options.episodes, options.warmup, uniform_bits,
+        where, nodes.size(), budget.avg_bits, options.episodes, options.warmup, uniform_bits,
         uniform_top1, val_loader->num_samples());
-    SearchOptions so = stage_search_options(ctx, options.episodes, options.warmup, 17);
-    so.progress = [&](int64_t episode, double reward, double best) {
-        if ((episode + 1) % 10 == 0 || episode + 1 == options.episodes) {
-            spdlog::info(
-                "[{}] codebook bits search episode {}/{}: top-1 {:.2f}%, best {:.2f}% "
-                "(uniform {:.2f}%)",
-                where, episode + 1, options.episodes, reward, best, uniform_top1);
-        }
-    };
-    so.baseline = uniform;
-    so.baseline_score = uniform_top1;
-    const SearchResult result = run_search(space, so);
+    const SearchResult result =
+        run_stage_search(ctx, space, options.episodes, options.warmup, 17, "codebook bits search",
+                         uniform, uniform_top1, fmt::format("uniform {} bits", uniform_bits));
     std::vector<int> chosen;
     nlohmann::json layers = nlohmann::json::object();
     std::string yaml = fmt::format(
         "# bits: auto found these (validation top-1 {:.2f}% before fine-tuning, uniform {} bits "
         "{:.2f}%; mean index bits {:.3f})\nbits:\n",
-        result.best_reward, uniform_bits, uniform_top1, mean_bits(result.best));
+        result.best_reward, uniform_bits, uniform_top1, budget.mean_bits(result.best));
     for (size_t k = 0; k < nodes.size(); ++k) {
         chosen.push_back(bits_of(result.best[k]));
         const std::string& name = graph.nodes()[static_cast<size_t>(nodes[k])].name;
@@ -145,8 +112,8 @@ std::vector<int> search_codebook_bits(RunContext& ctx,
                          {"best_val_top1", result.best_reward},
                          {"uniform_val_top1", uniform_top1},
                          {"uniform_bits", uniform_bits},
-                         {"avg_bits_target", options.avg_bits},
-                         {"avg_bits", mean_bits(result.best)},
+                         {"avg_bits_target", budget.avg_bits},
+                         {"avg_bits", budget.mean_bits(result.best)},
                          {"bits", layers},
                          {"val_images", val_loader->num_samples()},
                          {"seconds", seconds},
@@ -156,8 +123,8 @@ std::vector<int> search_codebook_bits(RunContext& ctx,
     spdlog::info(
         "[{}] codebook bits search done in {:.0f} s: best validation top-1 {:.2f}% "
         "(uniform {} bits {:.2f}%) at a mean of {:.3f} index bits; {}",
-        where, seconds, result.best_reward, uniform_bits, uniform_top1, mean_bits(result.best),
-        (dir / "best_bits.yaml").string());
+        where, seconds, result.best_reward, uniform_bits, uniform_top1,
+        budget.mean_bits(result.best), (dir / "best_bits.yaml").string());
     return chosen;
 }
 

@@ -8,13 +8,13 @@
 
 #include "pocketflow/codebook.h"
 #include "pocketflow/learner.h"
+#include "pocketflow/search.h"
 
 namespace pocketflow::learners {
 
 /// `bits: auto` of nonuniform_quantization: the stage's `search:` section.
 struct CodebookSearchOptions {
-    double avg_bits = 4;  ///< budget: mean index bits over the clustered weights
-    int min_bits = 2, max_bits = 8;
+    BitsBudget budget;       ///< mean index bits over the clustered weights
     int64_t episodes = 100;  ///< including warm-up
     int64_t warmup = 20;
     int64_t eval_images = 1000;  ///< validation images per candidate

@@ -133,23 +133,9 @@ void register_nonuniform_quantization(LearnerRegistry& registry) {
              r.section("search", "bits: auto (DDPG search of per-layer codebook bits)",
                        [&](ConfigReader& s) {
                            CodebookSearchOptions& so = o.search;
-                           s.read("avg_bits", so.avg_bits,
-                                  "budget: mean index bits over the clustered weights",
-                                  ConfigReader::in_range(2, 8));
-                           s.read("min_bits", so.min_bits, "fewest bits of a layer",
-                                  ConfigReader::in_range(2, 8));
-                           s.read("max_bits", so.max_bits, "most bits of a layer",
-                                  ConfigReader::in_range(2, 8));
+                           read_bits_budget(s, so.budget,
+                                            "budget: mean index bits over the clustered weights");
                            read_search_keys(s, so.episodes, so.warmup, so.eval_images);
-                           if (so.min_bits > so.max_bits) {
-                               s.fail("max_bits",
-                                      fmt::format("must be at least min_bits ({})", so.min_bits));
-                           }
-                           if (so.avg_bits < so.min_bits || so.avg_bits > so.max_bits) {
-                               s.fail("avg_bits",
-                                      fmt::format("must lie in [min_bits {}, max_bits {}]",
-                                                  so.min_bits, so.max_bits));
-                           }
                        });
              if (r.has("search") != o.bits.is_auto) {
                  r.fail(o.bits.is_auto ? "bits" : "search",

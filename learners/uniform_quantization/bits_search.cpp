@@ -41,23 +41,10 @@ std::map<std::string, LayerBits> search_bits(RunContext& ctx,
              "{}: bits: auto has no layer to search (the first and last layers stay at 8 bits "
              "with keep_first_last)",
              where);
-    PF_CHECK(options.min_bits <= options.avg_bits && options.avg_bits <= options.max_bits,
-             ConfigError, "{}: search.avg_bits {} must lie in [min_bits {}, max_bits {}]", where,
-             options.avg_bits, options.min_bits, options.max_bits);
-    double total = 0;
-    for (double p : params) {
-        total += p;
-    }
-    auto bits_of = [&](double a) {
-        return std::min(options.max_bits, static_cast<int>(std::floor(a)));
-    };
-    auto mean_bits = [&](const std::vector<double>& actions) {
-        double sum = 0;
-        for (size_t i = 0; i < actions.size(); ++i) {
-            sum += params[i] * bits_of(actions[i]);
-        }
-        return sum / total;
-    };
+    BitsBudget budget = options.budget;
+    budget.weights = params;
+    auto bits_of = [&](double a) { return budget.bits_of(a); };
+    auto mean_bits = [&](const std::vector<double>& actions) { return budget.mean_bits(actions); };
     auto with_bits = [&](const std::vector<double>& actions) {
         QuantizeOptions q = base;
         for (size_t i = 0; i < names.size(); ++i) {
@@ -68,7 +55,7 @@ std::map<std::string, LayerBits> search_bits(RunContext& ctx,
 
     // Activation ranges: calibrated once, with the searched layers' weights at max_bits.
     Graph reference = graph.clone();
-    prepare_quantization(reference, with_bits(std::vector<double>(names.size(), options.max_bits)));
+    prepare_quantization(reference, with_bits(std::vector<double>(names.size(), budget.max_bits)));
     Model reference_model(std::move(reference), ctx.model->meta());
     calibrate_activation_ranges(reference_model, calibration, RangeMethod::kMse, 99.99,
                                 ctx.job.seed);
@@ -98,8 +85,7 @@ std::map<std::string, LayerBits> search_bits(RunContext& ctx,
     };
 
     SearchSpace space;
-    space.lo = options.min_bits;
-    space.hi = options.max_bits + 0.999;  // floor() gives every integer an equal share
+    budget.describe(space);
     double largest = 0;
     for (double p : params) {
         largest = std::max(largest, p);
@@ -109,44 +95,20 @@ std::map<std::string, LayerBits> search_bits(RunContext& ctx,
         space.features.push_back(weight_layer_features(
             graph.nodes()[static_cast<size_t>(graph.find(names[i]))], largest, widest));
     }
-    space.cost = [&](const std::vector<double>& a) {
-        std::vector<double> full = a;
-        full.resize(names.size(), options.min_bits);
-        return mean_bits(full) / options.max_bits;
-    };
-    space.max_action = [&](size_t t, const std::vector<double>& earlier) {
-        double spent = 0, rest = 0;
-        for (size_t i = 0; i < earlier.size(); ++i) {
-            spent += params[i] * bits_of(earlier[i]);
-        }
-        for (size_t i = t + 1; i < names.size(); ++i) {
-            rest += params[i] * options.min_bits;
-        }
-        return (options.avg_bits * total - spent - rest) / params[t];
-    };
     space.reward = [&](const std::vector<double>& a) { return SearchSpace::Score(score(a), {}); };
 
-    const int uniform_bits = static_cast<int>(std::floor(options.avg_bits));
+    const int uniform_bits = static_cast<int>(std::floor(budget.avg_bits));
     const std::vector<double> uniform(names.size(), static_cast<double>(uniform_bits));
     const double uniform_top1 = score(uniform);
     spdlog::info(
         "[{}] bits search: {} layers, mean {} weight bits, {} episodes ({} warm-up); uniform "
         "{} bits: validation top-1 {:.2f}% on {} images",
-        where, names.size(), options.avg_bits, options.episodes, options.warmup, uniform_bits,
+        where, names.size(), budget.avg_bits, options.episodes, options.warmup, uniform_bits,
         uniform_top1, val_loader->num_samples());
-    const std::filesystem::path dir = ctx.run.path() / "search";  // made by stage_search_options
-    SearchOptions so = stage_search_options(ctx, options.episodes, options.warmup, 11);
-    so.progress = [&](int64_t episode, double reward, double best) {
-        if ((episode + 1) % 10 == 0 || episode + 1 == options.episodes) {
-            spdlog::info(
-                "[{}] bits search episode {}/{}: top-1 {:.2f}%, best {:.2f}% (uniform "
-                "{:.2f}%)",
-                where, episode + 1, options.episodes, reward, best, uniform_top1);
-        }
-    };
-    so.baseline = uniform;  // never hand back something worse than uniform bits
-    so.baseline_score = uniform_top1;
-    const SearchResult result = run_search(space, so);
+    const std::filesystem::path dir = ctx.run.path() / "search";  // made by the search
+    const SearchResult result =
+        run_stage_search(ctx, space, options.episodes, options.warmup, 11, "bits search", uniform,
+                         uniform_top1, fmt::format("uniform {} bits", uniform_bits));
     std::map<std::string, LayerBits> bits = base.layers;
     nlohmann::json chosen = nlohmann::json::object();
     std::string yaml = fmt::format(
@@ -165,7 +127,7 @@ std::map<std::string, LayerBits> search_bits(RunContext& ctx,
                          {"best_val_top1", result.best_reward},
                          {"uniform_val_top1", uniform_top1},
                          {"uniform_bits", uniform_bits},
-                         {"avg_bits_target", options.avg_bits},
+                         {"avg_bits_target", budget.avg_bits},
                          {"avg_bits", mean_bits(result.best)},
                          {"weight_bits", chosen},
                          {"val_images", val_loader->num_samples()},

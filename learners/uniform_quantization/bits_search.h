@@ -9,13 +9,13 @@
 
 #include "pocketflow/learner.h"
 #include "pocketflow/quant.h"
+#include "pocketflow/search.h"
 
 namespace pocketflow::learners {
 
 /// `bits: auto` of uniform_quantization: the stage's `search:` section.
 struct BitsSearchOptions {
-    double avg_bits = 4;  ///< budget: parameter-weighted mean weight bits of searched layers
-    int min_bits = 2, max_bits = 8;
+    BitsBudget budget;       ///< parameter-weighted mean weight bits of searched layers
     int activations = 8;     ///< activation bits of the searched layers
     int64_t episodes = 100;  ///< including warm-up
     int64_t warmup = 20;

@@ -282,23 +282,12 @@ void register_uniform_quantization(LearnerRegistry& registry) {
                     {"ema", "lsq"});
              r.section("search", "bits: auto (DDPG search of weight bits)", [&](ConfigReader& s) {
                  BitsSearchOptions& so = o.search;
-                 s.read("avg_bits", so.avg_bits,
-                        "budget: mean weight bits of the searched layers (by parameters)",
-                        ConfigReader::in_range(2, 8));
-                 s.read("min_bits", so.min_bits, "fewest bits of a layer",
-                        ConfigReader::in_range(2, 8));
-                 s.read("max_bits", so.max_bits, "most bits of a layer",
-                        ConfigReader::in_range(2, 8));
+                 read_bits_budget(
+                     s, so.budget,
+                     "budget: mean weight bits of the searched layers (by parameters)");
                  s.read("activations", so.activations, "activation bits of searched layers",
                         ConfigReader::in_range(2, 8));
                  read_search_keys(s, so.episodes, so.warmup, so.eval_images);
-                 if (so.min_bits > so.max_bits) {
-                     s.fail("max_bits", fmt::format("must be at least min_bits ({})", so.min_bits));
-                 }
-                 if (so.avg_bits < so.min_bits || so.avg_bits > so.max_bits) {
-                     s.fail("avg_bits", fmt::format("must lie in [min_bits {}, max_bits {}]",
-                                                    so.min_bits, so.max_bits));
-                 }
              });
              if (r.has("search") && !o.bits_auto) {
                  r.fail("search", "the search section goes with bits: auto");

@@ -119,18 +119,9 @@ std::vector<double> search_sparsities(RunContext& ctx,
         "warm-up); log_size allocation: validation top-1 {:.2f}% on {} images (no fine-tuning)",
         where, nodes.size(), 100 * options.target, options.episodes, options.warmup, baseline_top1,
         val_loader->num_samples());
-    SearchOptions so = stage_search_options(ctx, options.episodes, options.warmup, 13);
-    so.progress = [&](int64_t episode, double reward, double best) {
-        if ((episode + 1) % 10 == 0 || episode + 1 == options.episodes) {
-            spdlog::info(
-                "[{}] sparsity search episode {}/{}: top-1 {:.2f}%, best {:.2f}% "
-                "(log_size {:.2f}%)",
-                where, episode + 1, options.episodes, reward, best, baseline_top1);
-        }
-    };
-    so.baseline = baseline;
-    so.baseline_score = baseline_top1;
-    const SearchResult result = run_search(space, so);
+    const SearchResult result =
+        run_stage_search(ctx, space, options.episodes, options.warmup, 13, "sparsity search",
+                         baseline, baseline_top1, "log_size");
     std::vector<double> chosen;
     nlohmann::json layers = nlohmann::json::object();
     std::string yaml = fmt::format(

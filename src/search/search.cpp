@@ -106,6 +106,38 @@ std::string episode_plot(const std::vector<double>& rewards) {
 
 }  // namespace
 
+int BitsBudget::bits_of(double action) const {
+    return std::clamp(static_cast<int>(std::floor(action)), min_bits, max_bits);
+}
+
+double BitsBudget::mean_bits(const std::vector<double>& actions) const {
+    double sum = 0, total = 0;
+    for (size_t i = 0; i < weights.size(); ++i) {
+        sum += weights[i] * bits_of(i < actions.size() ? actions[i] : min_bits);
+        total += weights[i];
+    }
+    return sum / std::max(1.0, total);
+}
+
+void BitsBudget::describe(SearchSpace& space) const {
+    space.lo = min_bits;
+    space.hi = max_bits + 0.999;
+    space.cost = [this](const std::vector<double>& a) { return mean_bits(a) / max_bits; };
+    space.max_action = [this](size_t t, const std::vector<double>& earlier) {
+        double total = 0, spent = 0, rest = 0;
+        for (size_t i = 0; i < weights.size(); ++i) {
+            total += weights[i];
+            if (i < earlier.size()) {
+                spent += weights[i] * bits_of(earlier[i]);
+            } else if (i > t) {
+                rest += weights[i] * min_bits;
+            }
+        }
+        return weights[t] > 0 ? (avg_bits * total - spent - rest) / weights[t]
+                              : static_cast<double>(max_bits) + 0.999;
+    };
+}
+
 SearchResult run_search(const SearchSpace& space, const SearchOptions& options) {
     const size_t points = space.features.size();
     PF_CHECK(points > 0 && space.max_action && space.cost && space.reward, Error,

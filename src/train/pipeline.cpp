@@ -289,6 +289,41 @@ void read_search_keys(ConfigReader& reader,
                 ConfigReader::in_range(1, 10000000));
 }
 
+SearchResult run_stage_search(RunContext& ctx,
+                              const SearchSpace& space,
+                              int64_t episodes,
+                              int64_t warmup,
+                              uint64_t salt,
+                              const std::string& what,
+                              const std::vector<double>& baseline,
+                              double baseline_score,
+                              const std::string& baseline_name) {
+    SearchOptions so = stage_search_options(ctx, episodes, warmup, salt);
+    const std::string& where = ctx.stage.path;
+    so.progress = [&](int64_t episode, double reward, double best) {
+        if ((episode + 1) % 10 == 0 || episode + 1 == episodes) {
+            spdlog::info("[{}] {} episode {}/{}: top-1 {:.2f}%, best {:.2f}% ({} {:.2f}%)", where,
+                         what, episode + 1, episodes, reward, best, baseline_name, baseline_score);
+        }
+    };
+    so.baseline = baseline;  // never hand back something worse than the baseline
+    so.baseline_score = baseline_score;
+    return run_search(space, so);
+}
+
+void read_bits_budget(ConfigReader& s, BitsBudget& budget, const std::string& doc) {
+    s.read("avg_bits", budget.avg_bits, doc, ConfigReader::in_range(2, 8));
+    s.read("min_bits", budget.min_bits, "fewest bits of a layer", ConfigReader::in_range(2, 8));
+    s.read("max_bits", budget.max_bits, "most bits of a layer", ConfigReader::in_range(2, 8));
+    if (budget.min_bits > budget.max_bits) {
+        s.fail("max_bits", fmt::format("must be at least min_bits ({})", budget.min_bits));
+    }
+    if (budget.avg_bits < budget.min_bits || budget.avg_bits > budget.max_bits) {
+        s.fail("avg_bits", fmt::format("must lie in [min_bits {}, max_bits {}]", budget.min_bits,
+                                       budget.max_bits));
+    }
+}
+
 int restore_batch_norm(const Job& job, const DataBundle& data, std::shared_ptr<Model>& model) {
     const std::string& mode = job.model.restore_bn;
     if (mode == "false" || (mode == "auto" && job.model.onnx.empty())) {
