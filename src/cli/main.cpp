@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
-// The `pocketflow` command line: train | compress | eval | info | learners.
+// The `pocketflow` command line: train | compress | eval | info | learners | export | bench |
+// tune | check.
 // The only top-level try/catch of the project lives here: exceptions become one-line messages and
 // exit codes (0 ok, 2 bad input, 1 other failure, 130 interrupted after saving a checkpoint).
 #include <algorithm>
@@ -17,6 +18,7 @@
 #include "pocketflow/error.h"
 #include "pocketflow/learner.h"
 #include "pocketflow/onnx.h"
+#include "pocketflow/regression.h"
 #include "pocketflow/tune.h"
 #include "pocketflow/util.h"
 #include "pocketflow/zoo.h"
@@ -179,6 +181,50 @@ int cmd_learners(const GlobalOptions& g) {
     return 0;
 }
 
+/// `check`: the regression gate — exit 1 when a limited metric regressed, 0 otherwise.
+int cmd_check(const std::string& baseline_path,
+              const std::string& results_path,
+              const std::vector<pf::MetricLimit>& given,
+              const GlobalOptions& g) {
+    std::vector<pf::MetricLimit> limits = given;
+    if (limits.empty()) {
+        limits.push_back({"top1", pf::MetricLimit::kDrop, 0.3});  // the default gate
+    }
+    const auto rows = pf::check_regressions(pf::load_run_metrics(baseline_path),
+                                            pf::load_run_metrics(results_path), limits);
+    int regressed = 0;
+    for (const auto& r : rows) {
+        regressed += r.regressed ? 1 : 0;
+    }
+    if (g.json) {
+        json out = {{"baseline", baseline_path},
+                    {"results", results_path},
+                    {"regressions", regressed},
+                    {"rows", json::array()}};
+        for (const auto& r : rows) {
+            out["rows"].push_back({{"entry", r.entry},
+                                   {"metric", r.metric},
+                                   {"baseline", r.baseline},
+                                   {"result", r.result},
+                                   {"limit", r.limit},
+                                   {"regressed", r.regressed}});
+        }
+        std::cout << out.dump() << std::endl;
+    } else {
+        fmt::print("{:<40}{:<14}{:>14}{:>14}{:>12}  {:<14}{}\n", "entry", "metric", "baseline",
+                   "result", "change", "limit", "status");
+        for (const auto& r : rows) {
+            std::string name =
+                r.entry.size() > 39 ? "..." + r.entry.substr(r.entry.size() - 36) : r.entry;
+            fmt::print("{:<40}{:<14}{:>14.6g}{:>14.6g}{:>+12.4g}  {:<14}{}\n", name, r.metric,
+                       r.baseline, r.result, r.result - r.baseline, r.limit,
+                       r.regressed ? "REGRESSED" : "ok");
+        }
+        fmt::print("{} of {} checks regressed\n", regressed, rows.size());
+    }
+    return regressed > 0 ? 1 : 0;
+}
+
 int run_cli(int argc, char** argv) {
     CLI::App app{"pocketflow: compress deep neural networks for phones and edge devices"};
     app.require_subcommand(1);
@@ -268,6 +314,23 @@ int run_cli(int argc, char** argv) {
 
     JobOptions tune_opts;
     std::string tune_space, tune_out;
+    std::string check_baseline, check_results;
+    std::vector<std::string> check_drop, check_rise, check_ratio;
+    auto* check = app.add_subcommand(
+        "check", "regression gate: compare runs with a baseline, exit 1 on a regression");
+    check
+        ->add_option("--baseline", check_baseline,
+                     "run directory, summary.json, {\"runs\": [...]} table or bench --json output")
+        ->required();
+    check->add_option("--results", check_results, "the same kinds of file, to check")->required();
+    check->add_option("--max-drop", check_drop,
+                      "metric=x: fail when it falls more than x below the baseline (default "
+                      "top1=0.3 when no limit is given)");
+    check->add_option("--max-rise", check_rise,
+                      "metric=x: fail when it rises more than x above the baseline (e.g. loss)");
+    check->add_option("--max-ratio,--max-slowdown", check_ratio,
+                      "metric=r: fail when result / baseline exceeds r (e.g. median_ms=1.10, "
+                      "file_bytes=1.05)");
     auto* tune = app.add_subcommand(
         "tune", "Bayesian optimisation of job keys (GP + expected improvement), one run a trial");
     add_job_options(tune, tune_opts, false);
@@ -312,6 +375,19 @@ int run_cli(int argc, char** argv) {
     }
     if (tune->parsed()) {
         return cmd_tune(tune_opts, tune_space, tune_out, g);
+    }
+    if (check->parsed()) {
+        std::vector<pf::MetricLimit> limits;
+        for (const auto& t : check_drop) {
+            limits.push_back(pf::parse_metric_limit(t, pf::MetricLimit::kDrop, "--max-drop"));
+        }
+        for (const auto& t : check_rise) {
+            limits.push_back(pf::parse_metric_limit(t, pf::MetricLimit::kRise, "--max-rise"));
+        }
+        for (const auto& t : check_ratio) {
+            limits.push_back(pf::parse_metric_limit(t, pf::MetricLimit::kRatio, "--max-ratio"));
+        }
+        return cmd_check(check_baseline, check_results, limits, g);
     }
     if (bench->parsed()) {
         return cmd_bench(bench_models, bench_batches, bench_runtimes, bench_warmup, bench_repeat,

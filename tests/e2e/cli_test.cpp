@@ -872,5 +872,36 @@ TEST(CliTest, SparsityAndCodebookBadInputExitWithTwo) {
     fails("{learner: nonuniform_quantization, bits: {\"nope\": 4}}", "the glob matches no layer");
 }
 
+TEST(CliTest, CheckGatesARegressionAndPassesARerun) {
+    testing::TempDir dir;
+    write_file_atomic(dir.file("job.yaml"), kTinyJob);
+    Result base = cli("--json train --config job.yaml --set output_dir=base", dir);
+    ASSERT_EQ(base.code, 0) << base.err;
+    Result rerun = cli("--json train --config job.yaml --set output_dir=rerun", dir);
+    ASSERT_EQ(rerun.code, 0) << rerun.err;
+    // A rerun of the baseline (same seed, same machine) passes the default gate and size limits.
+    Result same =
+        cli("check --baseline base --results rerun --max-drop top1=0.3 --max-ratio "
+            "file_bytes=1.0 --max-rise loss=0.001",
+            dir);
+    EXPECT_EQ(same.code, 0) << same.out << same.err;
+    EXPECT_NE(same.out.find("0 of 3 checks regressed"), std::string::npos) << same.out;
+    // A planted 1-point drop fails it.
+    json planted = json::parse(read_file(dir.file("rerun/summary.json")));
+    planted["top1"] = planted["top1"].get<double>() - 1.0;
+    write_file_atomic(dir.file("planted.json"), planted.dump());
+    Result drop = cli("--json check --baseline base/summary.json --results planted.json", dir);
+    EXPECT_EQ(drop.code, 1) << drop.err;
+    json d = json::parse(drop.out);
+    EXPECT_EQ(d["regressions"], 1);
+    EXPECT_EQ(d["rows"][0]["metric"], "top1");
+    EXPECT_TRUE(d["rows"][0]["regressed"].get<bool>());
+    Result text = cli("check --baseline base --results planted.json", dir);
+    EXPECT_NE(text.out.find("REGRESSED"), std::string::npos) << text.out;
+    Result bad = cli("check --baseline base --results nowhere.json", dir);
+    EXPECT_EQ(bad.code, 2);
+    EXPECT_NE(bad.err.find("nowhere.json"), std::string::npos) << bad.err;
+}
+
 }  // namespace
 }  // namespace pocketflow

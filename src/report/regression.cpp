@@ -1,0 +1,152 @@
+// SPDX-License-Identifier: Apache-2.0
+// `pocketflow check`: metrics of runs against a baseline, under per-metric limits.
+#include "pocketflow/regression.h"
+
+#include <cmath>
+#include <filesystem>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "pocketflow/error.h"
+#include "pocketflow/util.h"
+
+namespace pocketflow {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+std::map<std::string, double> numbers(const json& j) {
+    std::map<std::string, double> out;
+    for (const auto& [key, value] : j.items()) {
+        if (value.is_number() && std::isfinite(value.get<double>())) {
+            out[key] = value.get<double>();
+        }
+    }
+    return out;
+}
+
+}  // namespace
+
+RunMetrics load_run_metrics(const std::string& path) {
+    fs::path file = path;
+    if (fs::is_directory(file)) {
+        file /= "summary.json";
+    }
+    PF_CHECK(fs::exists(file), InputError, "failed to read metrics from {}: no such file{}", path,
+             fs::is_directory(path) ? " (the directory has no summary.json)" : "");
+    json j;
+    try {
+        j = json::parse(read_file(file.string()));
+    } catch (const json::exception& e) {
+        throw InputError(
+            fmt::format("failed to read metrics from {}: {}", file.string(), e.what()));
+    }
+    PF_CHECK(j.is_object(), InputError, "failed to read metrics from {}: not a JSON object",
+             file.string());
+    RunMetrics out;
+    if (j.contains("runs") && j["runs"].is_array()) {
+        for (const auto& r : j["runs"]) {
+            PF_CHECK(r.is_object() && r.contains("name") && r["name"].is_string(), InputError,
+                     "failed to read metrics from {}: every entry of \"runs\" needs a \"name\"",
+                     file.string());
+            out[r["name"].get<std::string>()] = numbers(r);
+        }
+    } else if (j.contains("results") && j["results"].is_array()) {
+        for (const auto& r : j["results"]) {  // pocketflow bench --json
+            PF_CHECK(r.is_object() && r.contains("model") && r.contains("runtime") &&
+                         r.contains("batch"),
+                     InputError, "failed to read metrics from {}: not a bench result",
+                     file.string());
+            out[fmt::format(
+                "{} {} b{}", fs::path(r["model"].get<std::string>()).filename().string(),
+                r["runtime"].get<std::string>(), r["batch"].get<int64_t>())] = numbers(r);
+        }
+    } else {
+        out[j.value("run_dir", file.parent_path().string())] = numbers(j);
+    }
+    PF_CHECK(!out.empty(), InputError, "failed to read metrics from {}: no runs in it",
+             file.string());
+    return out;
+}
+
+MetricLimit parse_metric_limit(const std::string& text,
+                               MetricLimit::Kind kind,
+                               const std::string& option) {
+    const auto eq = text.find('=');
+    MetricLimit limit;
+    limit.kind = kind;
+    double value = 0;
+    bool ok = eq != std::string::npos && eq > 0;
+    if (ok) {
+        limit.metric = text.substr(0, eq);
+        try {
+            size_t used = 0;
+            value = std::stod(text.substr(eq + 1), &used);
+            ok = used == text.size() - eq - 1 && std::isfinite(value) && value >= 0;
+        } catch (const std::exception&) {
+            ok = false;
+        }
+    }
+    PF_CHECK(ok && (kind != MetricLimit::kRatio || value > 0), ConfigError,
+             "{} {}: expected metric=value with a value {} (e.g. {} {})", option, text,
+             kind == MetricLimit::kRatio ? "above 0" : "of at least 0", option,
+             kind == MetricLimit::kRatio ? "median_ms=1.10" : "top1=0.3");
+    limit.value = value;
+    return limit;
+}
+
+std::vector<RegressionRow> check_regressions(const RunMetrics& baseline,
+                                             const RunMetrics& results,
+                                             const std::vector<MetricLimit>& limits) {
+    std::vector<RegressionRow> rows;
+    const bool single = baseline.size() == 1 && results.size() == 1;
+    for (const auto& [name, metrics] : results) {
+        auto base = single ? baseline.begin() : baseline.find(name);
+        PF_CHECK(base != baseline.end(), ConfigError,
+                 "check: the results have {} but the baseline does not (it has: {})", name,
+                 fmt::join(
+                     [&] {
+                         std::vector<std::string> names;
+                         for (const auto& [n, m] : baseline) {
+                             names.push_back(n);
+                         }
+                         return names;
+                     }(),
+                     ", "));
+        for (const auto& limit : limits) {
+            auto b = base->second.find(limit.metric);
+            auto r = metrics.find(limit.metric);
+            PF_CHECK(b != base->second.end() && r != metrics.end(), ConfigError,
+                     "check: metric {} is missing from the {} of {}", limit.metric,
+                     b == base->second.end() ? "baseline" : "results", name);
+            RegressionRow row;
+            row.entry = name;
+            row.metric = limit.metric;
+            row.baseline = b->second;
+            row.result = r->second;
+            switch (limit.kind) {
+                case MetricLimit::kDrop:
+                    row.regressed = row.baseline - row.result > limit.value + 1e-12;
+                    row.limit = fmt::format("drop ≤ {:g}", limit.value);
+                    break;
+                case MetricLimit::kRise:
+                    row.regressed = row.result - row.baseline > limit.value + 1e-12;
+                    row.limit = fmt::format("rise ≤ {:g}", limit.value);
+                    break;
+                case MetricLimit::kRatio:
+                    row.regressed = row.baseline > 0
+                                        ? row.result / row.baseline > limit.value + 1e-12
+                                        : row.result > row.baseline;
+                    row.limit = fmt::format("ratio ≤ {:g}", limit.value);
+                    break;
+            }
+            rows.push_back(std::move(row));
+        }
+    }
+    return rows;
+}
+
+}  // namespace pocketflow

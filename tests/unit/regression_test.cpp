@@ -1,0 +1,109 @@
+// SPDX-License-Identifier: Apache-2.0
+// The regression gate of `pocketflow check`: reading run metrics and judging them against limits.
+#include "pocketflow/regression.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "pocketflow/error.h"
+#include "pocketflow/util.h"
+
+#include "support/test_util.h"
+
+namespace pocketflow {
+namespace {
+
+using nlohmann::json;
+using testing::expect_error;
+using testing::TempDir;
+
+TEST(RegressionTest, ReadsRunDirsSummariesTablesAndBenchResults) {
+    TempDir dir;
+    std::filesystem::create_directories(dir.path() / "run");
+    write_file_atomic(dir.file("run/summary.json"), json{{"run_dir", "runs/a"},
+                                                         {"top1", 91.5},
+                                                         {"macs", 1000},
+                                                         {"arch", "x"},
+                                                         {"stages", json::array()}}
+                                                        .dump());
+    RunMetrics run = load_run_metrics(dir.file("run"));
+    ASSERT_EQ(run.size(), 1u);
+    EXPECT_DOUBLE_EQ(run.at("runs/a").at("top1"), 91.5);
+    EXPECT_EQ(run.at("runs/a").count("arch"), 0u);  // numbers only
+    write_file_atomic(
+        dir.file("table.json"),
+        json{{"runs", {{{"name", "l1"}, {"top1", 90.0}}, {{"name", "lasso"}, {"top1", 91.0}}}}}
+            .dump());
+    RunMetrics table = load_run_metrics(dir.file("table.json"));
+    EXPECT_DOUBLE_EQ(table.at("lasso").at("top1"), 91.0);
+    write_file_atomic(dir.file("bench.json"), json{{"results",
+                                                    {{{"model", "a/base.pfm"},
+                                                      {"runtime", "onnxruntime"},
+                                                      {"batch", 16},
+                                                      {"median_ms", 2.5}}}}}
+                                                  .dump());
+    EXPECT_DOUBLE_EQ(
+        load_run_metrics(dir.file("bench.json")).at("base.pfm onnxruntime b16").at("median_ms"),
+        2.5);
+    expect_error<InputError>([&] { load_run_metrics(dir.file("none.json")); }, "no such file");
+    write_file_atomic(dir.file("bad.json"), "{\"runs\": [{\"top1\": 1}]}");
+    expect_error<InputError>([&] { load_run_metrics(dir.file("bad.json")); }, "needs a \"name\"");
+    write_file_atomic(dir.file("text.json"), "not json");
+    expect_error<InputError>([&] { load_run_metrics(dir.file("text.json")); }, "text.json");
+}
+
+TEST(RegressionTest, LimitsJudgeDropsRisesAndRatios) {
+    const RunMetrics base = {{"a", {{"top1", 92.0}, {"loss", 0.20}, {"median_ms", 10.0}}},
+                             {"b", {{"top1", 80.0}, {"loss", 0.50}, {"median_ms", 5.0}}}};
+    RunMetrics same = base;
+    const std::vector<MetricLimit> limits = {{"top1", MetricLimit::kDrop, 0.3},
+                                             {"loss", MetricLimit::kRise, 0.05},
+                                             {"median_ms", MetricLimit::kRatio, 1.10}};
+    for (const auto& row : check_regressions(base, same, limits)) {
+        EXPECT_FALSE(row.regressed) << row.entry << " " << row.metric;
+    }
+    RunMetrics planted = base;
+    planted["b"]["top1"] -= 1.0;       // a 1-point drop
+    planted["a"]["median_ms"] = 11.0;  // exactly at the 1.10 limit: fine
+    planted["a"]["loss"] = 0.26;       // 0.06 above: regressed
+    int regressed = 0;
+    for (const auto& row : check_regressions(base, planted, limits)) {
+        regressed += row.regressed ? 1 : 0;
+        if (row.regressed) {
+            EXPECT_TRUE((row.entry == "b" && row.metric == "top1") ||
+                        (row.entry == "a" && row.metric == "loss"))
+                << row.entry << " " << row.metric;
+        }
+    }
+    EXPECT_EQ(regressed, 2);
+    // A single entry on each side is compared whatever the names.
+    RunMetrics one = {{"runs/x", {{"top1", 91.0}}}};
+    RunMetrics other = {{"runs/y", {{"top1", 90.5}}}};
+    EXPECT_FALSE(check_regressions(one, other, {{"top1", MetricLimit::kDrop, 0.5}})[0].regressed);
+    EXPECT_TRUE(check_regressions(one, other, {{"top1", MetricLimit::kDrop, 0.4}})[0].regressed);
+    expect_error<ConfigError>(
+        [&] {
+            check_regressions(base, {{"c", {{"top1", 1.0}}}}, limits);
+        },
+        "the results have c but the baseline does not");
+    expect_error<ConfigError>(
+        [&] {
+            check_regressions(one, other, {{"macs", MetricLimit::kRatio, 1}});
+        },
+        "metric macs is missing from the baseline");
+}
+
+TEST(RegressionTest, LimitsParseAndRejectBadText) {
+    MetricLimit l = parse_metric_limit("median_ms=1.10", MetricLimit::kRatio, "--max-ratio");
+    EXPECT_EQ(l.metric, "median_ms");
+    EXPECT_DOUBLE_EQ(l.value, 1.10);
+    for (const char* bad : {"top1", "=0.3", "top1=x", "top1=-1", "top1=0.3abc"}) {
+        expect_error<ConfigError>(
+            [&] { parse_metric_limit(bad, MetricLimit::kDrop, "--max-drop"); }, "--max-drop");
+    }
+    expect_error<ConfigError>(
+        [&] { parse_metric_limit("ms=0", MetricLimit::kRatio, "--max-ratio"); }, "above 0");
+}
+
+}  // namespace
+}  // namespace pocketflow
