@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // The `pocketflow` command line: train | compress | eval | info | learners | export | bench |
-// tune | check.
+// tune | sweep | check.
 // The only top-level try/catch of the project lives here: exceptions become one-line messages and
 // exit codes (0 ok, 2 bad input, 1 other failure, 130 interrupted after saving a checkpoint).
 #include <algorithm>
@@ -19,6 +19,7 @@
 #include "pocketflow/learner.h"
 #include "pocketflow/onnx.h"
 #include "pocketflow/regression.h"
+#include "pocketflow/sweep.h"
 #include "pocketflow/tune.h"
 #include "pocketflow/util.h"
 #include "pocketflow/zoo.h"
@@ -225,6 +226,60 @@ int cmd_check(const std::string& baseline_path,
     return regressed > 0 ? 1 : 0;
 }
 
+/// `sweep`: the job under a grid or list of overrides; a results table at the end.
+int cmd_sweep(pf::SweepOptions o,
+              const std::vector<std::string>& grid,
+              const std::string& file,
+              const GlobalOptions& g) {
+    for (const auto& text : grid) {
+        const auto eq = text.find('=');
+        PF_CHECK(eq != std::string::npos && eq > 0 && eq + 1 < text.size(), ConfigError,
+                 "--grid {}: expected key=v1,v2,... (e.g. --grid pipeline.0.flops_target=0.3,0.5)",
+                 text);
+        o.grid.push_back({text.substr(0, eq), pf::split_values(text.substr(eq + 1))});
+    }
+    if (!file.empty()) {
+        pf::load_sweep_file(file, o);
+    }
+    if (o.out.empty()) {
+        o.out = (std::filesystem::path("runs") /
+                 ("sweep-" + (o.config.empty() ? std::string("default")
+                                               : std::filesystem::path(o.config).stem().string())))
+                    .string();
+    }
+    o.threads = g.threads < 0 ? 0 : static_cast<int>(g.threads);
+    o.executable = std::filesystem::read_symlink("/proc/self/exe").string();
+    const json r = pf::run_sweep(o);
+    int failed = 0;
+    for (const auto& run : r["runs"]) {
+        failed += run["status"] == "failed" ? 1 : 0;
+    }
+    if (g.json) {
+        std::cout << r.dump() << std::endl;
+        return failed > 0 ? 1 : 0;
+    }
+    fmt::print("{:<56}{:<10}{:>9}{:>11}{:>12}{:>12}{:>10}\n", "run", "status", "top-1", "val top-1",
+               "MACs", "bytes", "seconds");
+    for (const auto& run : r["runs"]) {
+        std::string name = run["name"].get<std::string>();
+        if (name.size() > 55) {
+            name = "..." + name.substr(name.size() - 52);
+        }
+        auto num = [&](const char* k, const char* f) {
+            return run.contains(k) ? fmt::format(fmt::runtime(f), run[k].get<double>())
+                                   : std::string("-");
+        };
+        fmt::print("{:<56}{:<10}{:>9}{:>11}{:>12}{:>12}{:>10}\n", name,
+                   run["status"].get<std::string>(), num("top1", "{:.2f}%"),
+                   num("val_top1", "{:.2f}%"), num("macs", "{:.4g}"), num("file_bytes", "{:.0f}"),
+                   num("wall_seconds", "{:.0f}"));
+    }
+    fmt::print("results: {} and {}{}\n", r["results_csv"].get<std::string>(),
+               r["results_json"].get<std::string>(),
+               failed ? fmt::format(" ({} failed: see their .log)", failed) : "");
+    return failed > 0 ? 1 : 0;
+}
+
 int run_cli(int argc, char** argv) {
     CLI::App app{"pocketflow: compress deep neural networks for phones and edge devices"};
     app.require_subcommand(1);
@@ -314,6 +369,25 @@ int run_cli(int argc, char** argv) {
 
     JobOptions tune_opts;
     std::string tune_space, tune_out;
+    pf::SweepOptions sweep_opts;
+    std::vector<std::string> sweep_grid;
+    std::string sweep_file;
+    auto* sweep = app.add_subcommand(
+        "sweep", "run a job under a grid or list of overrides (resumable); a results table");
+    sweep->add_option("-c,--config", sweep_opts.config, "job file (YAML; default: built-in job)");
+    sweep->add_option("--set", sweep_opts.overrides, "override a key in every run (repeatable)")
+        ->take_all()
+        ->allow_extra_args(false);
+    sweep
+        ->add_option("--grid", sweep_grid,
+                     "key=v1,v2,...: one axis of the grid (repeatable; every combination runs)")
+        ->take_all()
+        ->allow_extra_args(false);
+    sweep->add_option("--file", sweep_file,
+                      "sweep file: grid: {key: [values]} and/or runs: [{key: value, ...}]");
+    sweep->add_option("-o,--out", sweep_opts.out, "sweep directory (default runs/sweep-<job>)");
+    sweep->add_option("--jobs", sweep_opts.jobs, "runs at a time (the cores are divided)")
+        ->check(CLI::Range(1, 256));
     std::string check_baseline, check_results;
     std::vector<std::string> check_drop, check_rise, check_ratio;
     auto* check = app.add_subcommand(
@@ -375,6 +449,9 @@ int run_cli(int argc, char** argv) {
     }
     if (tune->parsed()) {
         return cmd_tune(tune_opts, tune_space, tune_out, g);
+    }
+    if (sweep->parsed()) {
+        return cmd_sweep(sweep_opts, sweep_grid, sweep_file, g);
     }
     if (check->parsed()) {
         std::vector<pf::MetricLimit> limits;

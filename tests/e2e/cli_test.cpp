@@ -903,5 +903,63 @@ TEST(CliTest, CheckGatesARegressionAndPassesARerun) {
     EXPECT_NE(bad.err.find("nowhere.json"), std::string::npos) << bad.err;
 }
 
+TEST(CliTest, SweepRunsAGridResumesAndRecordsFailures) {
+    testing::TempDir dir;
+    write_file_atomic(dir.file("job.yaml"), kTinyJob);
+    const std::string grid =
+        "sweep --config job.yaml --set train.epochs=1 --grid train.optimizer.lr=0.1,0.05 "
+        "--grid data.batch_size=32,64,16 --out sw --jobs 2";
+    // One run was interrupted before the sweep: its directory has a checkpoint, no summary.
+    const std::string partial = "train.optimizer.lr=0.05_data.batch_size=64";
+    Result stopped =
+        cli("compress --config job.yaml --set train.epochs=1 --set "
+            "train.optimizer.lr=0.05 --set data.batch_size=64 --set output_dir=sw/" +
+                partial + " --stop-after-steps 3",
+            dir);
+    ASSERT_EQ(stopped.code, 130) << stopped.err;
+    Result first = cli("--json " + grid, dir);
+    ASSERT_EQ(first.code, 0) << first.err;
+    json r = json::parse(first.out);
+    ASSERT_EQ(r["runs"].size(), 6u);
+    for (const auto& run : r["runs"]) {
+        EXPECT_EQ(run["status"], "ok") << run.dump();
+        EXPECT_GT(run["top1"].get<double>(), 0.0);
+    }
+    EXPECT_NE(read_file(dir.file("sw/" + partial + ".log")).find("resumed from"),
+              std::string::npos);
+    EXPECT_TRUE(fs::exists(dir.path() / "sw" / "results.csv"));
+    // Rerun: nothing is redone.
+    Result again = cli("--json " + grid, dir);
+    ASSERT_EQ(again.code, 0) << again.err;
+    for (const auto& run : json::parse(again.out)["runs"]) {
+        EXPECT_TRUE(run.value("skipped", false)) << run.dump();
+    }
+    // The table is a baseline for check.
+    Result gate = cli("check --baseline sw/results.json --results sw/results.json", dir);
+    EXPECT_EQ(gate.code, 0) << gate.out << gate.err;
+    // A failing run is recorded with its error; the others still run.
+    Result failing =
+        cli("--json sweep --config job.yaml --set train.epochs=1 --grid "
+            "train.optimizer.lr=0.1,-1 --out bad",
+            dir);
+    EXPECT_EQ(failing.code, 1) << failing.err;  // a run failed (the table says which)
+    json f = json::parse(failing.out);
+    ASSERT_EQ(f["runs"].size(), 2u);
+    EXPECT_EQ(f["runs"][0]["status"], "ok");
+    EXPECT_EQ(f["runs"][1]["status"], "failed");
+    EXPECT_NE(f["runs"][1]["error"].get<std::string>().find("train.optimizer.lr"),
+              std::string::npos)
+        << f["runs"][1].dump();
+    Result text =
+        cli("sweep --config job.yaml --set train.epochs=1 --grid train.optimizer.lr=0.1,-1 "
+            "--out bad",
+            dir);
+    EXPECT_EQ(text.code, 1);  // the table names the failure
+    EXPECT_NE(text.out.find("1 failed"), std::string::npos) << text.out;
+    Result no_grid = cli("sweep --config job.yaml --grid lr", dir);
+    EXPECT_EQ(no_grid.code, 2);
+    EXPECT_NE(no_grid.err.find("expected key=v1,v2"), std::string::npos) << no_grid.err;
+}
+
 }  // namespace
 }  // namespace pocketflow

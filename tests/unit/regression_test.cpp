@@ -1,11 +1,13 @@
 // SPDX-License-Identifier: Apache-2.0
-// The regression gate of `pocketflow check`: reading run metrics and judging them against limits.
+// The regression gate of `pocketflow check` (reading run metrics, judging them against limits) and
+// the run list of `pocketflow sweep`.
 #include "pocketflow/regression.h"
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include "pocketflow/error.h"
+#include "pocketflow/sweep.h"
 #include "pocketflow/util.h"
 
 #include "support/test_util.h"
@@ -103,6 +105,40 @@ TEST(RegressionTest, LimitsParseAndRejectBadText) {
     }
     expect_error<ConfigError>(
         [&] { parse_metric_limit("ms=0", MetricLimit::kRatio, "--max-ratio"); }, "above 0");
+}
+
+TEST(SweepTest, GridAndListExpandToNamedRuns) {
+    EXPECT_EQ(split_values("0.3, 0.5,[1, 2],{a: 1, b: 2}"),
+              (std::vector<std::string>{"0.3", "0.5", "[1, 2]", "{a: 1, b: 2}"}));
+    SweepOptions o;
+    o.grid = {{"pipeline.0.flops_target", {"0.3", "0.5"}},
+              {"pipeline.0.criterion", {"l1", "lasso"}}};
+    o.runs = {{"pipeline.0.flops_target=0.7"}};
+    const auto runs = sweep_runs(o);
+    ASSERT_EQ(runs.size(), 5u);
+    EXPECT_EQ(runs[0].first, "pipeline.0.flops_target=0.3_pipeline.0.criterion=l1");
+    EXPECT_EQ(runs[1].second, (std::vector<std::string>{"pipeline.0.flops_target=0.3",
+                                                        "pipeline.0.criterion=lasso"}));
+    EXPECT_EQ(runs[4].first, "pipeline.0.flops_target=0.7");
+    SweepOptions none;
+    expect_error<ConfigError>([&] { sweep_runs(none); }, "give --grid");
+    TempDir dir;
+    write_file_atomic(
+        dir.file("s.yaml"),
+        "grid:\n  train.epochs: [1, 2]\nruns:\n  - {pipeline.0.bits: {weights: 4}}\n");
+    SweepOptions f;
+    load_sweep_file(dir.file("s.yaml"), f);
+    ASSERT_EQ(f.grid.size(), 1u);
+    EXPECT_EQ(f.grid[0].second, (std::vector<std::string>{"1", "2"}));
+    ASSERT_EQ(f.runs.size(), 1u);
+    EXPECT_EQ(f.runs[0][0], "pipeline.0.bits={weights: 4}");
+    write_file_atomic(dir.file("bad.yaml"), "grid:\n  train.epochs: 3\n");
+    SweepOptions b;
+    expect_error<ConfigError>([&] { load_sweep_file(dir.file("bad.yaml"), b); },
+                              "bad.yaml:2:17: grid.train.epochs: expected a non-empty list");
+    write_file_atomic(dir.file("typo.yaml"), "grids: {}\n");
+    expect_error<ConfigError>([&] { load_sweep_file(dir.file("typo.yaml"), b); },
+                              "unknown key grids");
 }
 
 }  // namespace

@@ -1,0 +1,46 @@
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace pocketflow {
+
+/// `pocketflow sweep`: one job run under several sets of overrides (a grid and/or a list), each run
+/// a `pocketflow compress` process of its own, N at a time with the cores divided between them.
+struct SweepOptions {
+    std::string config;                  ///< the job (empty: the built-in default job)
+    std::vector<std::string> overrides;  ///< --set applied to every run
+    /// Grid: each key with its values (YAML scalars or flow text); every combination is a run.
+    std::vector<std::pair<std::string, std::vector<std::string>>> grid;
+    /// Explicit runs, each a list of "key=value" overrides (added after the grid's).
+    std::vector<std::vector<std::string>> runs;
+    std::string out;         ///< sweep directory: a run directory per run, results.csv/json
+    int jobs = 1;            ///< runs at a time (capped at the cores)
+    int threads = 0;         ///< cores for the whole sweep (0: all), divided between the jobs
+    std::string executable;  ///< the pocketflow binary that runs each job
+};
+
+/// Reads a sweep file (`grid: {key: [v, ...]}`, `runs: [{key: v, ...}, ...]`) into `options`;
+/// ConfigError naming the file, line and key on bad input.
+void load_sweep_file(const std::string& path, SweepOptions& options);
+
+/// Splits "v1,v2,[a, b]" at top-level commas (not inside [] or {}).
+std::vector<std::string> split_values(const std::string& text);
+
+/// The runs of a sweep: each a name (from its overrides, file-name safe) and its overrides, grid
+/// combinations first (the last key varying fastest), then the explicit runs.
+std::vector<std::pair<std::string, std::vector<std::string>>> sweep_runs(
+    const SweepOptions& options);
+
+/// Runs the sweep. A run whose directory has a summary.json is finished and skipped; one with a
+/// resolved_config.yaml but no summary resumes (--resume). A failed run is recorded with the last
+/// error of its log and does not stop the others; an interrupted run stops the sweep after the
+/// running ones end (Interrupted: rerun to continue). Writes results.json (`{"runs": [...]}`,
+/// readable by `pocketflow check`) and results.csv after every finished run; returns the results.
+nlohmann::json run_sweep(const SweepOptions& options);
+
+}  // namespace pocketflow

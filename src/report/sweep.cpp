@@ -1,0 +1,323 @@
+// SPDX-License-Identifier: Apache-2.0
+// `pocketflow sweep`: a job under a grid or list of overrides, runs in child processes.
+#include "pocketflow/sweep.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include <spdlog/spdlog.h>
+#include <sys/wait.h>
+#include <yaml-cpp/yaml.h>
+
+#include "pocketflow/error.h"
+#include "pocketflow/util.h"
+
+namespace pocketflow {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+namespace {
+
+std::string shell_quote(const std::string& s) {
+    std::string out = "'";
+    for (char c : s) {
+        out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    }
+    return out + "'";
+}
+
+/// A YAML value as --set text (flow style for sequences and maps).
+std::string yaml_text(const YAML::Node& n) {
+    if (n.IsScalar()) {
+        return n.Scalar();
+    }
+    YAML::Emitter e;
+    e << YAML::Flow << n;
+    return e.c_str();
+}
+
+std::string safe_name(const std::string& text) {
+    std::string out;
+    for (char c : text) {
+        out += std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '=' ||
+                       c == '_'
+                   ? c
+                   : '_';
+    }
+    return out.size() > 120 ? out.substr(0, 120) : out;
+}
+
+/// The last "[error] ..." line of a run's log, or its last line.
+std::string last_error(const fs::path& log) {
+    std::ifstream in(log);
+    std::string line, error, last;
+    while (std::getline(in, line)) {
+        if (!line.empty()) {
+            last = line;
+        }
+        const auto at = line.find("[error] ");
+        if (at != std::string::npos) {
+            error = line.substr(at + 8);
+        }
+    }
+    return error.empty() ? last : error;
+}
+
+}  // namespace
+
+std::vector<std::string> split_values(const std::string& text) {
+    std::vector<std::string> out;
+    std::string cur;
+    int depth = 0;
+    for (char c : text) {
+        if (c == '[' || c == '{') {
+            ++depth;
+        } else if ((c == ']' || c == '}') && depth > 0) {
+            --depth;
+        }
+        if (c == ',' && depth == 0) {
+            out.push_back(cur);
+            cur.clear();
+        } else {
+            cur += c;
+        }
+    }
+    out.push_back(cur);
+    for (auto& v : out) {
+        const auto b = v.find_first_not_of(" \t");
+        const auto e = v.find_last_not_of(" \t");
+        v = b == std::string::npos ? std::string() : v.substr(b, e - b + 1);
+    }
+    return out;
+}
+
+void load_sweep_file(const std::string& path, SweepOptions& options) {
+    YAML::Node root;
+    try {
+        root = YAML::LoadFile(path);
+    } catch (const YAML::Exception& e) {
+        throw ConfigError(fmt::format("failed to read sweep file {}: {}", path, e.what()));
+    }
+    auto where = [&](const YAML::Node& n) {
+        return fmt::format("{}:{}:{}", path, n.Mark().line + 1, n.Mark().column + 1);
+    };
+    PF_CHECK(root.IsMap(), ConfigError,
+             "{}: a sweep file is a mapping with grid: and/or runs:", path);
+    for (const auto& kv : root) {
+        const std::string key = kv.first.as<std::string>();
+        if (key == "grid") {
+            PF_CHECK(kv.second.IsMap(), ConfigError, "{}: grid: maps job keys to lists of values",
+                     where(kv.second));
+            for (const auto& g : kv.second) {
+                PF_CHECK(g.second.IsSequence() && g.second.size() > 0, ConfigError,
+                         "{}: grid.{}: expected a non-empty list of values", where(g.second),
+                         g.first.as<std::string>());
+                std::vector<std::string> values;
+                for (const auto& v : g.second) {
+                    values.push_back(yaml_text(v));
+                }
+                options.grid.push_back({g.first.as<std::string>(), values});
+            }
+        } else if (key == "runs") {
+            PF_CHECK(kv.second.IsSequence(), ConfigError,
+                     "{}: runs: is a list of {{key: value}} mappings", where(kv.second));
+            for (const auto& r : kv.second) {
+                PF_CHECK(r.IsMap(), ConfigError, "{}: each run is a {{key: value}} mapping",
+                         where(r));
+                std::vector<std::string> sets;
+                for (const auto& s : r) {
+                    sets.push_back(s.first.as<std::string>() + "=" + yaml_text(s.second));
+                }
+                options.runs.push_back(sets);
+            }
+        } else {
+            throw ConfigError(
+                fmt::format("{}: unknown key {} (expected grid, runs)", where(kv.first), key));
+        }
+    }
+}
+
+std::vector<std::pair<std::string, std::vector<std::string>>> sweep_runs(
+    const SweepOptions& options) {
+    std::vector<std::vector<std::string>> sets(1);
+    for (const auto& [key, values] : options.grid) {
+        PF_CHECK(!values.empty(), ConfigError, "sweep: --grid {} has no values", key);
+        std::vector<std::vector<std::string>> next;
+        for (const auto& s : sets) {
+            for (const auto& v : values) {
+                auto t = s;
+                t.push_back(key + "=" + v);
+                next.push_back(std::move(t));
+            }
+        }
+        sets = std::move(next);
+    }
+    if (options.grid.empty()) {
+        sets.clear();
+    }
+    sets.insert(sets.end(), options.runs.begin(), options.runs.end());
+    PF_CHECK(!sets.empty(), ConfigError, "sweep: give --grid key=v1,v2 or a --file with runs");
+    std::vector<std::pair<std::string, std::vector<std::string>>> out;
+    std::set<std::string> names;
+    for (size_t i = 0; i < sets.size(); ++i) {
+        std::string name = safe_name(join(sets[i], "_"));
+        if (name.empty() || !names.insert(name).second) {
+            name = fmt::format("{}_{}", name, i);
+            names.insert(name);
+        }
+        out.push_back({name, sets[i]});
+    }
+    return out;
+}
+
+json run_sweep(const SweepOptions& o) {
+    const auto runs = sweep_runs(o);
+    const fs::path dir = o.out;
+    fs::create_directories(dir);
+    const int cores = resolve_threads(o.threads);
+    const int jobs = std::clamp(o.jobs, 1, cores);
+    if (jobs < o.jobs) {
+        spdlog::warn("sweep: {} jobs at a time on {} cores would oversubscribe them; running {}",
+                     o.jobs, cores, jobs);
+    }
+    const int threads = std::max(1, cores / jobs);
+    spdlog::info("sweep: {} runs in {}, {} at a time with {} threads each", runs.size(),
+                 dir.string(), jobs, threads);
+    std::vector<json> results(runs.size());
+    std::mutex mutex;
+    std::atomic<size_t> next{0};
+    std::atomic<bool> interrupted{false};
+    auto write_results = [&]() {  // under the mutex
+        json table = {{"runs", json::array()}};
+        std::string csv =
+            "name,status,overrides,top1,val_top1,top5,macs,params,file_bytes,"
+            "wall_seconds,run_dir,error\n";
+        auto num = [](const json& r, const char* k) {
+            return r.contains(k) ? fmt::format("{}", r[k].get<double>()) : std::string();
+        };
+        for (const auto& r : results) {
+            if (r.is_null()) {
+                continue;
+            }
+            table["runs"].push_back(r);
+            std::string error = r.value("error", "");
+            std::replace(error.begin(), error.end(), '"', '\'');
+            csv += fmt::format("{},{},\"{}\",{},{},{},{},{},{},{},{},\"{}\"\n",
+                               r["name"].get<std::string>(), r["status"].get<std::string>(),
+                               join(r["overrides"].get<std::vector<std::string>>(), " "),
+                               num(r, "top1"), num(r, "val_top1"), num(r, "top5"), num(r, "macs"),
+                               num(r, "params"), num(r, "file_bytes"), num(r, "wall_seconds"),
+                               r["run_dir"].get<std::string>(), error);
+        }
+        write_file_atomic(dir / "results.json", table.dump(2));
+        write_file_atomic(dir / "results.csv", csv);
+    };
+    auto worker = [&]() {
+        while (!interrupted) {
+            const size_t k = next++;
+            if (k >= runs.size()) {
+                return;
+            }
+            const auto& [name, sets] = runs[k];
+            const fs::path run_dir = dir / name;
+            json r = {{"name", name}, {"overrides", sets}, {"run_dir", run_dir.string()}};
+            const auto start = std::chrono::steady_clock::now();
+            if (fs::exists(run_dir / "summary.json")) {
+                r["status"] = "ok";
+                r["skipped"] = true;  // finished in an earlier invocation
+            } else {
+                const bool resume = fs::exists(run_dir / "resolved_config.yaml");
+                std::string cmd =
+                    shell_quote(o.executable) + fmt::format(" --threads {} compress", threads);
+                if (!o.config.empty()) {
+                    cmd += " --config " + shell_quote(o.config);
+                }
+                for (const auto& s : o.overrides) {
+                    cmd += " --set " + shell_quote(s);
+                }
+                for (const auto& s : sets) {
+                    cmd += " --set " + shell_quote(s);
+                }
+                cmd += " --set " + shell_quote("output_dir=" + run_dir.string());
+                if (resume) {
+                    cmd += " --resume";
+                }
+                const fs::path log = dir / (name + ".log");
+                cmd += " >/dev/null 2>" + shell_quote(log.string());
+                {
+                    std::lock_guard<std::mutex> lock(mutex);
+                    spdlog::info("sweep: run {}/{} {}{}", k + 1, runs.size(), name,
+                                 resume ? " (resuming)" : "");
+                }
+                const int status = std::system(cmd.c_str());
+                const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 1;
+                if (code == 130 || (WIFSIGNALED(status) && WTERMSIG(status) == SIGINT)) {
+                    interrupted = true;
+                    r["status"] = "interrupted";
+                } else if (code != 0 || !fs::exists(run_dir / "summary.json")) {
+                    r["status"] = "failed";
+                    r["error"] = last_error(log);
+                    r["exit_code"] = code;
+                } else {
+                    r["status"] = "ok";
+                }
+            }
+            r["wall_seconds"] =
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+            if (r["status"] == "ok") {
+                const json summary = json::parse(read_file((run_dir / "summary.json").string()));
+                for (const char* key : {"top1", "top5", "loss", "val_top1", "macs", "params",
+                                        "file_bytes", "seconds"}) {
+                    if (summary.contains(key) && summary[key].is_number()) {
+                        r[key] = summary[key];
+                    }
+                }
+                if (r.value("skipped", false)) {
+                    r["wall_seconds"] = summary.value("seconds", 0.0);
+                }
+            }
+            std::lock_guard<std::mutex> lock(mutex);
+            if (r["status"] == "failed") {
+                spdlog::error("sweep: {} failed: {}", name, r["error"].get<std::string>());
+            } else if (r["status"] == "ok") {
+                spdlog::info("sweep: {} {}: top-1 {:.2f}%", name,
+                             r.value("skipped", false) ? "was finished" : "done",
+                             r.value("top1", 0.0));
+            }
+            results[k] = std::move(r);
+            write_results();
+        }
+    };
+    std::vector<std::thread> pool;
+    for (int j = 0; j < jobs; ++j) {
+        pool.emplace_back(worker);
+    }
+    for (auto& t : pool) {
+        t.join();
+    }
+    {
+        std::lock_guard<std::mutex> lock(mutex);
+        write_results();
+    }
+    if (interrupted) {
+        throw Interrupted(fmt::format(
+            "sweep interrupted; finished runs are kept: rerun the same command to continue ({})",
+            (dir / "results.csv").string()));
+    }
+    json table = {{"runs", json::array()}};
+    for (auto& r : results) {
+        table["runs"].push_back(r);
+    }
+    table["results_csv"] = (dir / "results.csv").string();
+    table["results_json"] = (dir / "results.json").string();
+    return table;
+}
+
+}  // namespace pocketflow
