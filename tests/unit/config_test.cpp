@@ -9,6 +9,7 @@
 #include "pocketflow/cpu.h"
 #include "pocketflow/error.h"
 #include "pocketflow/learner.h"
+#include "pocketflow/sweep.h"
 #include "pocketflow/tune.h"
 #include "pocketflow/util.h"
 
@@ -231,6 +232,15 @@ TEST(ConfigFilesTest, EveryShippedConfigParses) {
             // A `pocketflow tune` search space, not a job.
             const TuneSpace space = load_tune_space(e.path().string());
             EXPECT_FALSE(space.params.empty());
+            ++count;
+            continue;
+        }
+        const std::string stem = e.path().stem().string();
+        if (stem.size() > 6 && stem.rfind("_sweep") == stem.size() - 6) {
+            // A `pocketflow sweep` file, not a job.
+            SweepOptions sweep;
+            load_sweep_file(e.path().string(), sweep);
+            EXPECT_FALSE(sweep_runs(sweep).empty());
             ++count;
             continue;
         }
