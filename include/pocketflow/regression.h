@@ -42,8 +42,9 @@ struct RegressionRow {
 };
 
 /// Compares every entry of `results` with the baseline entry of the same name (a single entry on
-/// each side is compared whatever the names) under every limit. ConfigError when an entry has no
-/// baseline or a limited metric is missing on either side.
+/// each side is compared whatever the names) under every limit. A baseline entry missing from the
+/// results and a failed sweep run (status not "ok") are regressions. ConfigError when an entry has
+/// no baseline or a limited metric is missing on either side.
 std::vector<RegressionRow> check_regressions(const RunMetrics& baseline,
                                              const RunMetrics& results,
                                              const std::vector<MetricLimit>& limits);

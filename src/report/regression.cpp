@@ -18,12 +18,16 @@ using nlohmann::json;
 
 namespace {
 
+/// The numeric fields of an entry; a sweep entry whose status is not "ok" gets `failed` = 1.
 std::map<std::string, double> numbers(const json& j) {
     std::map<std::string, double> out;
     for (const auto& [key, value] : j.items()) {
         if (value.is_number() && std::isfinite(value.get<double>())) {
             out[key] = value.get<double>();
         }
+    }
+    if (j.contains("status") && j["status"].is_string() && j["status"] != "ok") {
+        out["failed"] = 1;
     }
     return out;
 }
@@ -103,6 +107,20 @@ std::vector<RegressionRow> check_regressions(const RunMetrics& baseline,
                                              const std::vector<MetricLimit>& limits) {
     std::vector<RegressionRow> rows;
     const bool single = baseline.size() == 1 && results.size() == 1;
+    if (!single) {
+        for (const auto& [name, metrics] : baseline) {
+            if (!results.count(name)) {  // a run that did not happen is a regression too
+                RegressionRow row;
+                row.entry = name;
+                row.metric = "present";
+                row.baseline = 1;
+                row.result = 0;
+                row.limit = "in the results";
+                row.regressed = true;
+                rows.push_back(std::move(row));
+            }
+        }
+    }
     for (const auto& [name, metrics] : results) {
         auto base = single ? baseline.begin() : baseline.find(name);
         PF_CHECK(base != baseline.end(), ConfigError,
@@ -116,6 +134,17 @@ std::vector<RegressionRow> check_regressions(const RunMetrics& baseline,
                          return names;
                      }(),
                      ", "));
+        if (metrics.count("failed")) {  // a failed or interrupted sweep run has no metrics
+            RegressionRow row;
+            row.entry = name;
+            row.metric = "status";
+            row.baseline = base->second.count("failed") ? 0 : 1;
+            row.result = 0;
+            row.limit = "run succeeds";
+            row.regressed = true;
+            rows.push_back(std::move(row));
+            continue;
+        }
         for (const auto& limit : limits) {
             auto b = base->second.find(limit.metric);
             auto r = metrics.find(limit.metric);

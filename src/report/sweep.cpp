@@ -35,12 +35,28 @@ std::string shell_quote(const std::string& s) {
 
 /// A YAML value as --set text (flow style for sequences and maps).
 std::string yaml_text(const YAML::Node& n) {
+    if (n.IsScalar() && n.Tag() == "!") {  // quoted in the file: keep it a string
+        std::string out = "\"";
+        for (char c : n.Scalar()) {
+            out += c == '"' || c == '\\' ? std::string("\\") + c : std::string(1, c);
+        }
+        return out + "\"";
+    }
     if (n.IsScalar()) {
         return n.Scalar();
     }
     YAML::Emitter e;
     e << YAML::Flow << n;
     return e.c_str();
+}
+
+/// FNV-1a, for stable short names of long override lists.
+std::string short_hash(const std::string& s) {
+    uint64_t h = 1469598103934665603ULL;
+    for (unsigned char c : s) {
+        h = (h ^ c) * 1099511628211ULL;
+    }
+    return fmt::format("{:08x}", static_cast<uint32_t>(h ^ (h >> 32)));
 }
 
 std::string safe_name(const std::string& text) {
@@ -51,7 +67,16 @@ std::string safe_name(const std::string& text) {
                    ? c
                    : '_';
     }
-    return out.size() > 120 ? out.substr(0, 120) : out;
+    return out.size() > 120 ? out.substr(0, 100) + "_" + short_hash(text) : out;
+}
+
+/// A CSV field, quoted the RFC 4180 way.
+std::string csv_field(const std::string& s) {
+    std::string out = "\"";
+    for (char c : s) {
+        out += c == '"' ? std::string("\"\"") : std::string(1, c);
+    }
+    return out + "\"";
 }
 
 /// The last "[error] ..." line of a run's log, or its last line.
@@ -167,10 +192,13 @@ std::vector<std::pair<std::string, std::vector<std::string>>> sweep_runs(
     std::vector<std::pair<std::string, std::vector<std::string>>> out;
     std::set<std::string> names;
     for (size_t i = 0; i < sets.size(); ++i) {
-        std::string name = safe_name(join(sets[i], "_"));
+        const std::string text = join(sets[i], "_");
+        std::string name = safe_name(text);
         if (name.empty() || !names.insert(name).second) {
-            name = fmt::format("{}_{}", name, i);
-            names.insert(name);
+            // Two override lists that read alike once made file-name safe: the hash tells them
+            // apart, and the same list always gets the same name.
+            name = fmt::format("{}_{}", name, short_hash(text + "\n" + std::to_string(i)));
+            PF_CHECK(names.insert(name).second, ConfigError, "sweep: run {} is listed twice", text);
         }
         out.push_back({name, sets[i]});
     }
@@ -188,6 +216,7 @@ json run_sweep(const SweepOptions& o) {
                      o.jobs, cores, jobs);
     }
     const int threads = std::max(1, cores / jobs);
+    install_stop_handlers();  // a signal between runs stops the sweep after the running ones
     spdlog::info("sweep: {} runs in {}, {} at a time with {} threads each", runs.size(),
                  dir.string(), jobs, threads);
     std::vector<json> results(runs.size());
@@ -207,92 +236,121 @@ json run_sweep(const SweepOptions& o) {
                 continue;
             }
             table["runs"].push_back(r);
-            std::string error = r.value("error", "");
-            std::replace(error.begin(), error.end(), '"', '\'');
-            csv += fmt::format("{},{},\"{}\",{},{},{},{},{},{},{},{},\"{}\"\n",
-                               r["name"].get<std::string>(), r["status"].get<std::string>(),
-                               join(r["overrides"].get<std::vector<std::string>>(), " "),
-                               num(r, "top1"), num(r, "val_top1"), num(r, "top5"), num(r, "macs"),
-                               num(r, "params"), num(r, "file_bytes"), num(r, "wall_seconds"),
-                               r["run_dir"].get<std::string>(), error);
+            const std::string error = r.value("error", "");
+            csv +=
+                fmt::format("{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                            csv_field(r["name"].get<std::string>()), r["status"].get<std::string>(),
+                            csv_field(join(r["overrides"].get<std::vector<std::string>>(), " ")),
+                            num(r, "top1"), num(r, "val_top1"), num(r, "top5"), num(r, "macs"),
+                            num(r, "params"), num(r, "file_bytes"), num(r, "wall_seconds"),
+                            csv_field(r["run_dir"].get<std::string>()), csv_field(error));
         }
         write_file_atomic(dir / "results.json", table.dump(2));
         write_file_atomic(dir / "results.csv", csv);
     };
+    std::exception_ptr failure;  // an error of the sweep itself (not of a run), rethrown at the end
+    auto run_one = [&](size_t k) {
+        const auto& [name, sets] = runs[k];
+        const fs::path run_dir = dir / name;
+        json r = {{"name", name}, {"overrides", sets}, {"run_dir", run_dir.string()}};
+        const auto start = std::chrono::steady_clock::now();
+        // What the run directory holds: a rerun with another job or other overrides must not
+        // take its results for this run's.
+        const json settings = {{"config", o.config}, {"set", o.overrides}, {"overrides", sets}};
+        const fs::path record = dir / (name + ".run.json");
+        if (fs::exists(record) && json::parse(read_file(record.string())) != settings) {
+            r["status"] = "failed";
+            r["error"] = fmt::format(
+                "{} holds a run of other settings ({}); use another --out for this sweep",
+                run_dir.string(), read_file(record.string()));
+        } else {
+            write_file_atomic(record, settings.dump());
+        }
+        if (r.contains("status")) {
+            // refused above: nothing runs
+        } else if (fs::exists(run_dir / "summary.json")) {
+            r["status"] = "ok";
+            r["skipped"] = true;  // finished in an earlier invocation
+        } else {
+            const bool resume = fs::exists(run_dir / "resolved_config.yaml");
+            std::string cmd =
+                shell_quote(o.executable) + fmt::format(" --threads {} compress", threads);
+            if (!o.config.empty()) {
+                cmd += " --config " + shell_quote(o.config);
+            }
+            for (const auto& s : o.overrides) {
+                cmd += " --set " + shell_quote(s);
+            }
+            for (const auto& s : sets) {
+                cmd += " --set " + shell_quote(s);
+            }
+            cmd += " --set " + shell_quote("output_dir=" + run_dir.string());
+            if (resume) {
+                cmd += " --resume";
+            }
+            const fs::path log = dir / (name + ".log");
+            cmd += " >/dev/null 2>>" + shell_quote(log.string());  // kept across resumes
+            {
+                std::lock_guard<std::mutex> lock(mutex);
+                spdlog::info("sweep: run {}/{} {}{}", k + 1, runs.size(), name,
+                             resume ? " (resuming)" : "");
+            }
+            const int status = std::system(cmd.c_str());
+            const int code = WIFEXITED(status)     ? WEXITSTATUS(status)
+                             : WIFSIGNALED(status) ? 128 + WTERMSIG(status)
+                                                   : 1;
+            if (code == 130 || (WIFSIGNALED(status) && WTERMSIG(status) == SIGINT)) {
+                interrupted = true;
+                r["status"] = "interrupted";
+            } else if (code != 0 || !fs::exists(run_dir / "summary.json")) {
+                r["status"] = "failed";
+                r["error"] =
+                    code == 0 ? std::string("the run wrote no summary.json") : last_error(log);
+                r["exit_code"] = code;
+            } else {
+                r["status"] = "ok";
+            }
+        }
+        r["wall_seconds"] =
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        if (r["status"] == "ok") {
+            const json summary = json::parse(read_file((run_dir / "summary.json").string()));
+            for (const char* key :
+                 {"top1", "top5", "loss", "val_top1", "macs", "params", "file_bytes", "seconds"}) {
+                if (summary.contains(key) && summary[key].is_number()) {
+                    r[key] = summary[key];
+                }
+            }
+            if (r.value("skipped", false)) {
+                r["wall_seconds"] = summary.value("seconds", 0.0);
+            }
+        }
+        std::lock_guard<std::mutex> lock(mutex);
+        if (r["status"] == "failed") {
+            spdlog::error("sweep: {} failed: {}", name, r["error"].get<std::string>());
+        } else if (r["status"] == "ok") {
+            spdlog::info("sweep: {} {}: top-1 {:.2f}%", name,
+                         r.value("skipped", false) ? "was finished" : "done", r.value("top1", 0.0));
+        }
+        results[k] = std::move(r);
+        write_results();
+    };
     auto worker = [&]() {
-        while (!interrupted) {
+        while (!interrupted && !stop_requested()) {
             const size_t k = next++;
             if (k >= runs.size()) {
                 return;
             }
-            const auto& [name, sets] = runs[k];
-            const fs::path run_dir = dir / name;
-            json r = {{"name", name}, {"overrides", sets}, {"run_dir", run_dir.string()}};
-            const auto start = std::chrono::steady_clock::now();
-            if (fs::exists(run_dir / "summary.json")) {
-                r["status"] = "ok";
-                r["skipped"] = true;  // finished in an earlier invocation
-            } else {
-                const bool resume = fs::exists(run_dir / "resolved_config.yaml");
-                std::string cmd =
-                    shell_quote(o.executable) + fmt::format(" --threads {} compress", threads);
-                if (!o.config.empty()) {
-                    cmd += " --config " + shell_quote(o.config);
+            try {
+                run_one(k);
+            } catch (...) {
+                std::lock_guard<std::mutex> lock(mutex);
+                if (!failure) {
+                    failure = std::current_exception();
                 }
-                for (const auto& s : o.overrides) {
-                    cmd += " --set " + shell_quote(s);
-                }
-                for (const auto& s : sets) {
-                    cmd += " --set " + shell_quote(s);
-                }
-                cmd += " --set " + shell_quote("output_dir=" + run_dir.string());
-                if (resume) {
-                    cmd += " --resume";
-                }
-                const fs::path log = dir / (name + ".log");
-                cmd += " >/dev/null 2>" + shell_quote(log.string());
-                {
-                    std::lock_guard<std::mutex> lock(mutex);
-                    spdlog::info("sweep: run {}/{} {}{}", k + 1, runs.size(), name,
-                                 resume ? " (resuming)" : "");
-                }
-                const int status = std::system(cmd.c_str());
-                const int code = WIFEXITED(status) ? WEXITSTATUS(status) : 1;
-                if (code == 130 || (WIFSIGNALED(status) && WTERMSIG(status) == SIGINT)) {
-                    interrupted = true;
-                    r["status"] = "interrupted";
-                } else if (code != 0 || !fs::exists(run_dir / "summary.json")) {
-                    r["status"] = "failed";
-                    r["error"] = last_error(log);
-                    r["exit_code"] = code;
-                } else {
-                    r["status"] = "ok";
-                }
+                interrupted = true;  // start nothing more; the running children finish
+                return;
             }
-            r["wall_seconds"] =
-                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-            if (r["status"] == "ok") {
-                const json summary = json::parse(read_file((run_dir / "summary.json").string()));
-                for (const char* key : {"top1", "top5", "loss", "val_top1", "macs", "params",
-                                        "file_bytes", "seconds"}) {
-                    if (summary.contains(key) && summary[key].is_number()) {
-                        r[key] = summary[key];
-                    }
-                }
-                if (r.value("skipped", false)) {
-                    r["wall_seconds"] = summary.value("seconds", 0.0);
-                }
-            }
-            std::lock_guard<std::mutex> lock(mutex);
-            if (r["status"] == "failed") {
-                spdlog::error("sweep: {} failed: {}", name, r["error"].get<std::string>());
-            } else if (r["status"] == "ok") {
-                spdlog::info("sweep: {} {}: top-1 {:.2f}%", name,
-                             r.value("skipped", false) ? "was finished" : "done",
-                             r.value("top1", 0.0));
-            }
-            results[k] = std::move(r);
-            write_results();
         }
     };
     std::vector<std::thread> pool;
@@ -306,7 +364,10 @@ json run_sweep(const SweepOptions& o) {
         std::lock_guard<std::mutex> lock(mutex);
         write_results();
     }
-    if (interrupted) {
+    if (failure) {
+        std::rethrow_exception(failure);
+    }
+    if (interrupted || stop_requested()) {
         throw Interrupted(fmt::format(
             "sweep interrupted; finished runs are kept: rerun the same command to continue ({})",
             (dir / "results.csv").string()));

@@ -504,7 +504,14 @@ json run_job(const Job& job, const RunOptions& options) {
     std::string config_text = emit(job.resolved);
     fs::path config_path = dir / "resolved_config.yaml";
     if (options.resume && fs::exists(config_path)) {
-        PF_CHECK(read_file(config_path) == config_text, ConfigError,
+        // The thread count changes the speed, not the job (a sweep rerun with other --jobs).
+        auto without_threads = [](YAML::Node node) {
+            node.remove("threads");
+            return emit(node);
+        };
+        PF_CHECK(without_threads(YAML::Load(read_file(config_path))) ==
+                     without_threads(YAML::Load(config_text)),
+                 ConfigError,
                  "failed to resume in {}: the job differs from the run's resolved_config.yaml; "
                  "resume with the "
                  "same job and overrides, or start a new run",

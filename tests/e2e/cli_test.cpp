@@ -909,10 +909,11 @@ TEST(CliTest, SweepRunsAGridResumesAndRecordsFailures) {
     const std::string grid =
         "sweep --config job.yaml --set train.epochs=1 --grid train.optimizer.lr=0.1,0.05 "
         "--grid data.batch_size=32,64,16 --out sw --jobs 2";
-    // One run was interrupted before the sweep: its directory has a checkpoint, no summary.
+    // One run was interrupted before the sweep (with another thread count than the sweep's
+    // children get: that does not stop it resuming): a checkpoint, no summary.
     const std::string partial = "train.optimizer.lr=0.05_data.batch_size=64";
     Result stopped =
-        cli("compress --config job.yaml --set train.epochs=1 --set "
+        cli("--threads 2 compress --config job.yaml --set train.epochs=1 --set "
             "train.optimizer.lr=0.05 --set data.batch_size=64 --set output_dir=sw/" +
                 partial + " --stop-after-steps 3",
             dir);
@@ -937,6 +938,13 @@ TEST(CliTest, SweepRunsAGridResumesAndRecordsFailures) {
     // The table is a baseline for check.
     Result gate = cli("check --baseline sw/results.json --results sw/results.json", dir);
     EXPECT_EQ(gate.code, 0) << gate.out << gate.err;
+    // The same directory with other settings: nothing is taken for this sweep's results.
+    Result other = cli("--json " + grid + " --set train.epochs=2", dir);
+    EXPECT_EQ(other.code, 1);
+    for (const auto& run : json::parse(other.out)["runs"]) {
+        EXPECT_NE(run.value("error", "").find("holds a run of other settings"), std::string::npos)
+            << run.dump();
+    }
     // A failing run is recorded with its error; the others still run.
     Result failing =
         cli("--json sweep --config job.yaml --set train.epochs=1 --grid "

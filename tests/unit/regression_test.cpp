@@ -83,6 +83,16 @@ TEST(RegressionTest, LimitsJudgeDropsRisesAndRatios) {
     RunMetrics other = {{"runs/y", {{"top1", 90.5}}}};
     EXPECT_FALSE(check_regressions(one, other, {{"top1", MetricLimit::kDrop, 0.5}})[0].regressed);
     EXPECT_TRUE(check_regressions(one, other, {{"top1", MetricLimit::kDrop, 0.4}})[0].regressed);
+    // A failed sweep run and a run missing from the results are regressions.
+    RunMetrics partial = {{"a", {{"failed", 1.0}}}};
+    const auto rows = check_regressions(base, partial, limits);
+    int status = 0, missing = 0;
+    for (const auto& row : rows) {
+        status += row.entry == "a" && row.metric == "status" && row.regressed ? 1 : 0;
+        missing += row.entry == "b" && row.metric == "present" && row.regressed ? 1 : 0;
+    }
+    EXPECT_EQ(status, 1);
+    EXPECT_EQ(missing, 1);
     expect_error<ConfigError>(
         [&] {
             check_regressions(base, {{"c", {{"top1", 1.0}}}}, limits);
