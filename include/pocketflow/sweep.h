@@ -18,9 +18,12 @@ struct SweepOptions {
     std::vector<std::pair<std::string, std::vector<std::string>>> grid;
     /// Explicit runs, each a list of "key=value" overrides (added after the grid's).
     std::vector<std::vector<std::string>> runs;
-    std::string out;         ///< sweep directory: a run directory per run, results.csv/json
-    int jobs = 1;            ///< runs at a time (capped at the cores)
-    int threads = 0;         ///< cores for the whole sweep (0: all), divided between the jobs
+    std::string out;  ///< sweep directory: a run directory per run, results.csv/json
+    int jobs = 1;     ///< runs at a time (capped at the cores)
+    int threads = 0;  ///< cores for the whole sweep (0: all), divided between the jobs
+    /// After the runs: LibTorch inference latency of every finished model at this batch (0: none),
+    /// all models timed in one interleaved loop on all the sweep's cores (`latency_ms`).
+    int64_t latency_batch = 0;
     std::string executable;  ///< the pocketflow binary that runs each job
 };
 

@@ -258,8 +258,8 @@ int cmd_sweep(pf::SweepOptions o,
         std::cout << r.dump() << std::endl;
         return failed > 0 ? 1 : 0;
     }
-    fmt::print("{:<56}{:<10}{:>9}{:>11}{:>12}{:>12}{:>10}\n", "run", "status", "top-1", "val top-1",
-               "MACs", "bytes", "seconds");
+    fmt::print("{:<56}{:<10}{:>9}{:>11}{:>12}{:>12}{:>12}{:>10}\n", "run", "status", "top-1",
+               "val top-1", "MACs", "bytes", "latency ms", "seconds");
     for (const auto& run : r["runs"]) {
         std::string name = run["name"].get<std::string>();
         if (name.size() > 55) {
@@ -269,10 +269,10 @@ int cmd_sweep(pf::SweepOptions o,
             return run.contains(k) ? fmt::format(fmt::runtime(f), run[k].get<double>())
                                    : std::string("-");
         };
-        fmt::print("{:<56}{:<10}{:>9}{:>11}{:>12}{:>12}{:>10}\n", name,
+        fmt::print("{:<56}{:<10}{:>9}{:>11}{:>12}{:>12}{:>12}{:>10}\n", name,
                    run["status"].get<std::string>(), num("top1", "{:.2f}%"),
                    num("val_top1", "{:.2f}%"), num("macs", "{:.4g}"), num("file_bytes", "{:.0f}"),
-                   num("wall_seconds", "{:.0f}"));
+                   num("latency_ms", "{:.3f}"), num("wall_seconds", "{:.0f}"));
     }
     fmt::print("results: {} and {}{}\n", r["results_csv"].get<std::string>(),
                r["results_json"].get<std::string>(),
@@ -388,6 +388,10 @@ int run_cli(int argc, char** argv) {
     sweep->add_option("-o,--out", sweep_opts.out, "sweep directory (default runs/sweep-<job>)");
     sweep->add_option("--jobs", sweep_opts.jobs, "runs at a time (the cores are divided)")
         ->check(CLI::Range(1, 256));
+    sweep
+        ->add_option("--latency", sweep_opts.latency_batch,
+                     "then time every finished model in LibTorch at this batch (latency_ms)")
+        ->check(CLI::Range(1, 4096));
     std::string check_baseline, check_results;
     std::vector<std::string> check_drop, check_rise, check_ratio;
     auto* check = app.add_subcommand(

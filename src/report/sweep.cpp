@@ -11,11 +11,15 @@
 #include <set>
 #include <thread>
 
+#include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 #include <sys/wait.h>
 #include <yaml-cpp/yaml.h>
 
 #include "pocketflow/error.h"
+#include "pocketflow/learner.h"
+#include "pocketflow/pfm.h"
+#include "pocketflow/trainer.h"
 #include "pocketflow/util.h"
 
 namespace pocketflow {
@@ -227,7 +231,7 @@ json run_sweep(const SweepOptions& o) {
         json table = {{"runs", json::array()}};
         std::string csv =
             "name,status,overrides,top1,val_top1,top5,macs,params,file_bytes,"
-            "wall_seconds,run_dir,error\n";
+            "latency_ms,wall_seconds,run_dir,error\n";
         auto num = [](const json& r, const char* k) {
             return r.contains(k) ? fmt::format("{}", r[k].get<double>()) : std::string();
         };
@@ -238,12 +242,13 @@ json run_sweep(const SweepOptions& o) {
             table["runs"].push_back(r);
             const std::string error = r.value("error", "");
             csv +=
-                fmt::format("{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                fmt::format("{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                             csv_field(r["name"].get<std::string>()), r["status"].get<std::string>(),
                             csv_field(join(r["overrides"].get<std::vector<std::string>>(), " ")),
                             num(r, "top1"), num(r, "val_top1"), num(r, "top5"), num(r, "macs"),
-                            num(r, "params"), num(r, "file_bytes"), num(r, "wall_seconds"),
-                            csv_field(r["run_dir"].get<std::string>()), csv_field(error));
+                            num(r, "params"), num(r, "file_bytes"), num(r, "latency_ms"),
+                            num(r, "wall_seconds"), csv_field(r["run_dir"].get<std::string>()),
+                            csv_field(error));
         }
         write_file_atomic(dir / "results.json", table.dump(2));
         write_file_atomic(dir / "results.csv", csv);
@@ -366,6 +371,45 @@ json run_sweep(const SweepOptions& o) {
     }
     if (failure) {
         std::rethrow_exception(failure);
+    }
+    if (o.latency_batch > 0 && !interrupted && !stop_requested()) {
+        // One interleaved timing loop over every finished model (deployed form: BN folded), so
+        // the machine's load hits them alike and their latencies compare.
+        std::vector<std::shared_ptr<Model>> models;
+        std::vector<size_t> which;
+        std::vector<int64_t> shape;
+        for (size_t k = 0; k < results.size(); ++k) {
+            if (results[k].value("status", "") != "ok") {
+                continue;
+            }
+            ModelFile f = load_model(results[k]["run_dir"].get<std::string>() + "/model.pfm");
+            if (!shape.empty() && f.graph.input_shape() != shape) {
+                continue;  // (a sweep over input sizes: only the first size is timed)
+            }
+            shape = f.graph.input_shape();
+            models.push_back(std::make_shared<Model>(fold_batch_norm(f.graph), f.meta));
+            models.back()->eval();
+            which.push_back(k);
+        }
+        if (!models.empty()) {
+            configure_threads(cores);
+            spdlog::info("sweep: timing {} models at batch {} ({} threads)", models.size(),
+                         o.latency_batch, cores);
+            std::vector<Model*> raw;
+            for (auto& m : models) {
+                raw.push_back(m.get());
+            }
+            at::Tensor x = at::randn({o.latency_batch, shape[0], shape[1], shape[2]});
+            const auto times = time_forward(raw, x, 5, 30);
+            for (size_t m = 0; m < which.size(); ++m) {
+                std::vector<double> t = times[m];
+                std::sort(t.begin(), t.end());
+                results[which[m]]["latency_ms"] = t[t.size() / 2];
+                results[which[m]]["latency_batch"] = o.latency_batch;
+            }
+            std::lock_guard<std::mutex> lock(mutex);
+            write_results();
+        }
     }
     if (interrupted || stop_requested()) {
         throw Interrupted(fmt::format(

@@ -918,13 +918,14 @@ TEST(CliTest, SweepRunsAGridResumesAndRecordsFailures) {
                 partial + " --stop-after-steps 3",
             dir);
     ASSERT_EQ(stopped.code, 130) << stopped.err;
-    Result first = cli("--json " + grid, dir);
+    Result first = cli("--json " + grid + " --latency 4", dir);
     ASSERT_EQ(first.code, 0) << first.err;
     json r = json::parse(first.out);
     ASSERT_EQ(r["runs"].size(), 6u);
     for (const auto& run : r["runs"]) {
         EXPECT_EQ(run["status"], "ok") << run.dump();
         EXPECT_GT(run["top1"].get<double>(), 0.0);
+        EXPECT_GT(run.value("latency_ms", 0.0), 0.0) << run.dump();  // timed after the runs
     }
     EXPECT_NE(read_file(dir.file("sw/" + partial + ".log")).find("resumed from"),
               std::string::npos);
