@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -139,6 +140,35 @@ SearchResult run_stage_search(RunContext& ctx,
                               const std::vector<double>& baseline,
                               double baseline_score,
                               const std::string& baseline_name);
+
+/// A per-layer bit-width search (`bits: auto` of uniform_quantization and nonuniform_quantization).
+struct BitsSearchSpec {
+    std::vector<std::string> layers;  ///< searched layers, in graph order
+    BitsBudget budget;                ///< with each layer's weight in the budget filled in
+    int64_t episodes = 100, warmup = 20;
+    uint64_t salt = 0;
+    int64_t val_images = 0;  ///< validation images per candidate (for the summary)
+    std::string what;        ///< "bits search", for the log
+    std::string unit;        ///< "weight" or "index" bits, for the log and best_bits.yaml
+    std::string layers_key;  ///< summary key of the chosen bits per layer
+    /// How a layer's width reads in best_bits.yaml (`4`, or `{weights: 4, activations: 8}`).
+    std::function<std::string(int)> yaml_value;
+};
+
+/// What run_bits_search chose: each layer's bits, and the stage summary's `search` entry.
+struct BitsSearchResult {
+    std::vector<int> bits;
+    nlohmann::json summary;
+};
+
+/// Runs a bit-width search: `space` brings the layers' features and the reward of a policy;
+/// range, cost and budget come from `spec.budget`. Uniform floor(avg_bits) bits are the baseline
+/// it must beat. Logs its start and end, writes search/best_bits.yaml (a pasteable `bits:` map)
+/// and returns the bits with the summary entry (`start`: when the search's work began).
+BitsSearchResult run_bits_search(RunContext& ctx,
+                                 SearchSpace space,
+                                 const BitsSearchSpec& spec,
+                                 std::chrono::steady_clock::time_point start);
 
 /// Reads a bit-width search's budget keys (`avg_bits`, `min_bits`, `max_bits`) into `budget`,
 /// checking min_bits <= avg_bits <= max_bits.

@@ -41,10 +41,12 @@ std::map<std::string, LayerBits> search_bits(RunContext& ctx,
              "{}: bits: auto has no layer to search (the first and last layers stay at 8 bits "
              "with keep_first_last)",
              where);
-    BitsBudget budget = options.budget;
-    budget.weights = params;
+    BitsSearchSpec spec;
+    spec.layers = names;
+    spec.budget = options.budget;
+    spec.budget.weights = params;
+    const BitsBudget& budget = spec.budget;
     auto bits_of = [&](double a) { return budget.bits_of(a); };
-    auto mean_bits = [&](const std::vector<double>& actions) { return budget.mean_bits(actions); };
     auto with_bits = [&](const std::vector<double>& actions) {
         QuantizeOptions q = base;
         for (size_t i = 0; i < names.size(); ++i) {
@@ -85,7 +87,6 @@ std::map<std::string, LayerBits> search_bits(RunContext& ctx,
     };
 
     SearchSpace space;
-    budget.describe(space);
     double largest = 0;
     for (double p : params) {
         largest = std::max(largest, p);
@@ -97,49 +98,22 @@ std::map<std::string, LayerBits> search_bits(RunContext& ctx,
     }
     space.reward = [&](const std::vector<double>& a) { return SearchSpace::Score(score(a), {}); };
 
-    const int uniform_bits = static_cast<int>(std::floor(budget.avg_bits));
-    const std::vector<double> uniform(names.size(), static_cast<double>(uniform_bits));
-    const double uniform_top1 = score(uniform);
-    spdlog::info(
-        "[{}] bits search: {} layers, mean {} weight bits, {} episodes ({} warm-up); uniform "
-        "{} bits: validation top-1 {:.2f}% on {} images",
-        where, names.size(), budget.avg_bits, options.episodes, options.warmup, uniform_bits,
-        uniform_top1, val_loader->num_samples());
-    const std::filesystem::path dir = ctx.run.path() / "search";  // made by the search
-    const SearchResult result =
-        run_stage_search(ctx, space, options.episodes, options.warmup, 11, "bits search", uniform,
-                         uniform_top1, fmt::format("uniform {} bits", uniform_bits));
+    spec.episodes = options.episodes;
+    spec.warmup = options.warmup;
+    spec.salt = 11;
+    spec.val_images = val_loader->num_samples();
+    spec.what = "bits search";
+    spec.unit = "weight";
+    spec.layers_key = "weight_bits";
+    spec.yaml_value = [&](int bits) {
+        return fmt::format("{{weights: {}, activations: {}}}", bits, options.activations);
+    };
+    BitsSearchResult found = run_bits_search(ctx, space, spec, start);
+    summary["search"] = std::move(found.summary);
     std::map<std::string, LayerBits> bits = base.layers;
-    nlohmann::json chosen = nlohmann::json::object();
-    std::string yaml = fmt::format(
-        "# bits: auto found these (validation top-1 {:.2f}% before fine-tuning, uniform {} bits "
-        "{:.2f}%; mean weight bits {:.3f})\nbits:\n",
-        result.best_reward, uniform_bits, uniform_top1, mean_bits(result.best));
     for (size_t i = 0; i < names.size(); ++i) {
-        bits[names[i]] = {bits_of(result.best[i]), options.activations};
-        chosen[names[i]] = bits_of(result.best[i]);
-        yaml += fmt::format("  \"{}\": {{weights: {}, activations: {}}}\n", names[i],
-                            bits_of(result.best[i]), options.activations);
+        bits[names[i]] = {found.bits[i], options.activations};
     }
-    write_file_atomic(dir / "best_bits.yaml", yaml);
-    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    summary["search"] = {{"episodes", result.episodes},
-                         {"best_val_top1", result.best_reward},
-                         {"uniform_val_top1", uniform_top1},
-                         {"uniform_bits", uniform_bits},
-                         {"avg_bits_target", budget.avg_bits},
-                         {"avg_bits", mean_bits(result.best)},
-                         {"weight_bits", chosen},
-                         {"val_images", val_loader->num_samples()},
-                         {"seconds", seconds},
-                         {"resumed_episodes", result.resumed},
-                         {"chosen", result.baseline_kept ? "uniform" : "search"},
-                         {"agent_best_val_top1", result.agent_best_reward}};
-    spdlog::info(
-        "[{}] bits search done in {:.0f} s: best validation top-1 {:.2f}% (uniform {} bits "
-        "{:.2f}%) at a mean of {:.3f} weight bits; {}",
-        where, seconds, result.best_reward, uniform_bits, uniform_top1, mean_bits(result.best),
-        (dir / "best_bits.yaml").string());
     return bits;
 }
 

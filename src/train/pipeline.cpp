@@ -311,6 +311,60 @@ SearchResult run_stage_search(RunContext& ctx,
     return run_search(space, so);
 }
 
+BitsSearchResult run_bits_search(RunContext& ctx,
+                                 SearchSpace space,
+                                 const BitsSearchSpec& spec,
+                                 std::chrono::steady_clock::time_point start) {
+    const std::string& where = ctx.stage.path;
+    const BitsBudget& budget = spec.budget;
+    budget.describe(space);
+    const int uniform_bits = static_cast<int>(std::floor(budget.avg_bits));
+    const std::vector<double> uniform(spec.layers.size(), static_cast<double>(uniform_bits));
+    const double uniform_top1 = space.reward(uniform).reward;
+    spdlog::info(
+        "[{}] {}: {} layers, mean {} {} bits, {} episodes ({} warm-up); uniform {} bits: "
+        "validation top-1 {:.2f}% on {} images",
+        where, spec.what, spec.layers.size(), budget.avg_bits, spec.unit, spec.episodes,
+        spec.warmup, uniform_bits, uniform_top1, spec.val_images);
+    const SearchResult result =
+        run_stage_search(ctx, space, spec.episodes, spec.warmup, spec.salt, spec.what, uniform,
+                         uniform_top1, fmt::format("uniform {} bits", uniform_bits));
+    const double mean = budget.mean_bits(result.best);
+    BitsSearchResult out;
+    nlohmann::json layers = nlohmann::json::object();
+    std::string yaml = fmt::format(
+        "# bits: auto found these (validation top-1 {:.2f}% before fine-tuning, uniform {} bits "
+        "{:.2f}%; mean {} bits {:.3f})\nbits:\n",
+        result.best_reward, uniform_bits, uniform_top1, spec.unit, mean);
+    for (size_t k = 0; k < spec.layers.size(); ++k) {
+        out.bits.push_back(budget.bits_of(result.best[k]));
+        layers[spec.layers[k]] = out.bits.back();
+        yaml += fmt::format("  \"{}\": {}\n", spec.layers[k], spec.yaml_value(out.bits.back()));
+    }
+    const fs::path file = ctx.run.path() / "search" / "best_bits.yaml";  // made by the search
+    write_file_atomic(file, yaml);
+    const double seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    out.summary = {{"episodes", result.episodes},
+                   {"best_val_top1", result.best_reward},
+                   {"uniform_val_top1", uniform_top1},
+                   {"uniform_bits", uniform_bits},
+                   {"avg_bits_target", budget.avg_bits},
+                   {"avg_bits", mean},
+                   {spec.layers_key, layers},
+                   {"val_images", spec.val_images},
+                   {"seconds", seconds},
+                   {"resumed_episodes", result.resumed},
+                   {"chosen", result.baseline_kept ? "uniform" : "search"},
+                   {"agent_best_val_top1", result.agent_best_reward}};
+    spdlog::info(
+        "[{}] {} done in {:.0f} s: best validation top-1 {:.2f}% (uniform {} bits "
+        "{:.2f}%) at a mean of {:.3f} {} bits; {}",
+        where, spec.what, seconds, result.best_reward, uniform_bits, uniform_top1, mean, spec.unit,
+        file.string());
+    return out;
+}
+
 void read_bits_budget(ConfigReader& s, BitsBudget& budget, const std::string& doc) {
     s.read("avg_bits", budget.avg_bits, doc, ConfigReader::in_range(2, 8));
     s.read("min_bits", budget.min_bits, "fewest bits of a layer", ConfigReader::in_range(2, 8));
