@@ -33,10 +33,8 @@ std::vector<uint8_t> decode_symbols(const char* data, size_t size, int64_t count
 /// Huffman code lengths (≤ max_length, 0 for unused symbols) of symbol frequencies.
 std::vector<int> huffman_code_lengths(const std::vector<int64_t>& frequencies, int max_length = 15);
 
-/// Whether a node's weight is stored by this codec (it has a mask or a codebook).
-bool uses_weight_codec(const Node& node);
-
-/// The stored form of a node's weight: JSON description and bytes.
+/// The stored form of a weight with a mask or a codebook (has_weight_constraints, sparsity.h):
+/// JSON description and bytes.
 struct EncodedWeight {
     nlohmann::json meta;
     std::string bytes;

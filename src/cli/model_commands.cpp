@@ -118,7 +118,10 @@ int cmd_info(const std::string& model_path,
             }
         }
     }
-    const int64_t weight_bytes = graph.weight_bytes();
+    int64_t weight_bytes = 0;  // Graph::weight_bytes(), from the rows (no second encoding)
+    for (const auto& row : layers) {
+        weight_bytes += row["bytes"].get<int64_t>();
+    }
     const pf::SparsityCount zeros = pf::count_sparsity(graph);
     if (g.json) {
         std::cout << json{{"params", params},

@@ -547,7 +547,7 @@ int64_t Graph::total_macs() const {
 
 int64_t node_bytes(const Node& n) {
     int64_t bytes = 0;
-    const bool coded = uses_weight_codec(n);
+    const bool coded = has_weight_constraints(n);
     for (const auto* group : {&n.params, &n.buffers}) {
         for (const auto& [key, t] : *group) {
             if (coded && (key == "weight" || key == "weight_mask" || key == "weight_index")) {

@@ -9,6 +9,7 @@
 
 #include "pocketflow/error.h"
 #include "pocketflow/quant.h"
+#include "pocketflow/sparsity.h"
 #include "pocketflow/util.h"
 #include "pocketflow/weight_codec.h"
 
@@ -109,7 +110,7 @@ void save_model(const std::string& path, const Graph& graph, const ModelMeta& me
              {std::pair<const char*, const std::map<std::string, at::Tensor>*>{"params", &n.params},
               {"buffers", &n.buffers}}) {
             json tensors = json::array();
-            const bool coded = uses_weight_codec(n);
+            const bool coded = has_weight_constraints(n);
             for (const auto& [key, t] : *group) {
                 if (coded && (key == "weight_mask" || key == "weight_index")) {
                     continue;  // part of the weight's encoding

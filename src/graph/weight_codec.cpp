@@ -260,10 +260,6 @@ std::vector<uint8_t> decode_symbols(const char* data, size_t size, int64_t count
     return out;
 }
 
-bool uses_weight_codec(const Node& node) {
-    return has_weight_constraints(node);
-}
-
 namespace {
 
 /// Positions of the non-zeros: the smallest of a bitmap and gap codes of 1–8 bits.
@@ -309,7 +305,7 @@ void encode_positions(const uint8_t* keep, int64_t numel, nlohmann::json& meta, 
 }  // namespace
 
 EncodedWeight encode_weight(const Node& node) {
-    PF_CHECK(uses_weight_codec(node), Error, "{}: no mask or codebook to encode", node.name);
+    PF_CHECK(has_weight_constraints(node), Error, "{}: no mask or codebook to encode", node.name);
     const at::Tensor w = node.params.at("weight").detach().contiguous().reshape({-1});
     const int64_t numel = w.numel();
     at::Tensor keep = has_mask(node)
@@ -474,7 +470,7 @@ WeightStorage weight_storage(const Node& node) {
     WeightStorage s;
     const at::Tensor& w = node.params.at("weight");
     s.dense_bytes = w.numel() * static_cast<int64_t>(sizeof(float));
-    if (!uses_weight_codec(node)) {
+    if (!has_weight_constraints(node)) {
         s.positions = "dense";
         s.values = node.quant.weight_bits > 0 ? "ints" : "float";
         s.value_bytes = node.quant.weight_bits > 0 ? packed_bytes(w.numel(), node.quant.weight_bits)
