@@ -6,6 +6,8 @@
 #   tools/setup.sh            build + runtime dependencies
 #   tools/setup.sh --ort      also ONNX Runtime for Node.js under tools/ort (the tests use it)
 #   tools/setup.sh --bench    also python3-torch, python3-torchvision and python3-onnx (tools/bench only)
+#   tools/setup.sh --browser  also Debian's chromium (headless: the report's rendering test and
+#                             tools/report_screenshot.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -15,6 +17,7 @@ packages=(
     libyaml-cpp-dev libcli11-dev libspdlog-dev libfmt-dev libeigen3-dev nlohmann-json3-dev
     googletest libgtest-dev libgmock-dev zlib1g-dev libturbojpeg0-dev libpng-dev
     libonnx-dev libprotobuf-dev protobuf-compiler
+    libjs-chart.js
     dataset-fashion-mnist
 )
 want_ort=0
@@ -22,7 +25,8 @@ for arg in "$@"; do
     case "$arg" in
         --ort) want_ort=1 ;;
         --bench) packages+=(python3-torch python3-torchvision python3-onnx) ;;
-        *) echo "setup: unknown option $arg (expected --ort or --bench)" >&2; exit 2 ;;
+        --browser) packages+=(chromium fonts-dejavu-core) ;;
+        *) echo "setup: unknown option $arg (expected --ort, --bench or --browser)" >&2; exit 2 ;;
     esac
 done
 if ((want_ort)) && ! command -v node >/dev/null; then

@@ -4,7 +4,7 @@
 # (unit + integration). .ci/run calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-tools/setup.sh --ort
+tools/setup.sh --ort --browser
 tools/build.sh
 cd build
 ctest --output-on-failure --parallel "$(nproc)" --timeout 600 "$@"

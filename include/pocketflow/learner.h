@@ -121,8 +121,12 @@ std::unique_ptr<Loader> search_validation_loader(const RunContext& ctx,
                                                  int64_t count,
                                                  const std::string& where);
 
+/// The directory of a stage's search files, <run>/search/stage<i>/ (one per stage: two searching
+/// stages of a job must not share an episode log, which a resume replays).
+std::filesystem::path search_dir(const RunContext& ctx);
+
 /// The options every stage's search starts from: `episodes`, `warmup`, the agent seeded from the
-/// job's seed and `salt`, the episode log, chart and resume flag in <run>/search/ (created).
+/// job's seed and `salt`, the episode log, chart and resume flag in search_dir (created).
 SearchOptions stage_search_options(const RunContext& ctx,
                                    int64_t episodes,
                                    int64_t warmup,
@@ -163,7 +167,7 @@ struct BitsSearchResult {
 
 /// Runs a bit-width search: `space` brings the layers' features and the reward of a policy;
 /// range, cost and budget come from `spec.budget`. Uniform floor(avg_bits) bits are the baseline
-/// it must beat. Logs its start and end, writes search/best_bits.yaml (a pasteable `bits:` map)
+/// it must beat. Logs its start and end, writes search/stage<i>/best_bits.yaml (a pasteable `bits:` map)
 /// and returns the bits with the summary entry (`start`: when the search's work began).
 BitsSearchResult run_bits_search(RunContext& ctx,
                                  SearchSpace space,

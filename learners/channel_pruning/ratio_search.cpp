@@ -62,7 +62,7 @@ std::vector<double> search_ratios(RunContext& ctx,
     std::unique_ptr<LatencyTable> latency;
     if (options.reward == "latency") {
         latency = std::make_unique<LatencyTable>(
-            options.latency, (ctx.run.path() / "search" / "latency_table.csv").string());
+            options.latency, (search_dir(ctx) / "latency_table.csv").string());
     }
     DataBundle train_only = ctx.data;  // candidates' training: no per-epoch validation
     train_only.val_indices.clear();
@@ -172,7 +172,7 @@ std::vector<double> search_ratios(RunContext& ctx,
         "validation top-1 {:.2f}% on {} images",
         where, plan.prunable.size(), options.episodes, options.warmup, uniform_top1,
         val_loader->num_samples());
-    const std::filesystem::path dir = ctx.run.path() / "search";  // made by stage_search_options
+    const std::filesystem::path dir = search_dir(ctx);  // made by stage_search_options
     SearchOptions so = stage_search_options(ctx, options.episodes, options.warmup, 7);
     const auto search_start = Clock::now();
     int64_t scored_here = 0;  // episodes scored by this process (not replayed)

@@ -25,8 +25,8 @@ struct CodebookSearchOptions {
 /// the clustered weights — a sparse layer's non-zeros — at most avg_bits); a candidate is `graph`
 /// with each layer's weights replaced by its k-means codebook at those bits (each layer's codebook
 /// at each width is computed once), scored by top-1 on a validation subset. Uniform bits
-/// (floor(avg_bits)) are the baseline to beat. Writes search/episodes.csv and
-/// search/best_bits.yaml; adds `search` to `summary`. Returns the bits of each layer of `nodes`.
+/// (floor(avg_bits)) are the baseline to beat. Writes search/stage<i>/episodes.csv and
+/// search/stage<i>/best_bits.yaml; adds `search` to `summary`. Returns the bits of each layer of `nodes`.
 std::vector<int> search_codebook_bits(RunContext& ctx,
                                       const Graph& graph,
                                       const std::vector<int>& nodes,

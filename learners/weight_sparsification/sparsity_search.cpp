@@ -136,7 +136,7 @@ std::vector<double> search_sparsities(RunContext& ctx,
         layers[name] = s;
         yaml += fmt::format("  \"{}\": {:.4f}\n", name, s);
     }
-    const std::filesystem::path dir = ctx.run.path() / "search";  // made by stage_search_options
+    const std::filesystem::path dir = search_dir(ctx);  // made by stage_search_options
     write_file_atomic(dir / "best_sparsity.yaml", yaml);
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     summary["search"] = {{"episodes", result.episodes},

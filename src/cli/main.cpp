@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: Apache-2.0
 // The `pocketflow` command line: train | compress | eval | info | learners | export | bench |
-// tune | sweep | check.
+// tune | sweep | report | check.
 // The only top-level try/catch of the project lives here: exceptions become one-line messages and
 // exit codes (0 ok, 2 bad input, 1 other failure, 130 interrupted after saving a checkpoint).
 #include <algorithm>
@@ -19,6 +19,7 @@
 #include "pocketflow/learner.h"
 #include "pocketflow/onnx.h"
 #include "pocketflow/regression.h"
+#include "pocketflow/report.h"
 #include "pocketflow/sweep.h"
 #include "pocketflow/tune.h"
 #include "pocketflow/util.h"
@@ -226,6 +227,29 @@ int cmd_check(const std::string& baseline_path,
     return regressed > 0 ? 1 : 0;
 }
 
+/// `report`: run and sweep directories as one self-contained HTML page.
+int cmd_report(const std::vector<std::string>& inputs,
+               const std::string& out,
+               const std::string& title,
+               const std::string& chartjs,
+               const GlobalOptions& g) {
+    const std::string library = pf::find_chartjs(chartjs);  // before the work: say what is missing
+    const json data = pf::collect_report(inputs);
+    const std::string page = pf::render_report(
+        data, library,
+        title.empty() ? fmt::format("pocketflow report: {}", pf::join(inputs, ", ")) : title);
+    pf::write_file_atomic(out, page);
+    if (g.json) {
+        std::cout << json{{"report", out}, {"runs", data["runs"].size()}, {"bytes", page.size()}}
+                         .dump()
+                  << std::endl;
+    } else {
+        fmt::print("report: {} run(s) in {} ({})\n", data["runs"].size(), out,
+                   pf::human_bytes(static_cast<double>(page.size())));
+    }
+    return 0;
+}
+
 /// `sweep`: the job under a grid or list of overrides; a results table at the end.
 int cmd_sweep(pf::SweepOptions o,
               const std::vector<std::string>& grid,
@@ -409,6 +433,16 @@ int run_cli(int argc, char** argv) {
     check->add_option("--max-ratio,--max-slowdown", check_ratio,
                       "metric=r: fail when result / baseline exceeds r (e.g. median_ms=1.10, "
                       "file_bytes=1.05)");
+    std::vector<std::string> report_inputs;
+    std::string report_out = "report.html", report_title, report_chartjs;
+    auto* report = app.add_subcommand(
+        "report", "one self-contained HTML page (Chart.js) of run and sweep directories");
+    report->add_option("dirs", report_inputs, "run directories and sweep directories")
+        ->required();
+    report->add_option("-o,--out", report_out, "the HTML file to write (default report.html)");
+    report->add_option("--title", report_title, "page title");
+    report->add_option("--chartjs", report_chartjs,
+                       "Chart.js 3.x UMD file to inline (default: Debian's libjs-chart.js)");
     auto* tune = app.add_subcommand(
         "tune", "Bayesian optimisation of job keys (GP + expected improvement), one run a trial");
     add_job_options(tune, tune_opts, false);
@@ -456,6 +490,9 @@ int run_cli(int argc, char** argv) {
     }
     if (sweep->parsed()) {
         return cmd_sweep(sweep_opts, sweep_grid, sweep_file, g);
+    }
+    if (report->parsed()) {
+        return cmd_report(report_inputs, report_out, report_title, report_chartjs, g);
     }
     if (check->parsed()) {
         std::vector<pf::MetricLimit> limits;

@@ -13,6 +13,7 @@
 #include "pocketflow/onnx.h"
 #include "pocketflow/pfm.h"
 #include "pocketflow/quant.h"
+#include "pocketflow/report.h"
 #include "pocketflow/sparsity.h"
 #include "pocketflow/trainer.h"
 #include "pocketflow/util.h"
@@ -54,12 +55,16 @@ int cmd_info(const std::string& model_path,
         graph = pf::build_zoo_model(arch, classes, parse_shape(input));
         title = fmt::format("{} [{}] {} classes", arch, input, classes);
     }
-    auto stats = graph.layer_stats();
+    const json described = pf::describe_model(graph);
+    const json& layers = described["layers"];
+    const auto stats = graph.layer_stats();
     const auto& nodes = graph.nodes();
-    const bool quantized = pf::is_quantized(graph);
-    const std::vector<int> act_source = pf::quantized_values(graph);
-    // Per node: quantization ("w8 a8": weight bits, bits of the value it outputs) and the bytes
-    // its tensors take in a .pfm.
+    const bool quantized = described["quantized"].get<bool>();
+    const bool compressed = described["compressed"].get<bool>();
+    const int64_t params = graph.total_params(), macs = graph.total_macs();
+    const int64_t float_bytes = described["float_bytes"].get<int64_t>();
+    const int64_t weight_bytes = described["weight_bytes"].get<int64_t>();
+    // Per node: quantization ("w8 a8": weight bits, bits of the value it outputs).
     auto bits_text = [&](size_t i) {
         const pf::QuantSpec& q = nodes[i].quant;
         std::string t = q.weight_bits > 0 ? fmt::format("w{}", q.weight_bits) : "";
@@ -68,75 +73,8 @@ int cmd_info(const std::string& model_path,
         }
         return t.empty() ? std::string("-") : t;
     };
-    json layers = json::array();
-    for (size_t i = 0; i < stats.size(); ++i) {
-        const auto& s = stats[i];
-        json row = {{"name", s.name},       {"op", pf::op_name(s.op)},
-                    {"shape", s.out_shape}, {"params", s.params},
-                    {"macs", s.macs},       {"bytes", pf::node_bytes(nodes[i])}};
-        const pf::QuantSpec& q = nodes[i].quant;
-        if (q.weight_bits > 0) {
-            const at::Tensor& ws = nodes[i].buffers.at("weight_scale");
-            row["weight_bits"] = q.weight_bits;
-            row["weight_range"] = q.weight_qmax;
-            row["weight_scale"] = {ws.min().item<double>(), ws.max().item<double>()};
-        }
-        if (pf::has_weight_constraints(nodes[i])) {
-            const pf::WeightStorage st = pf::weight_storage(nodes[i]);
-            row["sparsity"] = pf::count_sparsity(nodes[i]).sparsity();
-            row["storage"] = {{"positions", st.positions},
-                              {"values", st.values},
-                              {"position_bytes", st.position_bytes},
-                              {"value_bytes", st.value_bytes},
-                              {"float_bytes", st.dense_bytes}};
-            if (pf::has_codebook(nodes[i])) {
-                row["codebook_bits"] =
-                    static_cast<int>(std::log2(nodes[i].params.at("codebook").numel()));
-            }
-        }
-        if (q.act_bits > 0) {
-            const pf::ActParams p = pf::act_params(nodes[i]);
-            row["act_bits"] = q.act_bits;
-            row["act_scale"] = p.scale;
-            row["act_zero_point"] = p.zero_point;
-        } else if (act_source[i] >= 0) {
-            row["act_from"] = nodes[static_cast<size_t>(act_source[i])].name;
-        }
-        layers.push_back(std::move(row));
-    }
-    int64_t params = graph.total_params(), macs = graph.total_macs();
-    // Compression: the stored bytes against the same graph with float32 dense weights.
-    bool compressed = quantized;
-    int64_t float_bytes = 0;
-    for (const auto& n : nodes) {
-        compressed = compressed || pf::has_weight_constraints(n);
-        for (const auto* group : {&n.params, &n.buffers}) {
-            for (const auto& [key, t] : *group) {
-                const bool state = key == "weight_mask" || key == "weight_index" ||
-                                   key == "codebook" || key == "weight_scale";
-                float_bytes += state ? 0 : t.numel() * 4;
-            }
-        }
-    }
-    int64_t weight_bytes = 0;  // Graph::weight_bytes(), from the rows (no second encoding)
-    for (const auto& row : layers) {
-        weight_bytes += row["bytes"].get<int64_t>();
-    }
-    const pf::SparsityCount zeros = pf::count_sparsity(graph);
     if (g.json) {
-        std::cout << json{{"params", params},
-                          {"macs", macs},
-                          {"weight_bytes", weight_bytes},
-                          {"float_bytes", float_bytes},
-                          {"compression",
-                           static_cast<double>(float_bytes) /
-                               static_cast<double>(std::max<int64_t>(1, weight_bytes))},
-                          {"sparsity", zeros.sparsity()},
-                          {"quantized", quantized},
-                          {"input", graph.input_shape()},
-                          {"layers", layers}}
-                         .dump()
-                  << std::endl;
+        std::cout << described.dump() << std::endl;
         return 0;
     }
     fmt::print("{}\n{:<28}{:<14}{:<18}{:>12}{:>14}", title, "layer", "op", "output", "params",
@@ -191,7 +129,7 @@ int cmd_info(const std::string& model_path,
             "weights are zero\n",
             static_cast<double>(float_bytes) /
                 static_cast<double>(std::max<int64_t>(1, weight_bytes)),
-            pf::human_bytes(static_cast<double>(float_bytes)), 100 * zeros.sparsity());
+            pf::human_bytes(static_cast<double>(float_bytes)), 100 * described["sparsity"].get<double>());
     }
     return 0;
 }

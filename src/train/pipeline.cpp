@@ -261,11 +261,15 @@ std::unique_ptr<Loader> search_validation_loader(const RunContext& ctx,
     return std::make_unique<Loader>(ctx.data.train_set, val, lo);
 }
 
+fs::path search_dir(const RunContext& ctx) {
+    return ctx.run.path() / "search" / fmt::format("stage{}", ctx.stage_index);
+}
+
 SearchOptions stage_search_options(const RunContext& ctx,
                                    int64_t episodes,
                                    int64_t warmup,
                                    uint64_t salt) {
-    const fs::path dir = ctx.run.path() / "search";
+    const fs::path dir = search_dir(ctx);
     fs::create_directories(dir);
     SearchOptions so;
     so.episodes = episodes;
@@ -341,7 +345,7 @@ BitsSearchResult run_bits_search(RunContext& ctx,
         layers[spec.layers[k]] = out.bits.back();
         yaml += fmt::format("  \"{}\": {}\n", spec.layers[k], spec.yaml_value(out.bits.back()));
     }
-    const fs::path file = ctx.run.path() / "search" / "best_bits.yaml";  // made by the search
+    const fs::path file = search_dir(ctx) / "best_bits.yaml";  // made by the search
     write_file_atomic(file, yaml);
     const double seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

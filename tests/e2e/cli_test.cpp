@@ -455,7 +455,7 @@ TEST(CliTest, SearchedPruningRatiosEndToEnd) {
     EXPECT_LE(st["search"]["best_macs_kept"].get<double>(), 0.7 + 1e-9);
     EXPECT_EQ(st["search"]["best_ratios"], st["ratios"]);  // the stage pruned what it found
     EXPECT_LE(st["macs_kept"].get<double>(), 0.72);        // the searched ratios, as pruned
-    const std::string csv = read_file(dir.path() / "auto" / "search" / "episodes.csv");
+    const std::string csv = read_file(dir.path() / "auto" / "search" / "stage0" / "episodes.csv");
     EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 9);  // header + 8 episodes
     double logged_best = -1;  // the best reward in the episode log is the one reported
     std::istringstream rows(csv.substr(csv.find('\n') + 1));
@@ -468,7 +468,7 @@ TEST(CliTest, SearchedPruningRatiosEndToEnd) {
     EXPECT_NEAR(best, std::max(logged_best, st["search"]["uniform_val_top1"].get<double>()), 1e-9);
     EXPECT_EQ(st["search"]["chosen"],
               logged_best >= st["search"]["uniform_val_top1"].get<double>() ? "search" : "uniform");
-    const std::string yaml = read_file(dir.path() / "auto" / "search" / "best_ratios.yaml");
+    const std::string yaml = read_file(dir.path() / "auto" / "search" / "stage0" / "best_ratios.yaml");
     EXPECT_NE(yaml.find("ratios: ["), std::string::npos);
     EXPECT_EQ(st["search"]["resumed_episodes"], 0);
 
@@ -483,7 +483,7 @@ TEST(CliTest, SearchedPruningRatiosEndToEnd) {
             head += line + "\n";
         }
     }
-    write_file_atomic(dir.path() / "auto" / "search" / "episodes.csv", head);
+    write_file_atomic(dir.path() / "auto" / "search" / "stage0" / "episodes.csv", head);
     for (const char* f : {"stage0_channel_pruning.pfm", "stage0_channel_pruning.json",
                           "summary.json", "model.pfm", "model.onnx"}) {
         std::filesystem::remove(dir.path() / "auto" / f);
@@ -495,8 +495,8 @@ TEST(CliTest, SearchedPruningRatiosEndToEnd) {
     ASSERT_TRUE(rs.is_object()) << resumed.out;
     EXPECT_EQ(rs["resumed_episodes"], 4);
     EXPECT_EQ(rs["best_ratios"], st["search"]["best_ratios"]);
-    EXPECT_EQ(read_file(dir.path() / "auto" / "search" / "episodes.csv"), csv);
-    EXPECT_EQ(read_file(dir.path() / "auto" / "search" / "best_ratios.yaml"), yaml);
+    EXPECT_EQ(read_file(dir.path() / "auto" / "search" / "stage0" / "episodes.csv"), csv);
+    EXPECT_EQ(read_file(dir.path() / "auto" / "search" / "stage0" / "best_ratios.yaml"), yaml);
 
     // Candidates trained a few steps before they are scored.
     Result trained = cli("--json compress --config job.yaml --set output_dir=ft " + search +
@@ -526,9 +526,9 @@ TEST(CliTest, SearchedPruningRatiosEndToEnd) {
         EXPECT_GT(ls["best_latency_ms"].get<double>(), 0.0);
         EXPECT_GT(ls["uniform_latency_ms"].get<double>(), 0.0);
         EXPECT_GE(ls["latency"]["table_entries"].get<int>(), 3);  // lenet5: 2 convs + linears
-        const std::string table = read_file(dir.path() / out / "search" / "latency_table.csv");
+        const std::string table = read_file(dir.path() / out / "search" / "stage0" / "latency_table.csv");
         EXPECT_NE(table.find("runtime " + runtime + ", batch 4"), std::string::npos) << table;
-        const std::string log = read_file(dir.path() / out / "search" / "episodes.csv");
+        const std::string log = read_file(dir.path() / out / "search" / "stage0" / "episodes.csv");
         EXPECT_EQ(log.rfind("episode,reward,cost,top1,latency_ms,a0", 0), 0u) << log;
     }
     // Candidates are scored on the validation split: none, no search.
@@ -645,7 +645,7 @@ TEST(CliTest, SearchedBitsEndToEnd) {
         EXPECT_GE(b.get<int>(), 2);
         EXPECT_LE(b.get<int>(), 8);
     }
-    EXPECT_NE(read_file(dir.path() / "q" / "search" / "best_bits.yaml").find("bits:"),
+    EXPECT_NE(read_file(dir.path() / "q" / "search" / "stage0" / "best_bits.yaml").find("bits:"),
               std::string::npos);
     // Bad input: the budget outside the bits range; a search section without bits: auto.
     Result bad =

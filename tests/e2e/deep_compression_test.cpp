@@ -105,8 +105,8 @@ TEST(CliTest, DeepCompressionPipelineEndToEnd) {
     EXPECT_EQ(a["search"]["episodes"], 8);
     EXPECT_NEAR(a["search"]["sparsity"].get<double>(), 0.75, 1e-6);
     EXPECT_NEAR(a["target_sparsity"].get<double>(), 0.75, 0.01);
-    EXPECT_TRUE(fs::exists(dir.path() / "auto" / "search" / "best_sparsity.yaml"));
-    EXPECT_TRUE(fs::exists(dir.path() / "auto" / "search" / "episodes.csv"));
+    EXPECT_TRUE(fs::exists(dir.path() / "auto" / "search" / "stage0" / "best_sparsity.yaml"));
+    EXPECT_TRUE(fs::exists(dir.path() / "auto" / "search" / "stage0" / "episodes.csv"));
     // Searched codebook bits under a mean-bits budget.
     Result bits = cli("--json compress --config job.yaml --set output_dir=bits " + from_base +
                           "--set 'pipeline=[{learner: nonuniform_quantization, bits: auto, "
@@ -120,7 +120,7 @@ TEST(CliTest, DeepCompressionPipelineEndToEnd) {
     for (const auto& [layer, l] : cb["layers"].items()) {
         EXPECT_EQ(l["bits"], cb["search"]["bits"][layer]) << layer;
     }
-    EXPECT_TRUE(fs::exists(dir.path() / "bits" / "search" / "best_bits.yaml"));
+    EXPECT_TRUE(fs::exists(dir.path() / "bits" / "search" / "stage0" / "best_bits.yaml"));
     // 2:4 structured sparsity: half of every group of four input-channel weights.
     Result nm = cli("--json compress --config job.yaml --set output_dir=nm " + from_base +
                         "--set 'pipeline=[{learner: weight_sparsification, pattern: \"2:4\", "
