@@ -27,7 +27,7 @@ html="${png%.png}.html"
 "$root/build/bin/pocketflow" report "${dirs[@]}" -o "$html" "$@"
 profile="$(mktemp -d)"
 trap 'rm -rf "$profile"' EXIT
-timeout 120 "$browser" --headless --no-sandbox --disable-gpu --no-first-run --hide-scrollbars \
+timeout 120 "$browser" --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run --hide-scrollbars \
     --user-data-dir="$profile" --window-size="${WIDTH:-1280},${HEIGHT:-2400}" \
     --screenshot="$png" "file://$(realpath "$html")" 2>/dev/null
 echo "report_screenshot: $png ($(stat -c %s "$png") bytes) of $html"

@@ -41,10 +41,24 @@ struct RegressionRow {
     bool regressed = false;
 };
 
+/// The limits a baseline file states for itself (`"limits": {"max_drop": {"top1": 0.3},
+/// "max_ratio": {"macs": 1.0}, "max_rise": {...}}`, beside "runs"); empty when it states none.
+/// InputError naming the file and key on a malformed entry.
+std::vector<MetricLimit> load_baseline_limits(const std::string& path);
+
+/// Writes `results` as a baseline file (`{"source": ..., "limits": {...}, "runs": [{"name": ...,
+/// metric: value}]}`, atomically): how a suite's committed baseline is made from a measured run.
+/// InputError when a run failed (a baseline holds finished runs only).
+void write_baseline(const RunMetrics& results,
+                    const std::vector<MetricLimit>& limits,
+                    const std::string& source,
+                    const std::string& path);
+
 /// Compares every entry of `results` with the baseline entry of the same name (a single entry on
 /// each side is compared whatever the names) under every limit. A baseline entry missing from the
-/// results and a failed sweep run (status not "ok") are regressions. ConfigError when an entry has
-/// no baseline or a limited metric is missing on either side.
+/// results and a failed sweep run (status not "ok") are regressions. A limit applies to the
+/// entries whose baseline has the metric. ConfigError when an entry has no baseline, a limited
+/// metric of the baseline is missing from the results, or no baseline entry has a limited metric.
 std::vector<RegressionRow> check_regressions(const RunMetrics& baseline,
                                              const RunMetrics& results,
                                              const std::vector<MetricLimit>& limits);

@@ -4,6 +4,7 @@
 // The only top-level try/catch of the project lives here: exceptions become one-line messages and
 // exit codes (0 ok, 2 bad input, 1 other failure, 130 interrupted after saving a checkpoint).
 #include <algorithm>
+#include <ctime>
 #include <filesystem>
 #include <iostream>
 
@@ -15,6 +16,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include "pocketflow/cpu.h"
 #include "pocketflow/error.h"
 #include "pocketflow/learner.h"
 #include "pocketflow/onnx.h"
@@ -187,11 +189,33 @@ int cmd_learners(const GlobalOptions& g) {
 int cmd_check(const std::string& baseline_path,
               const std::string& results_path,
               const std::vector<pf::MetricLimit>& given,
+              const std::string& write_baseline,
               const GlobalOptions& g) {
+    // The limits given, else those the baseline file states, else the default gate.
     std::vector<pf::MetricLimit> limits = given;
-    if (limits.empty()) {
-        limits.push_back({"top1", pf::MetricLimit::kDrop, 0.3});  // the default gate
+    if (limits.empty() && !baseline_path.empty()) {
+        limits = pf::load_baseline_limits(baseline_path);
     }
+    if (limits.empty()) {
+        limits.push_back({"top1", pf::MetricLimit::kDrop, 0.3});
+    }
+    if (!write_baseline.empty()) {
+        const pf::RunMetrics results = pf::load_run_metrics(results_path);
+        const std::time_t now = std::time(nullptr);
+        char day[16];
+        std::strftime(day, sizeof day, "%Y-%m-%d", std::gmtime(&now));
+        pf::write_baseline(results, limits,
+                           fmt::format("measured: {} on a {} CPU ({} cores), written {} by "
+                                       "pocketflow check --write-baseline",
+                                       results_path, pf::cpu_target("native").description,
+                                       pf::resolve_threads(0), day),
+                           write_baseline);
+        fmt::print("baseline: {} run(s) of {} written to {}\n", results.size(), results_path,
+                   write_baseline);
+        return 0;
+    }
+    PF_CHECK(!baseline_path.empty(), ConfigError,
+             "check: give --baseline (or --write-baseline to make one from --results)");
     const auto rows = pf::check_regressions(pf::load_run_metrics(baseline_path),
                                             pf::load_run_metrics(results_path), limits);
     int regressed = 0;
@@ -408,7 +432,8 @@ int run_cli(int argc, char** argv) {
         ->take_all()
         ->allow_extra_args(false);
     sweep->add_option("--file", sweep_file,
-                      "sweep file: grid: {key: [values]} and/or runs: [{key: value, ...}]");
+                      "sweep file: grid: {key: [values]}, runs: [{key: value, ...}], jobs: [{name: n, "
+                      "config: job.yaml, set: {...}}] (a benchmark suite)");
     sweep->add_option("-o,--out", sweep_opts.out, "sweep directory (default runs/sweep-<job>)");
     sweep->add_option("--jobs", sweep_opts.jobs, "runs at a time (the cores are divided)")
         ->check(CLI::Range(1, 256));
@@ -416,18 +441,20 @@ int run_cli(int argc, char** argv) {
         ->add_option("--latency", sweep_opts.latency_batch,
                      "then time every finished model in LibTorch at this batch (latency_ms)")
         ->check(CLI::Range(1, 4096));
-    std::string check_baseline, check_results;
+    std::string check_baseline, check_results, check_write;
     std::vector<std::string> check_drop, check_rise, check_ratio;
     auto* check = app.add_subcommand(
         "check", "regression gate: compare runs with a baseline, exit 1 on a regression");
     check
         ->add_option("--baseline", check_baseline,
-                     "run directory, summary.json, {\"runs\": [...]} table or bench --json output")
-        ->required();
+                     "run directory, summary.json, {\"runs\": [...]} table or bench --json output");
     check->add_option("--results", check_results, "the same kinds of file, to check")->required();
+    check->add_option("--write-baseline", check_write,
+                      "instead of checking: write --results as a baseline file here (with the "
+                      "limits given or --baseline's)");
     check->add_option("--max-drop", check_drop,
-                      "metric=x: fail when it falls more than x below the baseline (default "
-                      "top1=0.3 when no limit is given)");
+                      "metric=x: fail when it falls more than x below the baseline (without "
+                      "limits: the baseline file's \"limits\", else top1=0.3)");
     check->add_option("--max-rise", check_rise,
                       "metric=x: fail when it rises more than x above the baseline (e.g. loss)");
     check->add_option("--max-ratio,--max-slowdown", check_ratio,
@@ -505,7 +532,7 @@ int run_cli(int argc, char** argv) {
         for (const auto& t : check_ratio) {
             limits.push_back(pf::parse_metric_limit(t, pf::MetricLimit::kRatio, "--max-ratio"));
         }
-        return cmd_check(check_baseline, check_results, limits, g);
+        return cmd_check(check_baseline, check_results, limits, check_write, g);
     }
     if (bench->parsed()) {
         return cmd_bench(bench_models, bench_batches, bench_runtimes, bench_warmup, bench_repeat,

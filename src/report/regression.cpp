@@ -2,6 +2,7 @@
 // `pocketflow check`: metrics of runs against a baseline, under per-metric limits.
 #include "pocketflow/regression.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 
@@ -148,9 +149,13 @@ std::vector<RegressionRow> check_regressions(const RunMetrics& baseline,
         for (const auto& limit : limits) {
             auto b = base->second.find(limit.metric);
             auto r = metrics.find(limit.metric);
-            PF_CHECK(b != base->second.end() && r != metrics.end(), ConfigError,
-                     "check: metric {} is missing from the {} of {}", limit.metric,
-                     b == base->second.end() ? "baseline" : "results", name);
+            if (b == base->second.end()) {
+                continue;  // a baseline entry without the metric does not limit it (a reference
+                           // table gives MACs only where the reference states them)
+            }
+            PF_CHECK(r != metrics.end(), ConfigError,
+                     "check: metric {} is missing from the results of {} (the baseline has it)",
+                     limit.metric, name);
             RegressionRow row;
             row.entry = name;
             row.metric = limit.metric;
@@ -175,7 +180,79 @@ std::vector<RegressionRow> check_regressions(const RunMetrics& baseline,
             rows.push_back(std::move(row));
         }
     }
+    for (const auto& limit : limits) {  // a limit that checks nothing is a typo
+        const bool anywhere = std::any_of(baseline.begin(), baseline.end(), [&](const auto& e) {
+            return e.second.count(limit.metric) > 0;
+        });
+        PF_CHECK(anywhere, ConfigError, "check: metric {} is in no entry of the baseline",
+                 limit.metric);
+    }
     return rows;
+}
+
+void write_baseline(const RunMetrics& results,
+                    const std::vector<MetricLimit>& limits,
+                    const std::string& source,
+                    const std::string& path) {
+    json out = {{"source", source}, {"limits", json::object()}, {"runs", json::array()}};
+    for (const auto& l : limits) {
+        const char* kind = l.kind == MetricLimit::kDrop   ? "max_drop"
+                           : l.kind == MetricLimit::kRise ? "max_rise"
+                                                          : "max_ratio";
+        out["limits"][kind][l.metric] = l.value;
+    }
+    for (const auto& [name, metrics] : results) {
+        PF_CHECK(!metrics.count("failed"), InputError,
+                 "{}: run {} did not finish: a baseline holds finished runs only", path, name);
+        json entry = {{"name", name}};
+        for (const auto& [metric, value] : metrics) {
+            entry[metric] = value;
+        }
+        out["runs"].push_back(std::move(entry));
+    }
+    write_file_atomic(path, out.dump(2) + "\n");
+}
+
+std::vector<MetricLimit> load_baseline_limits(const std::string& path) {
+    fs::path file = path;
+    if (fs::is_directory(file)) {
+        return {};  // a run directory carries no limits
+    }
+    json j;
+    try {
+        j = json::parse(read_file(file.string()));
+    } catch (const json::exception& e) {
+        throw InputError(fmt::format("failed to read {}: {}", file.string(), e.what()));
+    }
+    std::vector<MetricLimit> out;
+    if (!j.is_object() || !j.contains("limits")) {
+        return out;
+    }
+    const json& limits = j["limits"];
+    PF_CHECK(limits.is_object(), InputError,
+             "{}: \"limits\" is {{\"max_drop\": {{\"top1\": 0.3}}, \"max_ratio\": {{...}}, "
+             "\"max_rise\": {{...}}}}",
+             file.string());
+    for (const auto& [kind, entries] : limits.items()) {
+        const MetricLimit::Kind k = kind == "max_drop"    ? MetricLimit::kDrop
+                                    : kind == "max_rise"  ? MetricLimit::kRise
+                                    : kind == "max_ratio" ? MetricLimit::kRatio
+                                                          : throw InputError(fmt::format(
+                                                                "{}: limits.{}: expected max_drop, "
+                                                                "max_rise or max_ratio",
+                                                                file.string(), kind));
+        PF_CHECK(entries.is_object(), InputError, "{}: limits.{}: expected {{metric: value}}",
+                 file.string(), kind);
+        for (const auto& [metric, value] : entries.items()) {
+            PF_CHECK(value.is_number() && std::isfinite(value.get<double>()) &&
+                         value.get<double>() >= 0 &&
+                         (k != MetricLimit::kRatio || value.get<double>() > 0),
+                     InputError, "{}: limits.{}.{}: expected a number {}", file.string(), kind,
+                     metric, k == MetricLimit::kRatio ? "above 0" : "of at least 0");
+            out.push_back({metric, k, value.get<double>()});
+        }
+    }
+    return out;
 }
 
 }  // namespace pocketflow

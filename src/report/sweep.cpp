@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -138,7 +139,7 @@ void load_sweep_file(const std::string& path, SweepOptions& options) {
         return fmt::format("{}:{}:{}", path, n.Mark().line + 1, n.Mark().column + 1);
     };
     PF_CHECK(root.IsMap(), ConfigError,
-             "{}: a sweep file is a mapping with grid: and/or runs:", path);
+             "{}: a sweep file is a mapping with grid:, runs: and/or jobs:", path);
     for (const auto& kv : root) {
         const std::string key = kv.first.as<std::string>();
         if (key == "grid") {
@@ -166,15 +167,53 @@ void load_sweep_file(const std::string& path, SweepOptions& options) {
                 }
                 options.runs.push_back(sets);
             }
+        } else if (key == "jobs") {
+            PF_CHECK(kv.second.IsSequence(), ConfigError,
+                     "{}: jobs: is a list of {{name: ..., config: ..., set: {{key: value}}}}",
+                     where(kv.second));
+            for (const auto& j : kv.second) {
+                PF_CHECK(j.IsMap(), ConfigError,
+                         "{}: each job is a {{name: ..., config: ..., set: {{...}}}} mapping",
+                         where(j));
+                SweepRun run;
+                for (const auto& f : j) {
+                    const std::string field = f.first.as<std::string>();
+                    if (field == "name" || field == "config") {
+                        PF_CHECK(f.second.IsScalar() && !f.second.Scalar().empty(), ConfigError,
+                                 "{}: jobs.{}: expected a non-empty string", where(f.second),
+                                 field);
+                        (field == "name" ? run.name : run.config) = f.second.Scalar();
+                    } else if (field == "set") {
+                        PF_CHECK(f.second.IsMap(), ConfigError,
+                                 "{}: jobs.set: expected {{key: value, ...}}", where(f.second));
+                        for (const auto& s : f.second) {
+                            run.overrides.push_back(s.first.as<std::string>() + "=" +
+                                                    yaml_text(s.second));
+                        }
+                    } else {
+                        throw ConfigError(fmt::format(
+                            "{}: unknown key jobs.{} (expected name, config, set)",
+                            where(f.first), field));
+                    }
+                }
+                PF_CHECK(!run.name.empty(), ConfigError, "{}: a job needs a name", where(j));
+                PF_CHECK(safe_name(run.name) == run.name, ConfigError,
+                         "{}: job name {} is not a plain file name (letters, digits, . - _ =)",
+                         where(j), run.name);
+                if (!run.config.empty() && run.config.find("${") == std::string::npos &&
+                    fs::path(run.config).is_relative()) {
+                    run.config = (fs::path(path).parent_path() / run.config).lexically_normal().string();
+                }
+                options.named.push_back(std::move(run));
+            }
         } else {
-            throw ConfigError(
-                fmt::format("{}: unknown key {} (expected grid, runs)", where(kv.first), key));
+            throw ConfigError(fmt::format("{}: unknown key {} (expected grid, runs, jobs)",
+                                          where(kv.first), key));
         }
     }
 }
 
-std::vector<std::pair<std::string, std::vector<std::string>>> sweep_runs(
-    const SweepOptions& options) {
+std::vector<SweepRun> sweep_runs(const SweepOptions& options) {
     std::vector<std::vector<std::string>> sets(1);
     for (const auto& [key, values] : options.grid) {
         PF_CHECK(!values.empty(), ConfigError, "sweep: --grid {} has no values", key);
@@ -192,9 +231,14 @@ std::vector<std::pair<std::string, std::vector<std::string>>> sweep_runs(
         sets.clear();
     }
     sets.insert(sets.end(), options.runs.begin(), options.runs.end());
-    PF_CHECK(!sets.empty(), ConfigError, "sweep: give --grid key=v1,v2 or a --file with runs");
-    std::vector<std::pair<std::string, std::vector<std::string>>> out;
+    PF_CHECK(!sets.empty() || !options.named.empty(), ConfigError,
+             "sweep: give --grid key=v1,v2 or a --file with runs or jobs");
+    std::vector<SweepRun> out;
     std::set<std::string> names;
+    for (const auto& job : options.named) {  // named: their names are taken first
+        PF_CHECK(names.insert(job.name).second, ConfigError, "sweep: job {} is listed twice",
+                 job.name);
+    }
     for (size_t i = 0; i < sets.size(); ++i) {
         const std::string text = join(sets[i], "_");
         std::string name = safe_name(text);
@@ -204,9 +248,39 @@ std::vector<std::pair<std::string, std::vector<std::string>>> sweep_runs(
             name = fmt::format("{}_{}", name, short_hash(text + "\n" + std::to_string(i)));
             PF_CHECK(names.insert(name).second, ConfigError, "sweep: run {} is listed twice", text);
         }
-        out.push_back({name, sets[i]});
+        out.push_back({name, options.config, sets[i]});
     }
+    out.insert(out.end(), options.named.begin(), options.named.end());
     return out;
+}
+
+std::string expand_variables(const std::string& text,
+                             const std::map<std::string, std::string>& vars,
+                             const std::string& where) {
+    std::string out;
+    size_t at = 0;
+    for (size_t open = text.find("${"); open != std::string::npos; open = text.find("${", at)) {
+        const size_t close = text.find('}', open);
+        PF_CHECK(close != std::string::npos, ConfigError, "{}: unclosed ${{ in {}", where, text);
+        std::string name = text.substr(open + 2, close - open - 2);
+        std::optional<std::string> fallback;
+        if (const size_t dash = name.find(":-"); dash != std::string::npos) {
+            fallback = name.substr(dash + 2);
+            name = name.substr(0, dash);
+        }
+        std::optional<std::string> value;
+        if (const auto v = vars.find(name); v != vars.end()) {
+            value = v->second;
+        } else if (const char* env = std::getenv(name.c_str()); env && *env) {
+            value = env;
+        }
+        PF_CHECK(value || fallback, ConfigError,
+                 "{}: ${{{}}} is not set (set the environment variable, or write ${{{}:-default}})",
+                 where, name, name);
+        out += text.substr(at, open - at) + (value ? *value : *fallback);
+        at = close + 1;
+    }
+    return out + text.substr(at);
 }
 
 json run_sweep(const SweepOptions& o) {
@@ -255,15 +329,34 @@ json run_sweep(const SweepOptions& o) {
     };
     std::exception_ptr failure;  // an error of the sweep itself (not of a run), rethrown at the end
     auto run_one = [&](size_t k) {
-        const auto& [name, sets] = runs[k];
+        const std::string& name = runs[k].name;
         const fs::path run_dir = dir / name;
-        json r = {{"name", name}, {"overrides", sets}, {"run_dir", run_dir.string()}};
+        json r = {{"name", name}, {"overrides", runs[k].overrides}, {"run_dir", run_dir.string()}};
         const auto start = std::chrono::steady_clock::now();
+        // ${...} expanded now: ${SWEEP_OUT} is this sweep's directory.
+        std::string config;
+        std::vector<std::string> common, sets;
+        try {
+            const std::map<std::string, std::string> vars = {{"SWEEP_OUT", dir.string()}};
+            const std::string where = "sweep run " + name;
+            config = expand_variables(runs[k].config, vars, where);
+            for (const auto& t : o.overrides) {
+                common.push_back(expand_variables(t, vars, where));
+            }
+            for (const auto& t : runs[k].overrides) {
+                sets.push_back(expand_variables(t, vars, where));
+            }
+        } catch (const ConfigError& e) {
+            r["status"] = "failed";
+            r["error"] = e.what();
+        }
         // What the run directory holds: a rerun with another job or other overrides must not
         // take its results for this run's.
-        const json settings = {{"config", o.config}, {"set", o.overrides}, {"overrides", sets}};
+        const json settings = {{"config", config}, {"set", common}, {"overrides", sets}};
         const fs::path record = dir / (name + ".run.json");
-        if (fs::exists(record) && json::parse(read_file(record.string())) != settings) {
+        if (r.contains("status")) {
+            // not runnable (above)
+        } else if (fs::exists(record) && json::parse(read_file(record.string())) != settings) {
             r["status"] = "failed";
             r["error"] = fmt::format(
                 "{} holds a run of other settings ({}); use another --out for this sweep",
@@ -280,10 +373,10 @@ json run_sweep(const SweepOptions& o) {
             const bool resume = fs::exists(run_dir / "resolved_config.yaml");
             std::string cmd =
                 shell_quote(o.executable) + fmt::format(" --threads {} compress", threads);
-            if (!o.config.empty()) {
-                cmd += " --config " + shell_quote(o.config);
+            if (!config.empty()) {
+                cmd += " --config " + shell_quote(config);
             }
-            for (const auto& s : o.overrides) {
+            for (const auto& s : common) {
                 cmd += " --set " + shell_quote(s);
             }
             for (const auto& s : sets) {

@@ -54,7 +54,7 @@ std::string chromium() {
 std::string browser_command(const std::string& browser, const testing::TempDir& dir) {
     // --no-sandbox: CI containers run as root; a profile of its own per test.
     return fmt::format(
-        "timeout 120 '{}' --headless --no-sandbox --disable-gpu --no-first-run "
+        "timeout 120 '{}' --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run "
         "--user-data-dir='{}' --enable-logging=stderr --v=0 ",
         browser, dir.file("chromium-profile"));
 }

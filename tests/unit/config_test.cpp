@@ -9,6 +9,7 @@
 #include "pocketflow/cpu.h"
 #include "pocketflow/error.h"
 #include "pocketflow/learner.h"
+#include "pocketflow/regression.h"
 #include "pocketflow/sweep.h"
 #include "pocketflow/tune.h"
 #include "pocketflow/util.h"
@@ -236,11 +237,27 @@ TEST(ConfigFilesTest, EveryShippedConfigParses) {
             continue;
         }
         const std::string stem = e.path().stem().string();
-        if (stem.size() > 6 && stem.rfind("_sweep") == stem.size() - 6) {
-            // A `pocketflow sweep` file, not a job.
+        const bool suite = stem.size() > 6 && stem.rfind("_suite") == stem.size() - 6;
+        if (suite || (stem.size() > 6 && stem.rfind("_sweep") == stem.size() - 6)) {
+            // A `pocketflow sweep` file (a benchmark suite: named jobs), not a job.
             SweepOptions sweep;
             load_sweep_file(e.path().string(), sweep);
-            EXPECT_FALSE(sweep_runs(sweep).empty());
+            const auto runs = sweep_runs(sweep);
+            EXPECT_FALSE(runs.empty());
+            if (suite) {
+                // Each job file exists (parsed as a job below) and the committed baseline
+                // names every run of the suite.
+                const std::string name = stem.substr(0, stem.size() - 6);
+                const fs::path baseline = e.path().parent_path() / (name + "_baseline.json");
+                ASSERT_TRUE(fs::exists(baseline)) << baseline;
+                const RunMetrics metrics = load_run_metrics(baseline.string());
+                EXPECT_FALSE(load_baseline_limits(baseline.string()).empty());
+                for (const auto& run : runs) {
+                    EXPECT_TRUE(fs::exists(run.config)) << run.config;
+                    EXPECT_EQ(metrics.count(run.name), 1u) << run.name << " in " << baseline;
+                }
+                EXPECT_EQ(metrics.size(), runs.size());
+            }
             ++count;
             continue;
         }
@@ -255,10 +272,12 @@ TEST(ConfigFilesTest, EveryShippedConfigParses) {
         // Compression jobs start from a trained model that a previous job writes: stand in a zoo
         // model.
         YAML::Node tree = YAML::Load(text);
-        if (tree["model"] && tree["model"]["path"] &&
-            !fs::exists(tree["model"]["path"].as<std::string>())) {
-            overrides.push_back("model.path=");
-            overrides.push_back("model.arch=resnet20");
+        for (const char* key : {"path", "onnx"}) {
+            if (tree["model"] && tree["model"][key] &&
+                !fs::exists(tree["model"][key].as<std::string>())) {
+                overrides.push_back(fmt::format("model.{}=", key));
+                overrides.push_back("model.arch=resnet20");
+            }
         }
         Job job = parse_job(text, e.path().string(), overrides);
         for (const auto& stage : job.pipeline) {

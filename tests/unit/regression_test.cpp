@@ -102,7 +102,42 @@ TEST(RegressionTest, LimitsJudgeDropsRisesAndRatios) {
         [&] {
             check_regressions(one, other, {{"macs", MetricLimit::kRatio, 1}});
         },
-        "metric macs is missing from the baseline");
+        "metric macs is in no entry of the baseline");
+    // A limit applies where the baseline states the metric (reference tables).
+    RunMetrics reference = {{"a", {{"top1", 90.0}}}, {"b", {{"top1", 80.0}, {"macs", 100}}}};
+    RunMetrics measured = {{"a", {{"top1", 90.0}, {"macs", 500}}},
+                           {"b", {{"top1", 80.0}, {"macs", 101}}}};
+    const auto ref_rows = check_regressions(reference, measured,
+                                            {{"top1", MetricLimit::kDrop, 0.3},
+                                             {"macs", MetricLimit::kRatio, 1.0}});
+    ASSERT_EQ(ref_rows.size(), 3u);  // a: top1; b: top1, macs
+    EXPECT_TRUE(ref_rows[2].regressed && ref_rows[2].metric == "macs");
+    expect_error<ConfigError>(
+        [&] {
+            check_regressions(measured, reference, {{"macs", MetricLimit::kRatio, 1.0}});
+        },
+        "metric macs is missing from the results of a");
+}
+
+TEST(RegressionTest, BaselineFilesStateTheirLimits) {
+    TempDir dir;
+    write_file_atomic(dir.file("b.json"),
+                      R"({"limits": {"max_drop": {"top1": 0.5}, "max_ratio": {"macs": 1.0}},
+                          "runs": [{"name": "a", "top1": 1}]})");
+    const auto limits = load_baseline_limits(dir.file("b.json"));
+    ASSERT_EQ(limits.size(), 2u);
+    EXPECT_EQ(limits[0].metric, "top1");
+    EXPECT_EQ(limits[0].kind, MetricLimit::kDrop);
+    EXPECT_DOUBLE_EQ(limits[0].value, 0.5);
+    EXPECT_EQ(limits[1].kind, MetricLimit::kRatio);
+    write_file_atomic(dir.file("none.json"), R"({"runs": [{"name": "a", "top1": 1}]})");
+    EXPECT_TRUE(load_baseline_limits(dir.file("none.json")).empty());
+    write_file_atomic(dir.file("bad.json"), R"({"limits": {"max_fall": {"top1": 1}}})");
+    expect_error<InputError>([&] { load_baseline_limits(dir.file("bad.json")); },
+                             "limits.max_fall: expected max_drop");
+    write_file_atomic(dir.file("bad2.json"), R"({"limits": {"max_ratio": {"macs": 0}}})");
+    expect_error<InputError>([&] { load_baseline_limits(dir.file("bad2.json")); },
+                             "limits.max_ratio.macs: expected a number above 0");
 }
 
 TEST(RegressionTest, LimitsParseAndRejectBadText) {
@@ -126,10 +161,10 @@ TEST(SweepTest, GridAndListExpandToNamedRuns) {
     o.runs = {{"pipeline.0.flops_target=0.7"}};
     const auto runs = sweep_runs(o);
     ASSERT_EQ(runs.size(), 5u);
-    EXPECT_EQ(runs[0].first, "pipeline.0.flops_target=0.3_pipeline.0.criterion=l1");
-    EXPECT_EQ(runs[1].second, (std::vector<std::string>{"pipeline.0.flops_target=0.3",
+    EXPECT_EQ(runs[0].name, "pipeline.0.flops_target=0.3_pipeline.0.criterion=l1");
+    EXPECT_EQ(runs[1].overrides, (std::vector<std::string>{"pipeline.0.flops_target=0.3",
                                                         "pipeline.0.criterion=lasso"}));
-    EXPECT_EQ(runs[4].first, "pipeline.0.flops_target=0.7");
+    EXPECT_EQ(runs[4].name, "pipeline.0.flops_target=0.7");
     SweepOptions none;
     expect_error<ConfigError>([&] { sweep_runs(none); }, "give --grid");
     TempDir dir;
@@ -149,6 +184,50 @@ TEST(SweepTest, GridAndListExpandToNamedRuns) {
     write_file_atomic(dir.file("typo.yaml"), "grids: {}\n");
     expect_error<ConfigError>([&] { load_sweep_file(dir.file("typo.yaml"), b); },
                               "unknown key grids");
+}
+
+TEST(SweepTest, JobsOfASuiteAndVariables) {
+    TempDir dir;
+    std::filesystem::create_directories(dir.path() / "suite");
+    write_file_atomic(dir.file("suite/s.yaml"),
+                      "jobs:\n"
+                      "  - {name: base, config: jobs/train.yaml, set: {train.epochs: 2}}\n"
+                      "  - name: pruned\n"
+                      "    config: /abs/job.yaml\n"
+                      "    set: {model.path: \"${SWEEP_OUT}/base/model.pfm\", data.root: "
+                      "\"${PF_TEST_UNSET_ROOT:-data/x}\"}\n");
+    SweepOptions o;
+    o.config = "ignored-by-jobs.yaml";
+    load_sweep_file(dir.file("suite/s.yaml"), o);
+    const auto runs = sweep_runs(o);
+    ASSERT_EQ(runs.size(), 2u);
+    EXPECT_EQ(runs[0].name, "base");
+    EXPECT_EQ(runs[0].config, dir.file("suite/jobs/train.yaml"));  // beside the sweep file
+    EXPECT_EQ(runs[0].overrides, (std::vector<std::string>{"train.epochs=2"}));
+    EXPECT_EQ(runs[1].config, "/abs/job.yaml");
+    EXPECT_EQ(expand_variables(runs[1].overrides[0], {{"SWEEP_OUT", "out/s"}}, "w"),
+              "model.path=\"out/s/base/model.pfm\"");
+    EXPECT_EQ(expand_variables(runs[1].overrides[1], {}, "w"), "data.root=\"data/x\"");
+    EXPECT_EQ(expand_variables("a${X}b${Y:-}c", {{"X", "1"}}, "w"), "a1bc");
+    expect_error<ConfigError>([] { expand_variables("${PF_TEST_UNSET_ROOT}", {}, "run r"); },
+                              "run r: ${PF_TEST_UNSET_ROOT} is not set");
+    expect_error<ConfigError>([] { expand_variables("a${X", {}, "w"); }, "unclosed");
+    // Bad jobs: named with file and line.
+    for (const auto& [text, message] : std::vector<std::pair<std::string, std::string>>{
+             {"jobs:\n  - {config: a.yaml}\n", "s2.yaml:2:5: a job needs a name"},
+             {"jobs:\n  - {name: a/b}\n", "not a plain file name"},
+             {"jobs:\n  - {name: a, sets: {}}\n", "unknown key jobs.sets"},
+             {"jobs:\n  - {name: a, set: [1]}\n", "jobs.set: expected"},
+             {"jobs:\n  - {name: a}\n  - {name: a}\n", "job a is listed twice"}}) {
+        write_file_atomic(dir.file("s2.yaml"), text);
+        SweepOptions bad;
+        expect_error<ConfigError>(
+            [&] {
+                load_sweep_file(dir.file("s2.yaml"), bad);
+                sweep_runs(bad);
+            },
+            message);
+    }
 }
 
 }  // namespace
