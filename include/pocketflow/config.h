@@ -239,6 +239,12 @@ void apply_overrides(YAML::Node& root,
                      const std::vector<std::string>& overrides,
                      ConfigReader::Source& source);
 
+/// The one YAML document of a file (a job, a sweep, a search space): ConfigError naming the file
+/// and line for a syntax error, a second document, a duplicate key or text that is not UTF-8.
+YAML::Node load_yaml_document(const std::string& text,
+                              const std::string& file,
+                              const std::string& what);
+
 /// Parses and validates a job from YAML text. `file` names it in messages.
 Job parse_job(const std::string& yaml_text,
               const std::string& file,

@@ -20,6 +20,11 @@ struct ModelMeta {
     std::vector<double> std;
 };
 
+/// What is wrong with a model's input normalisation for inputs of `channels` channels (empty when
+/// nothing): mean and std of the same length, 0 (none given), 1 or `channels` values, finite, std
+/// above 0. Model files (.pfm meta, ONNX metadata) are checked with it.
+std::string normalisation_problem(const ModelMeta& meta, int64_t channels);
+
 /// A torch::nn::Module that owns a Graph's tensors (registered as parameters and buffers named
 /// `<node>.<tensor>`, so optimizers, serialization and data-parallel code work as usual) and runs
 /// the graph with LibTorch functional ops. Autograd, train() and eval() behave as for any module.

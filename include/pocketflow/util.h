@@ -40,6 +40,10 @@ std::string human_count(double value);
 /// Human-readable bytes: 1.2 MiB.
 std::string human_bytes(double bytes);
 
+/// `text` for a message: at most `max` characters, the middle elided ("abc…xyz") — a hostile
+/// megabyte-long value must not be repeated in full.
+std::string shorten(const std::string& text, size_t max = 160);
+
 /// A fresh private directory under the system temp dir, removed with everything in it on scope
 /// exit.
 class ScopedTempDir {
@@ -66,5 +70,7 @@ std::vector<int64_t> parse_positive_ints(const std::string& text,
 void install_stop_handlers();
 /// True once a stop was requested by a signal.
 bool stop_requested();
+/// Sets or clears the flag a signal sets (tests: a stop at a chosen point, deterministically).
+void set_stop_request(bool stop);
 
 }  // namespace pocketflow

@@ -4,6 +4,7 @@
 // The only top-level try/catch of the project lives here: exceptions become one-line messages and
 // exit codes (0 ok, 2 bad input, 1 other failure, 130 interrupted after saving a checkpoint).
 #include <algorithm>
+#include <cerrno>
 #include <ctime>
 #include <filesystem>
 #include <iostream>
@@ -487,6 +488,24 @@ int run_cli(int argc, char** argv) {
     } catch (const CLI::CallForVersion& e) {
         return app.exit(e);
     } catch (const CLI::ParseError& e) {
+        // A mistyped command is named (CLI11 only says that one is required).
+        for (int i = 1; i < argc; ++i) {
+            const std::string a = argv[i];
+            if (a == "--threads" || a == "--log-level") {
+                ++i;  // its value
+            } else if (!a.empty() && a[0] != '-') {
+                std::vector<std::string> names;
+                for (const auto* sub : app.get_subcommands({})) {
+                    names.push_back(sub->get_name());
+                }
+                if (std::find(names.begin(), names.end(), a) == names.end()) {
+                    spdlog::error("unknown command '{}' (commands: {})", pf::shorten(a, 80),
+                                  pf::join(names, ", "));
+                    return 2;
+                }
+                break;
+            }
+        }
         app.exit(e);
         return 2;
     }
@@ -548,19 +567,31 @@ int main(int argc, char** argv) {
     auto logger = spdlog::stderr_color_mt("pocketflow");
     logger->set_pattern("[%H:%M:%S] [%^%l%$] %v");
     spdlog::set_default_logger(logger);
+    // Messages are capped: a hostile megabyte-long value is never printed in full.
+    auto report = [](const std::string& message) { spdlog::error("{}", pf::shorten(message, 2000)); };
     try {
         return run_cli(argc, argv);
     } catch (const pf::Error& e) {
-        spdlog::error("{}", e.what());
+        report(e.what());
         return e.exit_code();
     } catch (const c10::Error& e) {
-        spdlog::error("{}", e.what_without_backtrace());
+        report(e.what_without_backtrace());
         return 1;
     } catch (const YAML::Exception& e) {
-        spdlog::error("{}", e.what());
+        report(e.what());
         return 2;
+    } catch (const std::filesystem::filesystem_error& e) {
+        // A path the file system refuses (a loop of links, a file where a directory is needed,
+        // a name too long) is the input's fault; a full disk or an I/O error is not.
+        const int err = e.code().value();
+        const bool input = err == ELOOP || err == ENAMETOOLONG || err == ENOTDIR ||
+                           err == ENOENT || err == EISDIR || err == EEXIST || err == EACCES;
+        report(fmt::format("{}{}: {}", pf::shorten(e.path1().string()),
+                           e.path2().empty() ? "" : " -> " + pf::shorten(e.path2().string()),
+                           e.code().message()));
+        return input ? 2 : 1;
     } catch (const std::exception& e) {
-        spdlog::error("{}", e.what());
+        report(e.what());
         return 1;
     }
 }

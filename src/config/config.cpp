@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <set>
 
 #include <fnmatch.h>
 
@@ -74,7 +75,7 @@ void ConfigReader::fail(const std::string& key, const std::string& message) cons
     std::string value;
     if (const YAML::Node* n = find(key)) {
         if (n->IsScalar()) {
-            value = " with '" + n->Scalar() + "'";
+            value = " with '" + shorten(n->Scalar(), 80) + "'";
         }
     }
     throw ConfigError(
@@ -582,10 +583,19 @@ Job parse_tree(YAML::Node root, ConfigReader::Source source) {
         job.name == "..") {
         r.fail("name", "must be a non-empty name without '/'");
     }
+    if (job.name.size() > 128) {  // it names a directory: file names stop at 255 bytes
+        r.fail("name", fmt::format("is {} characters long; at most 128 (it names the run "
+                                   "directory runs/<name>/)",
+                                   job.name.size()));
+    }
     r.read("seed", job.seed, "seed of every random choice");
     r.read("threads", job.threads, "LibTorch threads (0: all cores)",
            ConfigReader::in_range(0, 1024));
     r.read("output_dir", job.output_dir, "run directory (default runs/<name>/<timestamp>)");
+    if (job.output_dir.size() > 1024) {
+        r.fail("output_dir", fmt::format("is {} characters long; at most 1024",
+                                         job.output_dir.size()));
+    }
     r.section("model", "model to train or compress",
               [&](ConfigReader& s) { parse_model(s, job.model); });
     r.section("data", "data set and loading", [&](ConfigReader& s) { parse_data(s, job.data); });
@@ -616,6 +626,9 @@ Job parse_tree(YAML::Node root, ConfigReader::Source source) {
         if (!stage.options.IsMap() || !sr.has("learner")) {
             sr.fail("", "each stage needs `learner: <name>`");
         }
+        if (!stage.options["learner"].IsScalar()) {
+            sr.fail("learner", "expected a learner's name (pocketflow learners lists them)");
+        }
         stage.learner = stage.options["learner"].Scalar();
         resolved_pipeline.push_back(stage.options);
         job.pipeline.push_back(std::move(stage));
@@ -628,23 +641,124 @@ Job parse_tree(YAML::Node root, ConfigReader::Source source) {
 
 }  // namespace
 
-Job parse_job(const std::string& yaml_text,
-              const std::string& file,
-              const std::vector<std::string>& overrides) {
-    YAML::Node root;
+namespace {
+
+/// Whether `s` is well-formed UTF-8 (no overlong forms, surrogates or code points past U+10FFFF).
+bool valid_utf8(const std::string& s) {
+    size_t i = 0;
+    while (i < s.size()) {
+        const auto c = static_cast<unsigned char>(s[i]);
+        int extra = 0;
+        uint32_t cp = 0;
+        if (c < 0x80) {
+            ++i;
+            continue;
+        } else if ((c & 0xE0) == 0xC0) {
+            extra = 1;
+            cp = c & 0x1F;
+        } else if ((c & 0xF0) == 0xE0) {
+            extra = 2;
+            cp = c & 0x0F;
+        } else if ((c & 0xF8) == 0xF0) {
+            extra = 3;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+        if (i + static_cast<size_t>(extra) >= s.size()) {
+            return false;
+        }
+        for (int k = 1; k <= extra; ++k) {
+            const auto b = static_cast<unsigned char>(s[i + static_cast<size_t>(k)]);
+            if ((b & 0xC0) != 0x80) {
+                return false;
+            }
+            cp = (cp << 6) | (b & 0x3F);
+        }
+        static const uint32_t kMin[] = {0, 0x80, 0x800, 0x10000};
+        if (cp < kMin[extra] || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) {
+            return false;
+        }
+        i += static_cast<size_t>(extra) + 1;
+    }
+    return true;
+}
+
+/// Duplicate keys and invalid UTF-8 anywhere in the tree (yaml-cpp accepts both silently).
+void check_yaml_tree(const YAML::Node& n, const std::string& file, const std::string& path) {
+    auto at = [&](const YAML::Node& x) {
+        return fmt::format("{}:{}:{}", file, x.Mark().line + 1, x.Mark().column + 1);
+    };
+    if (n.IsScalar()) {
+        if (!valid_utf8(n.Scalar())) {
+            throw ConfigError(fmt::format("{}: {}: the value is not valid UTF-8 text", at(n),
+                                          path.empty() ? std::string("(top level)") : path));
+        }
+    } else if (n.IsSequence()) {
+        for (size_t i = 0; i < n.size(); ++i) {
+            check_yaml_tree(n[i], file, fmt::format("{}[{}]", path, i));
+        }
+    } else if (n.IsMap()) {
+        std::set<std::string> seen;
+        for (const auto& kv : n) {
+            if (!kv.first.IsScalar()) {
+                throw ConfigError(fmt::format("{}: {}: keys must be plain names", at(kv.first),
+                                              path.empty() ? std::string("(top level)") : path));
+            }
+            const std::string key = kv.first.Scalar();
+            const std::string where = path.empty() ? key : path + "." + key;
+            if (!valid_utf8(key)) {
+                throw ConfigError(fmt::format("{}: a key under {} is not valid UTF-8 text",
+                                              at(kv.first),
+                                              path.empty() ? std::string("the top level") : path));
+            }
+            if (!seen.insert(key).second) {
+                throw ConfigError(fmt::format("{}: duplicate key {} (each key may appear once)",
+                                              at(kv.first), where));
+            }
+            check_yaml_tree(kv.second, file, where);
+        }
+    }
+}
+
+}  // namespace
+
+YAML::Node load_yaml_document(const std::string& text,
+                              const std::string& file,
+                              const std::string& what) {
+    std::vector<YAML::Node> docs;
     try {
-        root = YAML::Load(yaml_text);
+        docs = YAML::LoadAll(text);
     } catch (const YAML::Exception& e) {
         throw ConfigError(fmt::format("{}:{}:{}: failed to parse YAML: {}", file, e.mark.line + 1,
                                       e.mark.column + 1, e.msg));
     }
+    if (docs.size() > 1) {
+        throw ConfigError(fmt::format(
+            "{}:{}: a {} holds one YAML document; another starts here (after --- or ...)", file,
+            docs[1].Mark().line + 1, what));
+    }
+    YAML::Node root = docs.empty() ? YAML::Node() : docs[0];
+    check_yaml_tree(root, file, "");
+    return root;
+}
+
+Job parse_job(const std::string& yaml_text,
+              const std::string& file,
+              const std::vector<std::string>& overrides) {
+    YAML::Node root = load_yaml_document(yaml_text, file, "job file");
     if (root && !root.IsNull() && !root.IsMap()) {
         throw ConfigError(
             fmt::format("{}: failed to read job: expected a mapping at the top level", file));
     }
     ConfigReader::Source source{file, {}};
     apply_overrides(root, overrides, source);
-    return parse_tree(root, source);
+    try {
+        return parse_tree(root, source);
+    } catch (const YAML::Exception& e) {  // a conversion outside ConfigReader's checks
+        throw ConfigError(fmt::format("{}:{}:{}: {}", file, e.mark.line + 1, e.mark.column + 1,
+                                      e.msg));
+    }
 }
 
 Job load_job(const std::string& path, const std::vector<std::string>& overrides) {
@@ -692,7 +806,7 @@ PerLayerSetting read_per_layer(ConfigReader& r,
         const std::string broken = ok && std::isfinite(x) ? (check ? check(x) : "") : forms;
         if (!broken.empty()) {
             throw ConfigError(fmt::format("{}: failed to read {}{}: {}", r.location_of(v), path,
-                                          v.IsScalar() ? " with '" + v.Scalar() + "'" : "",
+                                          v.IsScalar() ? " with '" + shorten(v.Scalar(), 80) + "'" : "",
                                           broken));
         }
         return x;

@@ -147,6 +147,15 @@ std::string human_count(double value) {
     return u == 0 ? fmt::format("{:.0f}", value) : fmt::format("{:.2f}{}", value, units[u]);
 }
 
+std::string shorten(const std::string& text, size_t max) {
+    if (text.size() <= max || max < 8) {
+        return text;
+    }
+    const size_t head = (max - 3) / 2, tail = max - 3 - head;
+    return text.substr(0, head) + "..." + text.substr(text.size() - tail) +
+           fmt::format(" ({} characters)", text.size());
+}
+
 std::string human_bytes(double bytes) {
     const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
     int u = 0;
@@ -210,6 +219,10 @@ void install_stop_handlers() {
 
 bool stop_requested() {
     return g_stop.load();
+}
+
+void set_stop_request(bool stop) {
+    g_stop = stop;
 }
 
 }  // namespace pocketflow

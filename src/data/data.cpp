@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <numeric>
 #include <random>
+#include <set>
 
 #include <ATen/ATen.h>
 #include <png.h>
@@ -98,6 +99,16 @@ Image from_rgb(const std::vector<uint8_t>& hwc, int64_t h, int64_t w) {
     return img;
 }
 
+/// Dimensions an image header declares, checked before the pixels are allocated: a crafted
+/// header can declare gigapixels in a few bytes.
+constexpr int64_t kMaxImageSide = 16384;
+
+void check_image_size(const std::string& path, int64_t w, int64_t h) {
+    PF_CHECK(w > 0 && h > 0 && w <= kMaxImageSide && h <= kMaxImageSide, InputError,
+             "failed to decode {}: it declares {}x{} pixels; sides of 1 to {} are supported", path,
+             w, h, kMaxImageSide);
+}
+
 Image decode_jpeg(const std::string& path, const std::string& bytes) {
     tjhandle tj = tjInitDecompress();
     PF_CHECK(tj != nullptr, Error, "failed to initialise libjpeg-turbo");
@@ -108,7 +119,11 @@ Image decode_jpeg(const std::string& path, const std::string& bytes) {
         tjDestroy(tj);
         throw InputError(fmt::format("failed to decode {}: {}", path, msg));
     }
-    std::vector<uint8_t> hwc(static_cast<size_t>(w) * h * 3);
+    if (w <= 0 || h <= 0 || w > kMaxImageSide || h > kMaxImageSide) {
+        tjDestroy(tj);
+        check_image_size(path, w, h);
+    }
+    std::vector<uint8_t> hwc(static_cast<size_t>(w) * static_cast<size_t>(h) * 3);
     int rc =
         tjDecompress2(tj, src, bytes.size(), hwc.data(), w, 0, h, TJPF_RGB, TJFLAG_ACCURATEDCT);
     std::string msg = rc != 0 ? tjGetErrorStr2(tj) : "";
@@ -122,6 +137,11 @@ Image decode_png(const std::string& path, const std::string& bytes) {
     image.version = PNG_IMAGE_VERSION;
     PF_CHECK(png_image_begin_read_from_memory(&image, bytes.data(), bytes.size()) != 0, InputError,
              "failed to decode {}: {}", path, image.message);
+    if (image.width == 0 || image.height == 0 || image.width > kMaxImageSide ||
+        image.height > kMaxImageSide) {
+        png_image_free(&image);
+        check_image_size(path, image.width, image.height);
+    }
     image.format = PNG_FORMAT_RGB;
     std::vector<uint8_t> hwc(PNG_IMAGE_SIZE(image));
     if (png_image_finish_read(&image, nullptr, hwc.data(), 0, nullptr) == 0) {
@@ -276,6 +296,11 @@ std::shared_ptr<Dataset> load_idx(const std::string& images_path,
     int64_t nl = big_endian(labels.data() + 4);
     PF_CHECK(n == nl, InputError, "failed to read {}: {} images but {} labels in {}", images_path,
              n, nl, labels_path);
+    // Sizes are checked against the file before anything is computed from their product.
+    PF_CHECK(h > 0 && w > 0 && h <= 65536 && w <= 65536 &&
+                 n <= static_cast<int64_t>(images.size()) / std::max<int64_t>(1, h * w),
+             InputError, "failed to read {}: declares {} images of {}x{} but the file has {} bytes",
+             images_path, n, h, w, images.size());
     PF_CHECK(static_cast<int64_t>(images.size()) == 16 + n * h * w, InputError,
              "failed to read {}: truncated ({} bytes, expected {})", images_path, images.size(),
              16 + n * h * w);
@@ -701,6 +726,36 @@ DataBundle load_data(const DataConfig& cfg, uint64_t seed) {
         d.train_set =
             load_image_folder((fs::path(cfg.root) / "train").string(), cfg.resize, cfg.train_limit);
         d.test_set = load_image_folder(val.string(), cfg.resize, cfg.test_limit);
+        // Labels are class folders in sorted order: both splits must have the same folders, or
+        // label k means another class in each.
+        auto classes = [](const fs::path& dir) {
+            std::set<std::string> out;
+            for (const auto& e : fs::directory_iterator(dir)) {
+                if (e.is_directory()) {
+                    out.insert(e.path().filename().string());
+                }
+            }
+            return out;
+        };
+        const auto train_classes = classes(fs::path(cfg.root) / "train");
+        const auto val_classes = classes(val);
+        if (train_classes != val_classes) {
+            std::vector<std::string> only_train, only_val;
+            std::set_difference(train_classes.begin(), train_classes.end(), val_classes.begin(),
+                                val_classes.end(), std::back_inserter(only_train));
+            std::set_difference(val_classes.begin(), val_classes.end(), train_classes.begin(),
+                                train_classes.end(), std::back_inserter(only_val));
+            auto some = [](const std::vector<std::string>& v) {
+                std::vector<std::string> head(v.begin(), v.begin() + std::min<size_t>(v.size(), 5));
+                return v.empty() ? std::string("none")
+                                 : join(head, ", ") + (v.size() > 5 ? ", ..." : "");
+            };
+            throw InputError(fmt::format(
+                "failed to read {}: the class folders of {} differ from train/ ({} only in "
+                "train/: {}; {} only in {}: {})",
+                cfg.root, val.filename().string(), only_train.size(), some(only_train),
+                only_val.size(), val.filename().string(), some(only_val)));
+        }
     } else if (ds == "synthetic") {
         d.train_set = make_synthetic(cfg.synthetic_train, cfg.synthetic_classes,
                                      cfg.synthetic_shape, seed + 1);
@@ -723,6 +778,10 @@ DataBundle load_data(const DataConfig& cfg, uint64_t seed) {
                          ? nullptr
                          : std::make_shared<ReshapedDataset>(d.test_set, cfg.reshape);
     }
+    PF_CHECK(d.test_set->num_classes() <= d.train_set->num_classes(), InputError,
+             "failed to read {} data in {}: the test set has labels up to {} but the training set "
+             "has {} classes",
+             ds, cfg.root, d.test_set->num_classes() - 1, d.train_set->num_classes());
     if (d.test_indices.empty()) {
         d.test_indices.resize(static_cast<size_t>(d.test_set->size()));
         std::iota(d.test_indices.begin(), d.test_indices.end(), 0);

@@ -4,6 +4,7 @@
 #include "pocketflow/model.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include <ATen/ATen.h>
 
@@ -82,6 +83,27 @@ at::Tensor run_node(const Node& n, const std::vector<at::Tensor>& in, bool train
             return in[0];
     }
     throw Error(fmt::format("node {}: unsupported op", n.name));
+}
+
+std::string normalisation_problem(const ModelMeta& meta, int64_t channels) {
+    if (meta.mean.size() != meta.std.size()) {
+        return fmt::format("mean has {} values but std has {}", meta.mean.size(), meta.std.size());
+    }
+    const size_t n = meta.mean.size();
+    if (n > 1 && static_cast<int64_t>(n) != channels) {
+        return fmt::format("mean and std have {} values for an input of {} channels", n,
+                           channels);
+    }
+    for (size_t c = 0; c < n; ++c) {
+        if (!std::isfinite(meta.mean[c])) {
+            return fmt::format("mean[{}] is {}", c, meta.mean[c]);
+        }
+        if (!std::isfinite(meta.std[c]) || meta.std[c] <= 0) {
+            return fmt::format("std[{}] is {}: a standard deviation must be above 0", c,
+                               meta.std[c]);
+        }
+    }
+    return "";
 }
 
 Model::Model(Graph graph, ModelMeta meta) : graph_(std::move(graph)), meta_(std::move(meta)) {

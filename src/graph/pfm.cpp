@@ -8,6 +8,7 @@
 #include <zlib.h>
 
 #include "pocketflow/error.h"
+#include "pocketflow/json_reader.h"
 #include "pocketflow/quant.h"
 #include "pocketflow/sparsity.h"
 #include "pocketflow/util.h"
@@ -69,25 +70,30 @@ json attrs_to_json_full(const Attrs& a) {
 }
 
 /// Version 1 files list every attribute; version 2 only those off the defaults.
-Attrs attrs_from_json(const json& j) {
+Attrs attrs_from_json(const JsonReader& j) {
     Attrs a;
-    a.kernel = j.value("kernel", a.kernel);
-    a.stride = j.value("stride", a.stride);
-    a.padding = j.value("padding", a.padding);
-    a.dilation = j.value("dilation", a.dilation);
-    a.groups = j.value("groups", a.groups);
-    a.out_channels = j.value("out_channels", a.out_channels);
-    a.ceil_mode = j.value("ceil_mode", a.ceil_mode);
-    a.count_include_pad = j.value("count_include_pad", a.count_include_pad);
-    a.min = j.value("min", a.min);
-    a.max = j.value("max", a.max);
-    a.alpha = j.value("alpha", a.alpha);
-    a.beta = j.value("beta", a.beta);
-    a.eps = j.value("eps", a.eps);
-    a.momentum = j.value("momentum", a.momentum);
-    a.p = j.value("p", a.p);
-    a.axis = j.value("axis", a.axis);
-    a.shape = j.value("shape", a.shape);
+    auto read = [&](const char* key, auto& field) {
+        if (j.has(key)) {
+            field = j.at(key).get<std::decay_t<decltype(field)>>();
+        }
+    };
+    read("kernel", a.kernel);
+    read("stride", a.stride);
+    read("padding", a.padding);
+    read("dilation", a.dilation);
+    read("groups", a.groups);
+    read("out_channels", a.out_channels);
+    read("ceil_mode", a.ceil_mode);
+    read("count_include_pad", a.count_include_pad);
+    read("min", a.min);
+    read("max", a.max);
+    read("alpha", a.alpha);
+    read("beta", a.beta);
+    read("eps", a.eps);
+    read("momentum", a.momentum);
+    read("p", a.p);
+    read("axis", a.axis);
+    read("shape", a.shape);
     return a;
 }
 }  // namespace
@@ -215,26 +221,41 @@ ModelFile load_model(const std::string& path) {
             }
             text = std::move(raw);
         }
-        json header = json::parse(text);
-        const json& jm = header.at("meta");
+        const std::string context = fmt::format("failed to load model {}: header", path);
+        const json header_json = parse_json_text(text, context);
+        const JsonReader header(header_json, context);
+        const JsonReader jm = header.at("meta");
         file.meta.arch = jm.at("arch").get<std::string>();
         file.meta.dataset = jm.at("dataset").get<std::string>();
         file.meta.mean = jm.at("mean").get<std::vector<double>>();
         file.meta.std = jm.at("std").get<std::vector<double>>();
-        Graph g(header.at("input_shape").get<std::vector<int64_t>>());
-        const json& nodes = header.at("nodes");
-        if (!nodes.is_array() || nodes.empty() || nodes[0].at("op") != "Input") {
-            throw bad("the first node must be the input");
+        const auto input_shape = header.at("input_shape").get<std::vector<int64_t>>();
+        if (input_shape.size() != 3) {
+            throw header.at("input_shape").fail("expected [C, H, W]");
+        }
+        if (const std::string why = normalisation_problem(file.meta, input_shape[0]);
+            !why.empty()) {
+            throw jm.fail(why);
+        }
+        Graph g(input_shape);
+        const JsonReader nodes = header.at("nodes");
+        if (nodes.size() == 0 || nodes.at(0).at("op").get<std::string>() != "Input") {
+            throw nodes.fail("the first node must be the input");
         }
         for (size_t i = 0; i < nodes.size(); ++i) {
-            const json& jn = nodes[i];
+            const JsonReader jn = nodes.at(i);
             Node n;
             n.name = jn.at("name").get<std::string>();
-            n.op = op_from_name(jn.at("op").get<std::string>());
+            const std::string op = jn.at("op").get<std::string>();
+            try {
+                n.op = op_from_name(op);
+            } catch (const Error&) {
+                throw jn.at("op").fail(fmt::format("unknown operator \"{}\"", op));
+            }
             n.inputs = jn.at("inputs").get<std::vector<int>>();
             n.attrs = attrs_from_json(jn.at("attrs"));
-            if (jn.contains("quant")) {
-                const json& jq = jn.at("quant");
+            if (jn.has("quant")) {
+                const JsonReader jq = jn.at("quant");
                 n.quant.weight_bits = jq.at("weight_bits").get<int>();
                 n.quant.weight_qmax = jq.at("weight_qmax").get<int>();
                 n.quant.act_bits = jq.at("act_bits").get<int>();
@@ -246,7 +267,10 @@ ModelFile load_model(const std::string& path) {
             std::vector<int64_t> coded_shape;
             for (const char* group_name : {"params", "buffers"}) {
                 auto& group = std::string(group_name) == "params" ? n.params : n.buffers;
-                for (const json& jt : jn.at(group_name)) {
+                const JsonReader tensors = jn.at(group_name);
+                for (size_t t_index = 0; t_index < tensors.size(); ++t_index) {
+                    const JsonReader jt = tensors.at(t_index);
+                    const std::string key = jt.at("key").get<std::string>();
                     auto shape = jt.at("shape").get<std::vector<int64_t>>();
                     auto offset = jt.at("offset").get<uint64_t>();
                     auto count = jt.at("numel").get<int64_t>();
@@ -256,37 +280,37 @@ ModelFile load_model(const std::string& path) {
                         if (d < 0 || d > (int64_t{1} << 40) ||
                             (d > 0 && expect > (int64_t{1} << 40) / d)) {
                             throw bad(fmt::format("tensor {}.{} has an invalid shape", n.name,
-                                                  jt.at("key").get<std::string>()));
+                                                  key));
                         }
                         expect *= d;
                     }
-                    if (jt.contains("enc")) {
-                        const json& enc = jt.at("enc");
-                        const auto bytes = enc.at("bytes").get<uint64_t>();
-                        if (jt.at("key") != "weight" || offset > data_size ||
+                    if (jt.has("enc")) {
+                        const json& enc = jt.at("enc").raw();
+                        const auto bytes = jt.at("enc").at("bytes").get<uint64_t>();
+                        if (key != "weight" || offset > data_size ||
                             bytes > data_size - offset || count != expect) {
                             throw bad(
                                 fmt::format("compressed tensor {}.{} lies outside the data "
                                             "section",
-                                            n.name, jt.at("key").get<std::string>()));
+                                            n.name, key));
                         }
                         coded_meta = &enc;
                         coded_data = in.data() + data_begin + offset;
                         coded_shape = shape;
                         continue;
                     }
-                    const int bits = jt.value("bits", 0);
+                    const int bits = jt.has("bits") ? jt.at("bits").get<int>() : 0;
                     if (bits != 0 && (bits < 2 || bits > 8 || bits != n.quant.weight_bits ||
-                                      jt.at("key") != "weight")) {
+                                      key != "weight")) {
                         throw bad(fmt::format("tensor {}.{} has an invalid bit width {}", n.name,
-                                              jt.at("key").get<std::string>(), bits));
+                                              key, bits));
                     }
                     const uint64_t bytes = bits != 0
                                                ? static_cast<uint64_t>(packed_bytes(count, bits))
                                                : static_cast<uint64_t>(count) * sizeof(float);
                     if (count != expect || offset > data_size || bytes > data_size - offset) {
                         throw bad(fmt::format("tensor {}.{} lies outside the data section", n.name,
-                                              jt.at("key").get<std::string>()));
+                                              key));
                     }
                     const char* src = in.data() + data_begin + offset;
                     at::Tensor t;
@@ -298,7 +322,7 @@ ModelFile load_model(const std::string& path) {
                         t = at::empty(shape, at::kFloat);
                         std::memcpy(t.data_ptr(), src, static_cast<size_t>(count) * sizeof(float));
                     }
-                    group[jt.at("key").get<std::string>()] = t;
+                    group[key] = t;
                 }
             }
             if (coded_meta != nullptr) {
@@ -347,8 +371,8 @@ ModelFile load_model(const std::string& path) {
         g.set_output(header.at("output").get<int>());
         g.validate();
         file.graph = std::move(g);
-    } catch (const json::exception& e) {
-        throw bad(fmt::format("malformed header: {}", e.what()));
+    } catch (const json::exception& e) {  // (the compressed weights' records)
+        throw bad(fmt::format("malformed header: {}", json_error_text(e)));
     } catch (const c10::Error& e) {
         throw bad(e.what_without_backtrace());
     } catch (const Error& e) {

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "pocketflow/error.h"
+#include "pocketflow/model.h"
 #include "pocketflow/onnx.h"
 #include "pocketflow/util.h"
 
@@ -108,6 +109,11 @@ public:
                     fmt::format("input '{}' has symbolic sizes [{}]; give model.input: [C, H, W]",
                                 input_name, fmt::join(shape, ", ")));
             }
+            if (d > (int64_t{1} << 16)) {  // (and MACs stay far from int64 overflow)
+                fail_file(fmt::format("input '{}' declares [{}]: a side or channel count over "
+                                      "65536 is not an image",
+                                      input_name, fmt::join(shape, ", ")));
+            }
         }
         graph_ = Graph(shape);
         values_[input_name] = 0;
@@ -132,10 +138,14 @@ public:
             if (p.key() == "pocketflow.arch") {
                 file.meta.arch = p.value();
             } else if (p.key() == "pocketflow.mean") {
-                file.meta.mean = parse_doubles(p.value());
+                file.meta.mean = parse_doubles(p.key(), p.value());
             } else if (p.key() == "pocketflow.std") {
-                file.meta.std = parse_doubles(p.value());
+                file.meta.std = parse_doubles(p.key(), p.value());
             }
+        }
+        if (const std::string why = normalisation_problem(file.meta, graph_.input_shape()[0]);
+            !why.empty()) {
+            fail_file("metadata pocketflow.mean/std: " + why);
         }
         file.graph = std::move(graph_);
         return file;
@@ -150,12 +160,22 @@ private:
                                      n.op_type(), why));
     }
 
-    static std::vector<double> parse_doubles(const std::string& text) {
+    /// "0.5,0.25": the numbers of a metadata entry; InputError naming the key and the value.
+    std::vector<double> parse_doubles(const std::string& key, const std::string& text) const {
         std::vector<double> out;
         size_t start = 0;
         while (start < text.size()) {
             size_t comma = text.find(',', start);
-            out.push_back(std::stod(text.substr(start, comma - start)));
+            const std::string item = text.substr(start, comma - start);
+            char* end = nullptr;
+            const double v = std::strtod(item.c_str(), &end);
+            if (item.empty() || end != item.c_str() + item.size()) {
+                fail_file(fmt::format("metadata {}: \"{}\" is not a list of numbers ({} is not "
+                                      "a number)",
+                                      key, text.size() > 80 ? text.substr(0, 80) + "..." : text,
+                                      item.size() > 40 ? item.substr(0, 40) + "..." : item));
+            }
+            out.push_back(v);
             if (comma == std::string::npos) {
                 break;
             }
@@ -175,7 +195,22 @@ private:
             if (d < 0) {
                 fail_file(what + " has a negative dimension");
             }
+            if (d > 0 && n > (int64_t{1} << 40) / d) {
+                fail_file(fmt::format("{} declares dimensions [{}]: over 2^40 elements", what,
+                                      fmt::join(dims, ", ")));
+            }
             n *= d;
+        }
+        // Sizes are checked before anything is allocated: an element takes at least one byte of
+        // raw data or one entry of a typed list.
+        const int64_t stored =
+            !t.raw_data().empty()
+                ? static_cast<int64_t>(t.raw_data().size())
+                : static_cast<int64_t>(t.float_data_size()) + t.double_data_size() +
+                      t.int32_data_size() + t.int64_data_size();
+        if (n > stored) {
+            fail_file(fmt::format("{} declares {} elements ([{}]) but holds data for at most {}",
+                                  what, n, fmt::join(dims, ", "), stored));
         }
         Constant c;
         switch (t.data_type()) {
@@ -912,7 +947,19 @@ private:
 }  // namespace
 
 ModelFile import_onnx(const std::string& path, const OnnxImportOptions& options) {
-    return Importer(path, options).run();
+    try {
+        return Importer(path, options).run();
+    } catch (const InputError& e) {
+        // Graph checks (shapes, attributes) name the node, not the file: add it.
+        const std::string what = e.what();
+        if (what.rfind("failed to import", 0) == 0 || what.rfind("failed to read", 0) == 0) {
+            throw;
+        }
+        throw InputError(fmt::format("failed to import {}: {}", path, what));
+    } catch (const c10::Error& e) {
+        throw InputError(
+            fmt::format("failed to import {}: {}", path, e.what_without_backtrace()));
+    }
 }
 
 ModelFile load_any_model(const std::string& path) {

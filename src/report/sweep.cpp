@@ -17,6 +17,7 @@
 #include <sys/wait.h>
 #include <yaml-cpp/yaml.h>
 
+#include "pocketflow/config.h"
 #include "pocketflow/error.h"
 #include "pocketflow/learner.h"
 #include "pocketflow/pfm.h"
@@ -129,12 +130,9 @@ std::vector<std::string> split_values(const std::string& text) {
 }
 
 void load_sweep_file(const std::string& path, SweepOptions& options) {
-    YAML::Node root;
-    try {
-        root = YAML::LoadFile(path);
-    } catch (const YAML::Exception& e) {
-        throw ConfigError(fmt::format("failed to read sweep file {}: {}", path, e.what()));
-    }
+    PF_CHECK(fs::is_regular_file(path), ConfigError, "failed to read sweep file {}: {}", path,
+             fs::exists(path) ? "not a regular file" : "no such file");
+    const YAML::Node root = load_yaml_document(read_file(path), path, "sweep file");
     auto where = [&](const YAML::Node& n) {
         return fmt::format("{}:{}:{}", path, n.Mark().line + 1, n.Mark().column + 1);
     };

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // Runs a job: run directory, model, pipeline of learner stages, final evaluation and outputs.
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
+#include <csignal>
 #include <filesystem>
 #include <mutex>
 #include <random>
@@ -9,6 +11,7 @@
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
 #include <link.h>
+#include <unistd.h>
 #include <malloc.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/spdlog.h>
@@ -30,6 +33,33 @@ RunDir::RunDir(fs::path path) : path_(std::move(path)) {
     std::error_code ec;
     fs::create_directories(path_ / "checkpoints", ec);
     PF_CHECK(!ec, IoError, "failed to create run directory {}: {}", path_.string(), ec.message());
+    // A process killed while writing leaves "<file>.tmp.<pid>" (write_file_atomic): remove those
+    // of processes that are gone.
+    for (const fs::path& dir : {path_, path_ / "checkpoints", path_ / "search"}) {
+        if (!fs::is_directory(dir)) {
+            continue;
+        }
+        for (const auto& e : fs::directory_iterator(dir)) {
+            const std::string name = e.path().filename().string();
+            const auto at = name.rfind(".tmp.");
+            if (!e.is_regular_file() || at == std::string::npos) {
+                continue;
+            }
+            const std::string pid_text = name.substr(at + 5);
+            if (pid_text.empty() ||
+                pid_text.find_first_not_of("0123456789") != std::string::npos ||
+                pid_text.size() > 9) {
+                continue;
+            }
+            const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
+            if (pid != ::getpid() && ::kill(pid, 0) != 0 && errno == ESRCH) {
+                fs::remove(e.path(), ec);
+                if (!ec) {
+                    spdlog::info("removed {}, left by an interrupted write", e.path().string());
+                }
+            }
+        }
+    }
     metrics_.open(path_ / "metrics.jsonl", std::ios::app);
     PF_CHECK(metrics_.good(), IoError, "failed to open {}", (path_ / "metrics.jsonl").string());
 }
@@ -556,9 +586,31 @@ json run_job(const Job& job, const RunOptions& options) {
     // Validate every stage before any work starts.
     std::vector<std::unique_ptr<Learner>> learners;
     for (const auto& stage : job.pipeline) {
-        learners.push_back(builtin_registry().get(stage.learner).create(stage, job));
+        try {
+            learners.push_back(builtin_registry().get(stage.learner).create(stage, job));
+        } catch (const YAML::Exception& e) {  // a conversion a learner made itself
+            throw ConfigError(fmt::format("{}:{}:{}: {}: {}", job.source.file, e.mark.line + 1,
+                                          e.mark.column + 1, stage.path, e.msg));
+        }
     }
     fs::path dir = choose_run_dir(job, options.resume);
+    // The run directory must be creatable: a file in its place or on its path, or a path the
+    // file system refuses (a symlink loop), is the job's mistake (exit 2), named before any work.
+    for (fs::path p = dir; !p.empty(); p = p.parent_path()) {
+        std::error_code ec;
+        const auto st = fs::status(p, ec);
+        if (ec && ec != std::errc::no_such_file_or_directory) {
+            throw InputError(fmt::format("output directory {}: {}: {}", shorten(dir.string()),
+                                         shorten(p.string()), ec.message()));
+        }
+        if (fs::exists(st) && !fs::is_directory(st)) {
+            throw InputError(fmt::format("output directory {}: {} is a file, not a directory",
+                                         shorten(dir.string()), shorten(p.string())));
+        }
+        if (p == p.parent_path()) {
+            break;
+        }
+    }
     std::string config_text = emit(job.resolved);
     fs::path config_path = dir / "resolved_config.yaml";
     if (options.resume && fs::exists(config_path)) {
@@ -640,6 +692,12 @@ json run_job(const Job& job, const RunOptions& options) {
 
     auto test_loader = data.test_loader(job.data);
     EvalResult test = evaluate(*model, *test_loader);
+    if (stop_requested()) {  // a signal during the final evaluation: the stages are saved
+        throw Interrupted(fmt::format(
+            "interrupted during the final evaluation; every stage is saved in {}: rerun with "
+            "--resume to evaluate and finish",
+            dir.string()));
+    }
     fs::path model_path = dir / "model.pfm";
     save_model(model_path.string(), model->graph(), model->meta());
     json summary = {

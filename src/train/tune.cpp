@@ -27,13 +27,7 @@ using nlohmann::json;
 TuneSpace load_tune_space(const std::string& path) {
     std::ifstream in(path);
     PF_CHECK(in.good(), InputError, "failed to read the tune space {}: cannot open it", path);
-    YAML::Node root;
-    try {
-        root = YAML::LoadFile(path);
-    } catch (const YAML::Exception& e) {
-        throw ConfigError(fmt::format("{}:{}:{}: failed to parse the tune space: {}", path,
-                                      e.mark.line + 1, e.mark.column + 1, e.msg));
-    }
+    const YAML::Node root = load_yaml_document(read_file(path), path, "tune space");
     PF_CHECK(root.IsMap(), ConfigError, "{}: a tune space is a mapping (objective, params, ...)",
              path);
     ConfigReader::Source source{path, {}};

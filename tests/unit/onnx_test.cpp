@@ -284,6 +284,119 @@ TEST(OnnxImportTest, MalformedFilesAreClearErrors) {
     expect_error<InputError>([&] { import_onnx(dir.file("absent.onnx")); }, "no such file");
 }
 
+/// A one-conv model: weight [4, 3, 3, 3] as an initializer, `attrs` sets the conv's attributes,
+/// `edit` changes the model afterwards.
+std::string conv_model(const testing::TempDir& dir,
+                       const std::function<void(onnx::NodeProto&)>& attrs,
+                       const std::function<void(onnx::ModelProto&)>& edit = {}) {
+    const std::string path = one_node_model(dir, [&](onnx::GraphProto& g) {
+        at::Tensor w = at::randn({4, 3, 3, 3});
+        auto* init = g.add_initializer();
+        init->set_name("w");
+        init->set_data_type(onnx::TensorProto::FLOAT);
+        for (int64_t d : w.sizes()) {
+            init->add_dims(d);
+        }
+        init->set_raw_data(std::string(static_cast<const char*>(w.data_ptr()), w.numel() * 4));
+        auto* conv = g.add_node();
+        conv->set_name("conv7");
+        conv->set_op_type("Conv");
+        conv->add_input("x");
+        conv->add_input("w");
+        conv->add_output("y");
+        if (attrs) {
+            attrs(*conv);
+        }
+    });
+    if (edit) {
+        onnx::ModelProto m;
+        if (!m.ParseFromString(read_file(path))) {
+            throw std::runtime_error("conv_model: the model does not parse back");
+        }
+        edit(m);
+        std::string bytes;
+        m.SerializeToString(&bytes);
+        write_file_atomic(path, bytes);
+    }
+    return path;
+}
+
+void ints_attr(onnx::NodeProto& n, const std::string& name, const std::vector<int64_t>& v) {
+    auto* a = n.add_attribute();
+    a->set_name(name);
+    a->set_type(onnx::AttributeProto::INTS);
+    for (int64_t x : v) {
+        a->add_ints(x);
+    }
+}
+
+TEST(OnnxImportTest, HostileFilesNameTheFileTheNodeAndTheValue) {
+    testing::TempDir dir;
+    // Attributes the graph cannot compute with: the file, the node and the values are named.
+    auto path = conv_model(dir, [](onnx::NodeProto& n) { ints_attr(n, "strides", {0, 1}); });
+    expect_error<InputError>([&] { import_onnx(path); }, "m.onnx: invalid graph: node conv7");
+    expect_error<InputError>([&] { import_onnx(path); }, "stride [0, 1]");
+    path = conv_model(dir, [](onnx::NodeProto& n) { ints_attr(n, "pads", {-1, -1, -1, -1}); });
+    expect_error<InputError>([&] { import_onnx(path); }, "padding [-1, -1]");
+    path = conv_model(dir, [](onnx::NodeProto& n) {
+        auto* g = n.add_attribute();
+        g->set_name("group");
+        g->set_type(onnx::AttributeProto::INT);
+        g->set_i(2);  // 4 output channels, 3 input channels: 2 groups do not divide 3
+    });
+    expect_error<InputError>([&] { import_onnx(path); }, "m.onnx: invalid graph: node conv7");
+    // Declared sizes are checked before anything is allocated.
+    path = conv_model(dir, {}, [](onnx::ModelProto& m) {
+        auto* init = m.mutable_graph()->mutable_initializer(0);
+        init->set_dims(0, int64_t{1} << 30);
+    });
+    expect_error<InputError>([&] { import_onnx(path); },
+                             "initializer w declares 28991029248 elements ([1073741824, 3, 3, "
+                             "3]) but holds data for at most 432");
+    path = conv_model(dir, {}, [](onnx::ModelProto& m) {
+        auto* init = m.mutable_graph()->mutable_initializer(0);
+        init->set_dims(0, int64_t{1} << 62);
+    });
+    expect_error<InputError>([&] { import_onnx(path); }, "over 2^40 elements");
+    path = conv_model(dir, {}, [](onnx::ModelProto& m) {
+        auto* dims = m.mutable_graph()->mutable_input(0)->mutable_type()->mutable_tensor_type();
+        dims->mutable_shape()->mutable_dim(2)->set_dim_value(int64_t{1} << 40);
+    });
+    expect_error<InputError>([&] { import_onnx(path); }, "is not an image");
+    // Normalisation metadata: numbers, std above 0, one value or one per channel.
+    auto with_meta = [&](const std::string& key, const std::string& value) {
+        return conv_model(dir, {}, [&](onnx::ModelProto& m) {
+            auto* p = m.add_metadata_props();
+            p->set_key(key);
+            p->set_value(value);
+        });
+    };
+    expect_error<InputError>([&] { import_onnx(with_meta("pocketflow.mean", "0.5,abc")); },
+                             "metadata pocketflow.mean: \"0.5,abc\" is not a list of numbers "
+                             "(abc is not a number)");
+    expect_error<InputError>([&] { import_onnx(with_meta("pocketflow.std", "0")); },
+                             "mean has 0 values but std has 1");
+    path = conv_model(dir, {}, [](onnx::ModelProto& m) {
+        for (const auto& [k, v] : {std::pair<std::string, std::string>{"pocketflow.mean", "0.5"},
+                                   {"pocketflow.std", "-1"}}) {
+            auto* p = m.add_metadata_props();
+            p->set_key(k);
+            p->set_value(v);
+        }
+    });
+    expect_error<InputError>([&] { import_onnx(path); }, "std[0] is -1");
+    path = conv_model(dir, {}, [](onnx::ModelProto& m) {
+        for (const auto& [k, v] : {std::pair<std::string, std::string>{"pocketflow.mean", "0,0"},
+                                   {"pocketflow.std", "1,1"}}) {
+            auto* p = m.add_metadata_props();
+            p->set_key(k);
+            p->set_value(v);
+        }
+    });
+    expect_error<InputError>([&] { import_onnx(path); },
+                             "mean and std have 2 values for an input of 3 channels");
+}
+
 TEST(OnnxExportTest, RejectsBadOpsetAndPassesChecker) {
     Graph g = build_zoo_model("lenet5", 10, {1, 28, 28});
     testing::TempDir dir;
