@@ -9,6 +9,7 @@ option(POCKETFLOW_BUILD_TESTS "Build the GoogleTest suite and register it with c
 option(POCKETFLOW_WARNINGS_AS_ERRORS "Treat compiler warnings as errors" OFF)
 option(POCKETFLOW_SANITIZE_ADDRESS "Build with AddressSanitizer" OFF)
 option(POCKETFLOW_SANITIZE_UNDEFINED "Build with UndefinedBehaviorSanitizer" OFF)
+option(POCKETFLOW_FUZZ "Build the libFuzzer targets under fuzz/ (clang; implies ASan + UBSan, coverage instrumentation of the library)" OFF)
 option(POCKETFLOW_WITH_ONEDNN "Cached oneDNN convolutions for inference (needs oneDNN's headers, Debian's libdnnl-dev: the oneDNN LibTorch 1.13 links)" ON)
 option(POCKETFLOW_WITH_CUDA_TESTS "Register tests labelled cuda (need a GPU LibTorch)" OFF)
 

@@ -2,7 +2,10 @@
 # Target helpers: warnings, sanitizers, learners and tests are declared through these.
 
 function(pocketflow_set_target_options target)
-    target_compile_options(${target} PRIVATE -Wall -Wextra -Wshadow=local ${POCKETFLOW_TORCH_FLAGS})
+    target_compile_options(${target} PRIVATE -Wall -Wextra ${POCKETFLOW_TORCH_FLAGS})
+    if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+        target_compile_options(${target} PRIVATE -Wshadow=local)
+    endif()
     if(POCKETFLOW_WARNINGS_AS_ERRORS)
         target_compile_options(${target} PRIVATE -Werror)
     endif()
@@ -13,11 +16,20 @@ function(pocketflow_set_target_options target)
     if(POCKETFLOW_SANITIZE_UNDEFINED)
         list(APPEND _san undefined)
     endif()
+    if(POCKETFLOW_FUZZ)
+        list(APPEND _san address undefined)
+        list(REMOVE_DUPLICATES _san)
+    endif()
     if(_san)
         list(JOIN _san "," _san_list)
         target_compile_options(${target} PRIVATE -fsanitize=${_san_list} -fno-sanitize-recover=all
                                                  -fno-omit-frame-pointer)
         target_link_options(${target} PRIVATE -fsanitize=${_san_list})
+    endif()
+    if(POCKETFLOW_FUZZ)
+        # Coverage feedback for libFuzzer everywhere; no vptr checks (LibTorch's classes come from
+        # a GCC build without them).
+        target_compile_options(${target} PRIVATE -fsanitize=fuzzer-no-link -fno-sanitize=vptr)
     endif()
 endfunction()
 

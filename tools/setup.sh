@@ -6,6 +6,7 @@
 #   tools/setup.sh            build + runtime dependencies
 #   tools/setup.sh --ort      also ONNX Runtime for Node.js under tools/ort (the tests use it)
 #   tools/setup.sh --bench    also python3-torch, python3-torchvision and python3-onnx (tools/bench only)
+#   tools/setup.sh --fuzz     also clang and its sanitizer/libFuzzer runtimes (tools/fuzz.sh)
 #   tools/setup.sh --browser  also Debian's chromium (headless: the report's rendering test and
 #                             tools/report_screenshot.sh)
 set -euo pipefail
@@ -26,7 +27,8 @@ for arg in "$@"; do
         --ort) want_ort=1 ;;
         --bench) packages+=(python3-torch python3-torchvision python3-onnx) ;;
         --browser) packages+=(chromium fonts-dejavu-core) ;;
-        *) echo "setup: unknown option $arg (expected --ort, --bench or --browser)" >&2; exit 2 ;;
+        --fuzz) packages+=(clang libclang-rt-14-dev) ;;
+        *) echo "setup: unknown option $arg (expected --ort, --bench, --browser or --fuzz)" >&2; exit 2 ;;
     esac
 done
 if ((want_ort)) && ! command -v node >/dev/null; then

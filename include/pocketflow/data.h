@@ -36,6 +36,11 @@ public:
     virtual std::vector<int64_t> shape() const = 0;
 };
 
+/// Decodes a PNG (".png") or JPEG (any other extension) file's bytes to CHW RGB; InputError naming
+/// `path` for a corrupt file or one that declares over 16384 pixels a side (checked before the
+/// pixels are allocated).
+Image decode_image(const std::string& path, const std::string& bytes);
+
 /// Reads IDX image and label files (gzip-compressed or raw). Throws InputError for missing,
 /// truncated or inconsistent files.
 std::shared_ptr<Dataset> load_idx(const std::string& images_path,

@@ -226,6 +226,10 @@ struct RunOptions {
     int64_t stop_after_steps = 0;  ///< hidden test hook: simulate an interruption
 };
 
+/// The learners of the job's stages, each with its options validated (ConfigError naming the file,
+/// line and key otherwise): what run_job does before any work.
+std::vector<std::unique_ptr<Learner>> create_learners(const Job& job);
+
 /// Runs a job end to end: data, model, pipeline stages, final test evaluation, model.pfm,
 /// summary.json. Returns the summary (also written to summary.json).
 nlohmann::json run_job(const Job& job, const RunOptions& options);

@@ -5,8 +5,11 @@
 #include <cmath>
 #include <filesystem>
 #include <set>
+#include <sstream>
 
 #include <fnmatch.h>
+#include <yaml-cpp/eventhandler.h>
+#include <yaml-cpp/parser.h>
 
 #include "pocketflow/error.h"
 #include "pocketflow/util.h"
@@ -726,19 +729,46 @@ void check_yaml_tree(const YAML::Node& n, const std::string& file, const std::st
 YAML::Node load_yaml_document(const std::string& text,
                               const std::string& file,
                               const std::string& what) {
-    std::vector<YAML::Node> docs;
+    // Documents are counted with a bounded loop of the event parser: yaml-cpp's LoadAll never
+    // returns on some inputs (a lone ",": the parser restarts the same document forever).
+    struct DocumentStarts : YAML::EventHandler {
+        std::vector<YAML::Mark> starts;
+        void OnDocumentStart(const YAML::Mark& m) override { starts.push_back(m); }
+        void OnDocumentEnd() override {}
+        void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+        void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+        void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                      const std::string&) override {}
+        void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                             YAML::EmitterStyle::value) override {}
+        void OnSequenceEnd() override {}
+        void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                        YAML::EmitterStyle::value) override {}
+        void OnMapEnd() override {}
+    } documents;
+    YAML::Node root;
     try {
-        docs = YAML::LoadAll(text);
+        std::stringstream in(text);
+        YAML::Parser parser(in);
+        for (int i = 0; i < 2 && parser.HandleNextDocument(documents); ++i) {
+        }
+        if (documents.starts.size() >= 2) {
+            const YAML::Mark& second = documents.starts[1];
+            if (second.pos == documents.starts[0].pos) {
+                throw ConfigError(fmt::format(
+                    "{}:{}:{}: failed to parse YAML: no document can start here (a stray ',' "
+                    "or similar)",
+                    file, second.line + 1, second.column + 1));
+            }
+            throw ConfigError(fmt::format(
+                "{}:{}: a {} holds one YAML document; another starts here (after --- or ...)",
+                file, second.line + 1, what));
+        }
+        root = YAML::Load(text);
     } catch (const YAML::Exception& e) {
         throw ConfigError(fmt::format("{}:{}:{}: failed to parse YAML: {}", file, e.mark.line + 1,
                                       e.mark.column + 1, e.msg));
     }
-    if (docs.size() > 1) {
-        throw ConfigError(fmt::format(
-            "{}:{}: a {} holds one YAML document; another starts here (after --- or ...)", file,
-            docs[1].Mark().line + 1, what));
-    }
-    YAML::Node root = docs.empty() ? YAML::Node() : docs[0];
     check_yaml_tree(root, file, "");
     return root;
 }

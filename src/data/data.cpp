@@ -196,10 +196,7 @@ public:
     int64_t size() const override { return static_cast<int64_t>(files_.size()); }
     Image get(int64_t i) const override {
         const std::string& path = files_[static_cast<size_t>(i)];
-        std::string bytes = read_file(path);
-        std::string ext = fs::path(path).extension().string();
-        std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
-        Image img = ext == ".png" ? decode_png(path, bytes) : decode_jpeg(path, bytes);
+        Image img = decode_image(path, read_file(path));
         double scale =
             static_cast<double>(resize_) / static_cast<double>(std::min(img.height, img.width));
         int64_t h = std::max<int64_t>(resize_, std::lround(img.height * scale));
@@ -280,6 +277,12 @@ uint64_t mix(uint64_t a, uint64_t b) {
 }
 
 }  // namespace
+
+Image decode_image(const std::string& path, const std::string& bytes) {
+    std::string ext = fs::path(path).extension().string();
+    std::transform(ext.begin(), ext.end(), ext.begin(), ::tolower);
+    return ext == ".png" ? decode_png(path, bytes) : decode_jpeg(path, bytes);
+}
 
 std::shared_ptr<Dataset> load_idx(const std::string& images_path,
                                   const std::string& labels_path,

@@ -208,8 +208,12 @@ ModelFile load_model(const std::string& path) {
                 throw bad("truncated header");
             }
             std::memcpy(&raw_len, text.data(), sizeof(raw_len));
-            if (raw_len > (uint64_t{1} << 32)) {
-                throw bad("header length out of range");
+            // Checked before allocating: deflate expands at most ~1032:1.
+            const uint64_t packed = text.size() - sizeof(raw_len);
+            if (raw_len > (uint64_t{1} << 30) || raw_len > packed * 1032 + 64) {
+                throw bad(fmt::format("the header declares {} bytes, more than its {} compressed "
+                                      "bytes can hold",
+                                      raw_len, packed));
             }
             std::string raw(raw_len, '\0');
             uLongf got = raw_len;
@@ -320,7 +324,10 @@ ModelFile load_model(const std::string& path) {
                         packed_bits = bits;
                     } else {
                         t = at::empty(shape, at::kFloat);
-                        std::memcpy(t.data_ptr(), src, static_cast<size_t>(count) * sizeof(float));
+                        if (count > 0) {  // (an empty tensor has no data pointer)
+                            std::memcpy(t.data_ptr(), src,
+                                        static_cast<size_t>(count) * sizeof(float));
+                        }
                     }
                     group[key] = t;
                 }

@@ -432,7 +432,9 @@ at::Tensor decode_weight(Node& node,
         PF_CHECK(value_size == static_cast<size_t>(nnz) * sizeof(float), InputError,
                  "{}.weight: {} value bytes for {} float32 values", node.name, value_size, nnz);
         at::Tensor v = at::empty({nnz});
-        std::memcpy(v.data_ptr(), values, value_size);
+        if (value_size > 0) {
+            std::memcpy(v.data_ptr(), values, value_size);
+        }
         weight.index_copy_(0, index, v);
     } else if (kind == "index") {
         PF_CHECK(has_codebook(node), InputError, "{}.weight: indices without a codebook",

@@ -225,8 +225,10 @@ private:
                     if (t.float_data_size() != n) {
                         fail_file(what + " has the wrong amount of data");
                     }
-                    std::memcpy(c.tensor.data_ptr(), t.float_data().data(),
-                                static_cast<size_t>(n) * 4);
+                    if (n > 0) {  // (an empty list has no data pointer to copy from)
+                        std::memcpy(c.tensor.data_ptr(), t.float_data().data(),
+                                    static_cast<size_t>(n) * 4);
+                    }
                 }
                 break;
             }
@@ -467,6 +469,17 @@ private:
         }
         if (n.output_size() < 1) {
             fail(n, "has no output");
+        }
+        // Inputs the handlers below read by position: a node with fewer is malformed (protobuf
+        // does not check the index).
+        static const std::map<std::string, int> kMinInputs = {
+            {"Constant", 0},    {"Gather", 2}, {"Conv", 2},    {"Gemm", 2},       {"MatMul", 2},
+            {"Add", 2},         {"Sub", 2},    {"Mul", 2},     {"Div", 2},        {"Reshape", 2},
+            {"BatchNormalization", 5},         {"Clip", 1},    {"Pad", 1}};
+        const auto min_inputs = kMinInputs.find(op);
+        const int needed = min_inputs == kMinInputs.end() ? 1 : min_inputs->second;
+        if (n.input_size() < needed) {
+            fail(n, fmt::format("has {} inputs; {} needs at least {}", n.input_size(), op, needed));
         }
         // ---- constant folding (shapes, axes) ----
         if (op == "Constant") {

@@ -579,11 +579,7 @@ std::string emit(const YAML::Node& node) {
 
 }  // namespace
 
-json run_job(const Job& job, const RunOptions& options) {
-    auto start = std::chrono::steady_clock::now();
-    int threads = configure_threads(job.threads);
-    check_blas();
-    // Validate every stage before any work starts.
+std::vector<std::unique_ptr<Learner>> create_learners(const Job& job) {
     std::vector<std::unique_ptr<Learner>> learners;
     for (const auto& stage : job.pipeline) {
         try {
@@ -593,6 +589,15 @@ json run_job(const Job& job, const RunOptions& options) {
                                           e.mark.column + 1, stage.path, e.msg));
         }
     }
+    return learners;
+}
+
+json run_job(const Job& job, const RunOptions& options) {
+    auto start = std::chrono::steady_clock::now();
+    int threads = configure_threads(job.threads);
+    check_blas();
+    // Validate every stage before any work starts.
+    std::vector<std::unique_ptr<Learner>> learners = create_learners(job);
     fs::path dir = choose_run_dir(job, options.resume);
     // The run directory must be creatable: a file in its place or on its path, or a path the
     // file system refuses (a symlink loop), is the job's mistake (exit 2), named before any work.

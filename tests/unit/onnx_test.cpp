@@ -345,6 +345,10 @@ TEST(OnnxImportTest, HostileFilesNameTheFileTheNodeAndTheValue) {
         g->set_i(2);  // 4 output channels, 3 input channels: 2 groups do not divide 3
     });
     expect_error<InputError>([&] { import_onnx(path); }, "m.onnx: invalid graph: node conv7");
+    // Too few inputs for the op (found by fuzzing: protobuf does not check the index).
+    path = single_op_model(dir, "g1", "Gather", {"x"});
+    expect_error<InputError>([&] { import_onnx(path); },
+                             "node 'g1' (Gather): has 1 inputs; Gather needs at least 2");
     // Declared sizes are checked before anything is allocated.
     path = conv_model(dir, {}, [](onnx::ModelProto& m) {
         auto* init = m.mutable_graph()->mutable_initializer(0);
