@@ -25,20 +25,9 @@ using nlohmann::json;
 
 /// tools/benchmark.sh with this build's binary, one thread (ctest runs two tests at a time).
 Result benchmark(const std::string& args, const std::string& env, const testing::TempDir& dir) {
-    const std::string err = dir.file("bench_err.txt");
-    const std::string cmd = fmt::format(
-        "cd '{}' && {} POCKETFLOW='{}' '{}/tools/benchmark.sh' {} 2>'{}'", dir.path().string(), env,
-        POCKETFLOW_CLI, POCKETFLOW_SOURCE_DIR, args, err);
-    Result r;
-    FILE* pipe = popen(cmd.c_str(), "r");
-    char buf[4096];
-    for (size_t n = 0; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) {
-        r.out.append(buf, n);
-    }
-    const int status = pclose(pipe);
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.err = read_file(err);
-    return r;
+    return shell(fmt::format("cd '{}' && {} POCKETFLOW='{}' '{}/tools/benchmark.sh' {}",
+                             dir.path().string(), env, POCKETFLOW_CLI, POCKETFLOW_SOURCE_DIR, args),
+                 dir);
 }
 
 void expect_all_finished(const fs::path& results) {

@@ -20,22 +20,24 @@ struct Result {
     std::string out, err;
 };
 
-/// Runs the CLI with arguments (shell-quoted by the caller) and captures stdout and stderr.
-inline Result cli(const std::string& args, const testing::TempDir& dir) {
-    std::string err_path = dir.file("stderr.txt");
-    std::string cmd = fmt::format("cd '{}' && '{}' {} 2>'{}'", dir.path().string(), POCKETFLOW_CLI,
-                                  args, err_path);
+/// Runs a shell command line and captures its stdout and stderr (through a file in `dir`).
+inline Result shell(const std::string& cmd, const testing::TempDir& dir) {
+    const std::string err_path = dir.file("stderr.txt");
     Result r;
-    FILE* pipe = popen(cmd.c_str(), "r");
+    FILE* pipe = popen(fmt::format("{} 2>'{}'", cmd, err_path).c_str(), "r");
     char buf[4096];
-    size_t n = 0;
-    while ((n = fread(buf, 1, sizeof(buf), pipe)) > 0) {
+    for (size_t n = 0; (n = fread(buf, 1, sizeof(buf), pipe)) > 0;) {
         r.out.append(buf, n);
     }
-    int status = pclose(pipe);
+    const int status = pclose(pipe);
     r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
     r.err = read_file(err_path);
     return r;
+}
+
+/// Runs the CLI with arguments (shell-quoted by the caller) in `dir`.
+inline Result cli(const std::string& args, const testing::TempDir& dir) {
+    return shell(fmt::format("cd '{}' && '{}' {}", dir.path().string(), POCKETFLOW_CLI, args), dir);
 }
 
 inline const char* kTinyJob = R"(name: tiny

@@ -23,21 +23,6 @@ namespace {
 namespace fs = std::filesystem;
 using nlohmann::json;
 
-/// Runs a shell command; its stdout, and its stderr into `err`.
-Result shell(const std::string& cmd, const testing::TempDir& dir) {
-    const std::string err_path = dir.file("shell_err.txt");
-    Result r;
-    FILE* pipe = popen((cmd + " 2>'" + err_path + "'").c_str(), "r");
-    char buf[4096];
-    for (size_t n = 0; (n = fread(buf, 1, sizeof buf, pipe)) > 0;) {
-        r.out.append(buf, n);
-    }
-    const int status = pclose(pipe);
-    r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-    r.err = read_file(err_path);
-    return r;
-}
-
 /// Debian's chromium (tools/setup.sh --browser installs it), or $POCKETFLOW_CHROMIUM.
 std::string chromium() {
     if (const char* env = std::getenv("POCKETFLOW_CHROMIUM"); env && *env) {

@@ -195,6 +195,18 @@ void put_be32(std::string& s, uint32_t v) {
     }
 }
 
+/// A grey w x h PNG at `path` (directories made).
+void write_png(const fs::path& path, int w, int h) {
+    std::vector<uint8_t> px(static_cast<size_t>(w * h * 3), 100);
+    png_image image{};
+    image.version = PNG_IMAGE_VERSION;
+    image.width = static_cast<png_uint_32>(w);
+    image.height = static_cast<png_uint_32>(h);
+    image.format = PNG_FORMAT_RGB;
+    fs::create_directories(path.parent_path());
+    ASSERT_TRUE(png_image_write_to_file(&image, path.c_str(), 0, px.data(), 0, nullptr));
+}
+
 TEST(HostileInputTest, DataHeadersAreCheckedBeforeAllocating) {
     TempDir dir;
     std::string images, labels;
@@ -209,16 +221,9 @@ TEST(HostileInputTest, DataHeadersAreCheckedBeforeAllocating) {
     expect_error<InputError>([&] { load_idx(dir.file("img"), dir.file("lab")); },
                              "declares 1000000000 images of 65536x65536 but the file has 16 bytes");
     // An image folder whose PNG declares 100000x100000 pixels in a few hundred bytes.
-    fs::create_directories(dir.path() / "folder" / "a");
     {
-        std::vector<uint8_t> px(4 * 4 * 3, 128);
-        png_image image{};
-        image.version = PNG_IMAGE_VERSION;
-        image.width = 4;
-        image.height = 4;
-        image.format = PNG_FORMAT_RGB;
-        std::string path = dir.file("folder/a/x.png");
-        ASSERT_TRUE(png_image_write_to_file(&image, path.c_str(), 0, px.data(), 0, nullptr));
+        const std::string path = dir.file("folder/a/x.png");
+        write_png(path, 4, 4);
         std::string bytes = read_file(path);
         // IHDR width and height (big-endian at offsets 16 and 20), its CRC recomputed.
         std::string dims;
@@ -238,19 +243,8 @@ TEST(HostileInputTest, DataHeadersAreCheckedBeforeAllocating) {
 
 TEST(HostileInputTest, SplitsMustAgreeOnTheirClasses) {
     TempDir dir;
-    auto png = [&](const std::string& rel) {
-        std::vector<uint8_t> px(8 * 8 * 3, 90);
-        png_image image{};
-        image.version = PNG_IMAGE_VERSION;
-        image.width = 8;
-        image.height = 8;
-        image.format = PNG_FORMAT_RGB;
-        fs::create_directories((dir.path() / rel).parent_path());
-        const std::string path = dir.file(rel);
-        ASSERT_TRUE(png_image_write_to_file(&image, path.c_str(), 0, px.data(), 0, nullptr));
-    };
     for (const char* f : {"train/cat/1.png", "train/dog/1.png", "val/cat/1.png", "val/eel/1.png"}) {
-        png(f);
+        write_png(dir.path() / f, 8, 8);
     }
     DataConfig cfg;
     cfg.dataset = "imagefolder";

@@ -209,19 +209,24 @@ std::string single_op_model(const testing::TempDir& dir,
     });
 }
 
+/// A float initializer named `name` holding `t`.
+void add_initializer(onnx::GraphProto& g, const std::string& name, const at::Tensor& t) {
+    auto* init = g.add_initializer();
+    init->set_name(name);
+    init->set_data_type(onnx::TensorProto::FLOAT);
+    for (int64_t d : t.sizes()) {
+        init->add_dims(d);
+    }
+    init->set_raw_data(std::string(static_cast<const char*>(t.data_ptr()), t.numel() * 4));
+}
+
 TEST(OnnxImportTest, IdentityOfAWeightIsAnAliasOfIt) {
     // PyTorch's exporter writes Identity nodes for weights it folded twice (e.g. a conv after a
     // BatchNorm with default statistics).
     testing::TempDir dir;
     at::Tensor w = at::randn({4, 3, 3, 3});
     auto path = one_node_model(dir, [&](onnx::GraphProto& g) {
-        auto* init = g.add_initializer();
-        init->set_name("w");
-        init->set_data_type(onnx::TensorProto::FLOAT);
-        for (int64_t d : w.sizes()) {
-            init->add_dims(d);
-        }
-        init->set_raw_data(std::string(static_cast<const char*>(w.data_ptr()), w.numel() * 4));
+        add_initializer(g, "w", w);
         auto* id = g.add_node();
         id->set_name("alias");
         id->set_op_type("Identity");
@@ -291,13 +296,7 @@ std::string conv_model(const testing::TempDir& dir,
                        const std::function<void(onnx::ModelProto&)>& edit = {}) {
     const std::string path = one_node_model(dir, [&](onnx::GraphProto& g) {
         at::Tensor w = at::randn({4, 3, 3, 3});
-        auto* init = g.add_initializer();
-        init->set_name("w");
-        init->set_data_type(onnx::TensorProto::FLOAT);
-        for (int64_t d : w.sizes()) {
-            init->add_dims(d);
-        }
-        init->set_raw_data(std::string(static_cast<const char*>(w.data_ptr()), w.numel() * 4));
+        add_initializer(g, "w", w);
         auto* conv = g.add_node();
         conv->set_name("conv7");
         conv->set_op_type("Conv");
