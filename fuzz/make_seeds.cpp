@@ -125,9 +125,9 @@ int main(int argc, char** argv) {
     put_be32(labels, 3);
     labels += std::string("\x01\x02\x03", 3);
     const size_t cut = images.size();
-    write_file_atomic(dir / "idx_cifar" / "idx",
-                      std::string(1, '\0') + static_cast<char>(cut & 0xff) +
-                          static_cast<char>(cut >> 8) + images + labels);
+    write_file_atomic(dir / "idx_cifar" / "idx", std::string(1, '\0') +
+                                                     static_cast<char>(cut & 0xff) +
+                                                     static_cast<char>(cut >> 8) + images + labels);
     // CIFAR-10 (mode 1) and CIFAR-100 (mode 2): two records each.
     std::string c10, c100;
     for (int r = 0; r < 2; ++r) {

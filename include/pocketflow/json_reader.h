@@ -29,9 +29,7 @@ public:
     JsonReader at(const std::string& key) const;
     /// An element of an array.
     JsonReader at(size_t index) const;
-    bool has(const std::string& key) const {
-        return value_->is_object() && value_->contains(key);
-    }
+    bool has(const std::string& key) const { return value_->is_object() && value_->contains(key); }
     /// Elements of an array (InputError when not an array).
     size_t size() const;
     const nlohmann::json& raw() const { return *value_; }

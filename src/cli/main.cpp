@@ -265,9 +265,9 @@ int cmd_report(const std::vector<std::string>& inputs,
         title.empty() ? fmt::format("pocketflow report: {}", pf::join(inputs, ", ")) : title);
     pf::write_file_atomic(out, page);
     if (g.json) {
-        std::cout << json{{"report", out}, {"runs", data["runs"].size()}, {"bytes", page.size()}}
-                         .dump()
-                  << std::endl;
+        std::cout
+            << json{{"report", out}, {"runs", data["runs"].size()}, {"bytes", page.size()}}.dump()
+            << std::endl;
     } else {
         fmt::print("report: {} run(s) in {} ({})\n", data["runs"].size(), out,
                    pf::human_bytes(static_cast<double>(page.size())));
@@ -432,9 +432,10 @@ int run_cli(int argc, char** argv) {
                      "key=v1,v2,...: one axis of the grid (repeatable; every combination runs)")
         ->take_all()
         ->allow_extra_args(false);
-    sweep->add_option("--file", sweep_file,
-                      "sweep file: grid: {key: [values]}, runs: [{key: value, ...}], jobs: [{name: n, "
-                      "config: job.yaml, set: {...}}] (a benchmark suite)");
+    sweep->add_option(
+        "--file", sweep_file,
+        "sweep file: grid: {key: [values]}, runs: [{key: value, ...}], jobs: [{name: n, "
+        "config: job.yaml, set: {...}}] (a benchmark suite)");
     sweep->add_option("-o,--out", sweep_opts.out, "sweep directory (default runs/sweep-<job>)");
     sweep->add_option("--jobs", sweep_opts.jobs, "runs at a time (the cores are divided)")
         ->check(CLI::Range(1, 256));
@@ -446,9 +447,9 @@ int run_cli(int argc, char** argv) {
     std::vector<std::string> check_drop, check_rise, check_ratio;
     auto* check = app.add_subcommand(
         "check", "regression gate: compare runs with a baseline, exit 1 on a regression");
-    check
-        ->add_option("--baseline", check_baseline,
-                     "run directory, summary.json, {\"runs\": [...]} table or bench --json output");
+    check->add_option(
+        "--baseline", check_baseline,
+        "run directory, summary.json, {\"runs\": [...]} table or bench --json output");
     check->add_option("--results", check_results, "the same kinds of file, to check")->required();
     check->add_option("--write-baseline", check_write,
                       "instead of checking: write --results as a baseline file here (with the "
@@ -465,8 +466,7 @@ int run_cli(int argc, char** argv) {
     std::string report_out = "report.html", report_title, report_chartjs;
     auto* report = app.add_subcommand(
         "report", "one self-contained HTML page (Chart.js) of run and sweep directories");
-    report->add_option("dirs", report_inputs, "run directories and sweep directories")
-        ->required();
+    report->add_option("dirs", report_inputs, "run directories and sweep directories")->required();
     report->add_option("-o,--out", report_out, "the HTML file to write (default report.html)");
     report->add_option("--title", report_title, "page title");
     report->add_option("--chartjs", report_chartjs,
@@ -568,7 +568,9 @@ int main(int argc, char** argv) {
     logger->set_pattern("[%H:%M:%S] [%^%l%$] %v");
     spdlog::set_default_logger(logger);
     // Messages are capped: a hostile megabyte-long value is never printed in full.
-    auto report = [](const std::string& message) { spdlog::error("{}", pf::shorten(message, 2000)); };
+    auto report = [](const std::string& message) {
+        spdlog::error("{}", pf::shorten(message, 2000));
+    };
     try {
         return run_cli(argc, argv);
     } catch (const pf::Error& e) {
@@ -584,8 +586,8 @@ int main(int argc, char** argv) {
         // A path the file system refuses (a loop of links, a file where a directory is needed,
         // a name too long) is the input's fault; a full disk or an I/O error is not.
         const int err = e.code().value();
-        const bool input = err == ELOOP || err == ENAMETOOLONG || err == ENOTDIR ||
-                           err == ENOENT || err == EISDIR || err == EEXIST || err == EACCES;
+        const bool input = err == ELOOP || err == ENAMETOOLONG || err == ENOTDIR || err == ENOENT ||
+                           err == EISDIR || err == EEXIST || err == EACCES;
         report(fmt::format("{}{}: {}", pf::shorten(e.path1().string()),
                            e.path2().empty() ? "" : " -> " + pf::shorten(e.path2().string()),
                            e.code().message()));

@@ -596,8 +596,8 @@ Job parse_tree(YAML::Node root, ConfigReader::Source source) {
            ConfigReader::in_range(0, 1024));
     r.read("output_dir", job.output_dir, "run directory (default runs/<name>/<timestamp>)");
     if (job.output_dir.size() > 1024) {
-        r.fail("output_dir", fmt::format("is {} characters long; at most 1024",
-                                         job.output_dir.size()));
+        r.fail("output_dir",
+               fmt::format("is {} characters long; at most 1024", job.output_dir.size()));
     }
     r.section("model", "model to train or compress",
               [&](ConfigReader& s) { parse_model(s, job.model); });
@@ -737,12 +737,18 @@ YAML::Node load_yaml_document(const std::string& text,
         void OnDocumentEnd() override {}
         void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
         void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
-        void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+        void OnScalar(const YAML::Mark&,
+                      const std::string&,
+                      YAML::anchor_t,
                       const std::string&) override {}
-        void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+        void OnSequenceStart(const YAML::Mark&,
+                             const std::string&,
+                             YAML::anchor_t,
                              YAML::EmitterStyle::value) override {}
         void OnSequenceEnd() override {}
-        void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+        void OnMapStart(const YAML::Mark&,
+                        const std::string&,
+                        YAML::anchor_t,
                         YAML::EmitterStyle::value) override {}
         void OnMapEnd() override {}
     } documents;
@@ -761,8 +767,8 @@ YAML::Node load_yaml_document(const std::string& text,
                     file, second.line + 1, second.column + 1));
             }
             throw ConfigError(fmt::format(
-                "{}:{}: a {} holds one YAML document; another starts here (after --- or ...)",
-                file, second.line + 1, what));
+                "{}:{}: a {} holds one YAML document; another starts here (after --- or ...)", file,
+                second.line + 1, what));
         }
         root = YAML::Load(text);
     } catch (const YAML::Exception& e) {
@@ -786,8 +792,8 @@ Job parse_job(const std::string& yaml_text,
     try {
         return parse_tree(root, source);
     } catch (const YAML::Exception& e) {  // a conversion outside ConfigReader's checks
-        throw ConfigError(fmt::format("{}:{}:{}: {}", file, e.mark.line + 1, e.mark.column + 1,
-                                      e.msg));
+        throw ConfigError(
+            fmt::format("{}:{}:{}: {}", file, e.mark.line + 1, e.mark.column + 1, e.msg));
     }
 }
 
@@ -835,9 +841,9 @@ PerLayerSetting read_per_layer(ConfigReader& r,
         }
         const std::string broken = ok && std::isfinite(x) ? (check ? check(x) : "") : forms;
         if (!broken.empty()) {
-            throw ConfigError(fmt::format("{}: failed to read {}{}: {}", r.location_of(v), path,
-                                          v.IsScalar() ? " with '" + shorten(v.Scalar(), 80) + "'" : "",
-                                          broken));
+            throw ConfigError(
+                fmt::format("{}: failed to read {}{}: {}", r.location_of(v), path,
+                            v.IsScalar() ? " with '" + shorten(v.Scalar(), 80) + "'" : "", broken));
         }
         return x;
     };

@@ -15,16 +15,23 @@ namespace {
 
 std::string kind_of(const json& j) {
     switch (j.type()) {
-        case json::value_t::null: return "null";
-        case json::value_t::object: return "an object";
-        case json::value_t::array: return "a list";
-        case json::value_t::string: return "a string";
-        case json::value_t::boolean: return "a boolean";
+        case json::value_t::null:
+            return "null";
+        case json::value_t::object:
+            return "an object";
+        case json::value_t::array:
+            return "a list";
+        case json::value_t::string:
+            return "a string";
+        case json::value_t::boolean:
+            return "a boolean";
         case json::value_t::number_float:
             return fmt::format("the number {}", j.get<double>());
         case json::value_t::number_integer:
-        case json::value_t::number_unsigned: return fmt::format("the integer {}", j.dump());
-        default: return "an unsupported value";
+        case json::value_t::number_unsigned:
+            return fmt::format("the integer {}", j.dump());
+        default:
+            return "an unsupported value";
     }
 }
 

@@ -211,9 +211,10 @@ ModelFile load_model(const std::string& path) {
             // Checked before allocating: deflate expands at most ~1032:1.
             const uint64_t packed = text.size() - sizeof(raw_len);
             if (raw_len > (uint64_t{1} << 30) || raw_len > packed * 1032 + 64) {
-                throw bad(fmt::format("the header declares {} bytes, more than its {} compressed "
-                                      "bytes can hold",
-                                      raw_len, packed));
+                throw bad(
+                    fmt::format("the header declares {} bytes, more than its {} compressed "
+                                "bytes can hold",
+                                raw_len, packed));
             }
             std::string raw(raw_len, '\0');
             uLongf got = raw_len;
@@ -283,16 +284,16 @@ ModelFile load_model(const std::string& path) {
                         // At most 2^40 elements in all (and no overflow on the way there).
                         if (d < 0 || d > (int64_t{1} << 40) ||
                             (d > 0 && expect > (int64_t{1} << 40) / d)) {
-                            throw bad(fmt::format("tensor {}.{} has an invalid shape", n.name,
-                                                  key));
+                            throw bad(
+                                fmt::format("tensor {}.{} has an invalid shape", n.name, key));
                         }
                         expect *= d;
                     }
                     if (jt.has("enc")) {
                         const json& enc = jt.at("enc").raw();
                         const auto bytes = jt.at("enc").at("bytes").get<uint64_t>();
-                        if (key != "weight" || offset > data_size ||
-                            bytes > data_size - offset || count != expect) {
+                        if (key != "weight" || offset > data_size || bytes > data_size - offset ||
+                            count != expect) {
                             throw bad(
                                 fmt::format("compressed tensor {}.{} lies outside the data "
                                             "section",
@@ -304,8 +305,8 @@ ModelFile load_model(const std::string& path) {
                         continue;
                     }
                     const int bits = jt.has("bits") ? jt.at("bits").get<int>() : 0;
-                    if (bits != 0 && (bits < 2 || bits > 8 || bits != n.quant.weight_bits ||
-                                      key != "weight")) {
+                    if (bits != 0 &&
+                        (bits < 2 || bits > 8 || bits != n.quant.weight_bits || key != "weight")) {
                         throw bad(fmt::format("tensor {}.{} has an invalid bit width {}", n.name,
                                               key, bits));
                     }
@@ -313,8 +314,8 @@ ModelFile load_model(const std::string& path) {
                                                ? static_cast<uint64_t>(packed_bytes(count, bits))
                                                : static_cast<uint64_t>(count) * sizeof(float);
                     if (count != expect || offset > data_size || bytes > data_size - offset) {
-                        throw bad(fmt::format("tensor {}.{} lies outside the data section", n.name,
-                                              key));
+                        throw bad(
+                            fmt::format("tensor {}.{} lies outside the data section", n.name, key));
                     }
                     const char* src = in.data() + data_begin + offset;
                     at::Tensor t;

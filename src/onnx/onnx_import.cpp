@@ -110,9 +110,10 @@ public:
                                 input_name, fmt::join(shape, ", ")));
             }
             if (d > (int64_t{1} << 16)) {  // (and MACs stay far from int64 overflow)
-                fail_file(fmt::format("input '{}' declares [{}]: a side or channel count over "
-                                      "65536 is not an image",
-                                      input_name, fmt::join(shape, ", ")));
+                fail_file(
+                    fmt::format("input '{}' declares [{}]: a side or channel count over "
+                                "65536 is not an image",
+                                input_name, fmt::join(shape, ", ")));
             }
         }
         graph_ = Graph(shape);
@@ -170,10 +171,11 @@ private:
             char* end = nullptr;
             const double v = std::strtod(item.c_str(), &end);
             if (item.empty() || end != item.c_str() + item.size()) {
-                fail_file(fmt::format("metadata {}: \"{}\" is not a list of numbers ({} is not "
-                                      "a number)",
-                                      key, text.size() > 80 ? text.substr(0, 80) + "..." : text,
-                                      item.size() > 40 ? item.substr(0, 40) + "..." : item));
+                fail_file(
+                    fmt::format("metadata {}: \"{}\" is not a list of numbers ({} is not "
+                                "a number)",
+                                key, text.size() > 80 ? text.substr(0, 80) + "..." : text,
+                                item.size() > 40 ? item.substr(0, 40) + "..." : item));
             }
             out.push_back(v);
             if (comma == std::string::npos) {
@@ -203,11 +205,11 @@ private:
         }
         // Sizes are checked before anything is allocated: an element takes at least one byte of
         // raw data or one entry of a typed list.
-        const int64_t stored =
-            !t.raw_data().empty()
-                ? static_cast<int64_t>(t.raw_data().size())
-                : static_cast<int64_t>(t.float_data_size()) + t.double_data_size() +
-                      t.int32_data_size() + t.int64_data_size();
+        const int64_t stored = !t.raw_data().empty()
+                                   ? static_cast<int64_t>(t.raw_data().size())
+                                   : static_cast<int64_t>(t.float_data_size()) +
+                                         t.double_data_size() + t.int32_data_size() +
+                                         t.int64_data_size();
         if (n > stored) {
             fail_file(fmt::format("{} declares {} elements ([{}]) but holds data for at most {}",
                                   what, n, fmt::join(dims, ", "), stored));
@@ -472,10 +474,19 @@ private:
         }
         // Inputs the handlers below read by position: a node with fewer is malformed (protobuf
         // does not check the index).
-        static const std::map<std::string, int> kMinInputs = {
-            {"Constant", 0},    {"Gather", 2}, {"Conv", 2},    {"Gemm", 2},       {"MatMul", 2},
-            {"Add", 2},         {"Sub", 2},    {"Mul", 2},     {"Div", 2},        {"Reshape", 2},
-            {"BatchNormalization", 5},         {"Clip", 1},    {"Pad", 1}};
+        static const std::map<std::string, int> kMinInputs = {{"Constant", 0},
+                                                              {"Gather", 2},
+                                                              {"Conv", 2},
+                                                              {"Gemm", 2},
+                                                              {"MatMul", 2},
+                                                              {"Add", 2},
+                                                              {"Sub", 2},
+                                                              {"Mul", 2},
+                                                              {"Div", 2},
+                                                              {"Reshape", 2},
+                                                              {"BatchNormalization", 5},
+                                                              {"Clip", 1},
+                                                              {"Pad", 1}};
         const auto min_inputs = kMinInputs.find(op);
         const int needed = min_inputs == kMinInputs.end() ? 1 : min_inputs->second;
         if (n.input_size() < needed) {
@@ -970,8 +981,7 @@ ModelFile import_onnx(const std::string& path, const OnnxImportOptions& options)
         }
         throw InputError(fmt::format("failed to import {}: {}", path, what));
     } catch (const c10::Error& e) {
-        throw InputError(
-            fmt::format("failed to import {}: {}", path, e.what_without_backtrace()));
+        throw InputError(fmt::format("failed to import {}: {}", path, e.what_without_backtrace()));
     }
 }
 

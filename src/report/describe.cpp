@@ -24,9 +24,8 @@ json describe_model(const Graph& graph) {
     for (size_t i = 0; i < stats.size(); ++i) {
         const auto& s = stats[i];
         const Node& n = nodes[i];
-        json row = {{"name", s.name},       {"op", op_name(s.op)},
-                    {"shape", s.out_shape}, {"params", s.params},
-                    {"macs", s.macs},       {"bytes", node_bytes(n)}};
+        json row = {{"name", s.name},     {"op", op_name(s.op)}, {"shape", s.out_shape},
+                    {"params", s.params}, {"macs", s.macs},      {"bytes", node_bytes(n)}};
         weight_bytes += row["bytes"].get<int64_t>();
         const auto w = n.params.find("weight");
         if (w != n.params.end() && w->second.dim() >= 2) {
@@ -48,8 +47,7 @@ json describe_model(const Graph& graph) {
                               {"value_bytes", st.value_bytes},
                               {"float_bytes", st.dense_bytes}};
             if (has_codebook(n)) {
-                row["codebook_bits"] =
-                    static_cast<int>(std::log2(n.params.at("codebook").numel()));
+                row["codebook_bits"] = static_cast<int>(std::log2(n.params.at("codebook").numel()));
             }
         }
         if (q.act_bits > 0) {
@@ -80,9 +78,8 @@ json describe_model(const Graph& graph) {
             {"macs", graph.total_macs()},
             {"weight_bytes", weight_bytes},
             {"float_bytes", float_bytes},
-            {"compression",
-             static_cast<double>(float_bytes) /
-                 static_cast<double>(std::max<int64_t>(1, weight_bytes))},
+            {"compression", static_cast<double>(float_bytes) /
+                                static_cast<double>(std::max<int64_t>(1, weight_bytes))},
             {"compressed", compressed},
             {"sparsity", count_sparsity(graph).sparsity()},
             {"quantized", quantized},

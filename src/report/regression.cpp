@@ -234,13 +234,14 @@ std::vector<MetricLimit> load_baseline_limits(const std::string& path) {
              "\"max_rise\": {{...}}}}",
              file.string());
     for (const auto& [kind, entries] : limits.items()) {
-        const MetricLimit::Kind k = kind == "max_drop"    ? MetricLimit::kDrop
-                                    : kind == "max_rise"  ? MetricLimit::kRise
-                                    : kind == "max_ratio" ? MetricLimit::kRatio
-                                                          : throw InputError(fmt::format(
-                                                                "{}: limits.{}: expected max_drop, "
-                                                                "max_rise or max_ratio",
-                                                                file.string(), kind));
+        const MetricLimit::Kind k =
+            kind == "max_drop"   ? MetricLimit::kDrop
+            : kind == "max_rise" ? MetricLimit::kRise
+            : kind == "max_ratio"
+                ? MetricLimit::kRatio
+                : throw InputError(fmt::format("{}: limits.{}: expected max_drop, "
+                                               "max_rise or max_ratio",
+                                               file.string(), kind));
         PF_CHECK(entries.is_object(), InputError, "{}: limits.{}: expected {{metric: value}}",
                  file.string(), kind);
         for (const auto& [metric, value] : entries.items()) {

@@ -107,8 +107,8 @@ json read_curves(const fs::path& path) {
                 steps[key].push_back(r.contains(key) && r[key].is_number() ? r[key] : json());
             }
         }
-        json epochs = {{"x", json::array()},     {"epoch", json::array()},
-                       {"val_top1", json::array()}, {"val_loss", json::array()},
+        json epochs = {{"x", json::array()},          {"epoch", json::array()},
+                       {"val_top1", json::array()},   {"val_loss", json::array()},
                        {"train_top1", json::array()}, {"train_loss", json::array()}};
         for (const auto& [epoch, r] : s.epochs) {
             const auto end = epoch_end.find(epoch);
@@ -193,14 +193,10 @@ json weight_layers_of(const json& described) {
         if (!row.contains("weight_shape")) {
             continue;
         }
-        json r = {{"name", row["name"]},
-                  {"op", row["op"]},
-                  {"out", row["weight_shape"][0]},
-                  {"in", row["weight_shape"][1]},
-                  {"params", row["params"]},
-                  {"macs", row["macs"]},
-                  {"bytes", row["bytes"]},
-                  {"sparsity", row.value("sparsity", 0.0)}};
+        json r = {{"name", row["name"]},           {"op", row["op"]},
+                  {"out", row["weight_shape"][0]}, {"in", row["weight_shape"][1]},
+                  {"params", row["params"]},       {"macs", row["macs"]},
+                  {"bytes", row["bytes"]},         {"sparsity", row.value("sparsity", 0.0)}};
         if (row.contains("weight_bits")) {
             r["bits"] = row["weight_bits"];
         } else if (row.contains("codebook_bits")) {
@@ -215,9 +211,12 @@ json weight_layers_of(const json& described) {
 }
 
 json model_summary(const json& described) {
-    return {{"params", described["params"]},           {"macs", described["macs"]},
-            {"weight_bytes", described["weight_bytes"]}, {"float_bytes", described["float_bytes"]},
-            {"sparsity", described["sparsity"]},        {"quantized", described["quantized"]},
+    return {{"params", described["params"]},
+            {"macs", described["macs"]},
+            {"weight_bytes", described["weight_bytes"]},
+            {"float_bytes", described["float_bytes"]},
+            {"sparsity", described["sparsity"]},
+            {"quantized", described["quantized"]},
             {"layers", weight_layers_of(described)}};
 }
 
@@ -323,9 +322,8 @@ json collect_run(const fs::path& dir, const std::string& name, const json& entry
             auto [source, before] = model_before(dir, summary, after.graph);
             run["before"] = model_summary(describe_model(before));
             run["before"]["source"] = source;
-            run["metrics"]["compression"] =
-                run["before"]["weight_bytes"].get<double>() /
-                std::max(1.0, described["weight_bytes"].get<double>());
+            run["metrics"]["compression"] = run["before"]["weight_bytes"].get<double>() /
+                                            std::max(1.0, described["weight_bytes"].get<double>());
         } catch (const Error& e) {
             run["before_note"] = e.what();
         }
@@ -340,11 +338,20 @@ std::string html_escape(const std::string& s) {
     std::string out;
     for (char c : s) {
         switch (c) {
-            case '&': out += "&amp;"; break;
-            case '<': out += "&lt;"; break;
-            case '>': out += "&gt;"; break;
-            case '"': out += "&quot;"; break;
-            default: out += c;
+            case '&':
+                out += "&amp;";
+                break;
+            case '<':
+                out += "&lt;";
+                break;
+            case '>':
+                out += "&gt;";
+                break;
+            case '"':
+                out += "&quot;";
+                break;
+            default:
+                out += c;
         }
     }
     return out;
@@ -366,8 +373,8 @@ json collect_report(const std::vector<std::string>& inputs) {
         const fs::path dir(input);
         PF_CHECK(fs::is_directory(dir), InputError, "report: {} is not a directory", input);
         if (fs::exists(dir / "summary.json")) {
-            runs.push_back(collect_run(dir, dir.filename().empty() ? input : dir.filename().string(),
-                                       json::object()));
+            runs.push_back(collect_run(
+                dir, dir.filename().empty() ? input : dir.filename().string(), json::object()));
             continue;
         }
         PF_CHECK(fs::exists(dir / "results.json"), InputError,
@@ -419,12 +426,9 @@ json collect_report(const std::vector<std::string>& inputs) {
     const std::time_t now = std::time(nullptr);
     char stamp[32];
     std::strftime(stamp, sizeof stamp, "%Y-%m-%d %H:%M UTC", std::gmtime(&now));
-    return {{"generated", stamp},
-            {"version", POCKETFLOW_VERSION},
-            {"inputs", inputs},
-            {"runs", runs},
-            {"sweeps", sweeps},
-            {"pareto", fronts}};
+    return {{"generated", stamp}, {"version", POCKETFLOW_VERSION},
+            {"inputs", inputs},   {"runs", runs},
+            {"sweeps", sweeps},   {"pareto", fronts}};
 }
 
 std::string render_report(const json& data,
@@ -448,9 +452,9 @@ std::string render_report(const json& data,
     for (size_t open = page_template.find('@'); open != std::string::npos;
          open = page_template.find('@', at)) {
         const size_t close = page_template.find('@', open + 1);
-        const auto part =
-            close == std::string::npos ? parts.end()
-                                       : parts.find(page_template.substr(open + 1, close - open - 1));
+        const auto part = close == std::string::npos
+                              ? parts.end()
+                              : parts.find(page_template.substr(open + 1, close - open - 1));
         if (part == parts.end()) {
             page += page_template.substr(at, open + 1 - at);
             at = open + 1;

@@ -189,9 +189,9 @@ void load_sweep_file(const std::string& path, SweepOptions& options) {
                                                     yaml_text(s.second));
                         }
                     } else {
-                        throw ConfigError(fmt::format(
-                            "{}: unknown key jobs.{} (expected name, config, set)",
-                            where(f.first), field));
+                        throw ConfigError(
+                            fmt::format("{}: unknown key jobs.{} (expected name, config, set)",
+                                        where(f.first), field));
                     }
                 }
                 PF_CHECK(!run.name.empty(), ConfigError, "{}: a job needs a name", where(j));
@@ -200,7 +200,8 @@ void load_sweep_file(const std::string& path, SweepOptions& options) {
                          where(j), run.name);
                 if (!run.config.empty() && run.config.find("${") == std::string::npos &&
                     fs::path(run.config).is_relative()) {
-                    run.config = (fs::path(path).parent_path() / run.config).lexically_normal().string();
+                    run.config =
+                        (fs::path(path).parent_path() / run.config).lexically_normal().string();
                 }
                 options.named.push_back(std::move(run));
             }

@@ -11,10 +11,10 @@
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
 #include <link.h>
-#include <unistd.h>
 #include <malloc.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include "pocketflow/error.h"
 #include "pocketflow/learner.h"
@@ -46,8 +46,7 @@ RunDir::RunDir(fs::path path) : path_(std::move(path)) {
                 continue;
             }
             const std::string pid_text = name.substr(at + 5);
-            if (pid_text.empty() ||
-                pid_text.find_first_not_of("0123456789") != std::string::npos ||
+            if (pid_text.empty() || pid_text.find_first_not_of("0123456789") != std::string::npos ||
                 pid_text.size() > 9) {
                 continue;
             }

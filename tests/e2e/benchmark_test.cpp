@@ -9,7 +9,6 @@
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
-#include <png.h>
 
 #include "pocketflow/onnx.h"
 #include "pocketflow/util.h"
@@ -65,8 +64,8 @@ TEST(BenchmarkTest, Cifar10SuiteOnGeneratedBatches) {
     // Noise scores far below PocketFlow's reference accuracies: the gate fails on top-1 only.
     EXPECT_EQ(gated.code, 1) << gated.out << gated.err;
     expect_all_finished(dir.path() / "bench" / "results.json");
-    for (const char* run : {"resnet20_base", "resnet56_base", "resnet56_prune2.5x",
-                            "resnet56_prune3.3x"}) {
+    for (const char* run :
+         {"resnet20_base", "resnet56_base", "resnet56_prune2.5x", "resnet56_prune3.3x"}) {
         EXPECT_NE(gated.out.find(run), std::string::npos) << gated.out;
     }
     EXPECT_NE(gated.out.find("REGRESSED"), std::string::npos);
@@ -82,8 +81,8 @@ TEST(BenchmarkTest, Cifar10SuiteOnGeneratedBatches) {
     // A baseline written from this run passes the rerun (nothing is redone).
     fs::copy_file(fs::path(POCKETFLOW_SOURCE_DIR) / "configs/benchmarks/cifar10_baseline.json",
                   dir.path() / "mine.json");
-    Result update = benchmark("cifar10 --out bench --baseline mine.json --update-baseline " + small,
-                              env, dir);
+    Result update =
+        benchmark("cifar10 --out bench --baseline mine.json --update-baseline " + small, env, dir);
     ASSERT_EQ(update.code, 0) << update.out << update.err;
     const json mine = json::parse(read_file(dir.path() / "mine.json"));
     EXPECT_EQ(mine["limits"]["max_drop"]["top1"], 0.3);  // the suite's limits are kept
@@ -100,20 +99,6 @@ TEST(BenchmarkTest, Cifar10SuiteOnGeneratedBatches) {
     EXPECT_NE(unknown.err.find("no suite 'cifar11'"), std::string::npos) << unknown.err;
 }
 
-void write_png(const fs::path& path, int w, int h, uint8_t shade) {
-    std::vector<uint8_t> px(static_cast<size_t>(w * h * 3));
-    for (size_t i = 0; i < px.size(); ++i) {
-        px[i] = static_cast<uint8_t>(shade + (i * 7) % 40);
-    }
-    png_image image{};
-    image.version = PNG_IMAGE_VERSION;
-    image.width = static_cast<png_uint_32>(w);
-    image.height = static_cast<png_uint_32>(h);
-    image.format = PNG_FORMAT_RGB;
-    fs::create_directories(path.parent_path());
-    ASSERT_TRUE(png_image_write_to_file(&image, path.c_str(), 0, px.data(), 0, nullptr));
-}
-
 TEST(BenchmarkTest, ImagenetSuiteOnAGeneratedImageFolder) {
     testing::TempDir dir;
     // root/{train,val}/<class>/*.png and one ONNX model per architecture of the suite.
@@ -121,10 +106,12 @@ TEST(BenchmarkTest, ImagenetSuiteOnAGeneratedImageFolder) {
     for (size_t c = 0; c < classes.size(); ++c) {
         for (int i = 0; i < 4; ++i) {
             const auto shade = static_cast<uint8_t>(40 + 60 * c + i);
-            write_png(dir.path() / "imagenet" / "train" / classes[c] / fmt::format("{}.png", i),
-                      40 + i, 36, shade);
-            write_png(dir.path() / "imagenet" / "val" / classes[c] / fmt::format("{}.png", i), 36,
-                      44, shade);
+            testing::write_png(
+                dir.path() / "imagenet" / "train" / classes[c] / fmt::format("{}.png", i), 40 + i,
+                36, shade);
+            testing::write_png(
+                dir.path() / "imagenet" / "val" / classes[c] / fmt::format("{}.png", i), 36, 44,
+                shade);
         }
     }
     fs::create_directories(dir.path() / "models");

@@ -39,7 +39,8 @@ std::string chromium() {
 std::string browser_command(const std::string& browser, const testing::TempDir& dir) {
     // --no-sandbox: CI containers run as root; a profile of its own per test.
     return fmt::format(
-        "timeout 120 '{}' --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run "
+        "timeout 120 '{}' --headless --no-sandbox --disable-gpu --disable-dev-shm-usage "
+        "--no-first-run "
         "--user-data-dir='{}' --enable-logging=stderr --v=0 ",
         browser, dir.file("chromium-profile"));
 }
@@ -62,8 +63,8 @@ std::map<std::string, std::string> body_attributes(const std::string& dom) {
 
 struct PngStats {
     int width = 0, height = 0;
-    double inked = 0;     ///< fraction of pixels that are not the page background
-    size_t colors = 0;    ///< distinct colours (charts draw several)
+    double inked = 0;   ///< fraction of pixels that are not the page background
+    size_t colors = 0;  ///< distinct colours (charts draw several)
 };
 
 PngStats png_stats(const std::string& path) {
@@ -123,7 +124,8 @@ TEST(ReportTest, RealRunsRenderInHeadlessChromium) {
                     dir);
     ASSERT_EQ(dc.code, 0) << dc.err;
 
-    Result report = cli("--json report sw auto dc base --title 'a <b>report</b>' -o out/r.html", dir);
+    Result report =
+        cli("--json report sw auto dc base --title 'a <b>report</b>' -o out/r.html", dir);
     ASSERT_EQ(report.code, 0) << report.err;
     EXPECT_EQ(json::parse(report.out)["runs"], 5);  // 2 sweep runs, auto, dc, base
     const std::string html = read_file(dir.file("out/r.html"));
@@ -149,8 +151,8 @@ TEST(ReportTest, RealRunsRenderInHeadlessChromium) {
          it != std::sregex_iterator(); ++it) {
         ++kinds[(*it)[1]];
     }
-    EXPECT_EQ(kinds["curves"], 5);     // every run trained or fine-tuned
-    EXPECT_EQ(kinds["channels"], 5);   // every run's layers
+    EXPECT_EQ(kinds["curves"], 5);    // every run trained or fine-tuned
+    EXPECT_EQ(kinds["channels"], 5);  // every run's layers
     EXPECT_EQ(kinds["pareto-macs"], 1);
     EXPECT_EQ(kinds["pareto-latency_ms"], 1);  // the sweep's runs were timed
     EXPECT_EQ(kinds["search"], 1);

@@ -114,7 +114,10 @@ TEST(HostileInputTest, PfmHeadersAreCheckedFieldByField) {
              h["meta"]["std"] = {0.1, 0.2};
          }),
          "mean and std have 2 values for an input of 1 channels"},
-        {edited([](json& h) { h["input_shape"] = {1, 28}; }), "input_shape: expected [C, H, W]"},
+        {edited([](json& h) {
+             h["input_shape"] = {1, 28};
+         }),
+         "input_shape: expected [C, H, W]"},
         {edited([](json& h) { h["output"] = 1e12; }), "output: expected an integer"},
     };
     for (const auto& [text, message] : cases) {
@@ -138,7 +141,8 @@ TEST(HostileInputTest, JsonReaderNamesPathsAndTypes) {
     expect_error<InputError>([&] { r.at("a").at("b").at(1).get<uint64_t>(); },
                              "ctx: a.b[1]: -2 is out of range");
     expect_error<InputError>([&] { r.at("a").at("b").at(7); }, "a.b: has 3 elements, no [7]");
-    expect_error<InputError>([&] { r.at("s").get<double>(); }, "s: expected a number, got a string");
+    expect_error<InputError>([&] { r.at("s").get<double>(); },
+                             "s: expected a number, got a string");
     expect_error<InputError>([&] { r.at("big").get<int64_t>(); }, "big: expected an integer");
     expect_error<InputError>([&] { r.at("nope"); }, "ctx: nope: missing");
     expect_error<InputError>([&] { parse_json_text("{\"a\": ", "f.json"); },
@@ -177,7 +181,8 @@ TEST(HostileInputTest, JobFilesAreOneWellFormedDocument) {
             message);
     }
     // Valid multi-byte text passes.
-    EXPECT_NO_THROW(parse_job("name: \"r\xc3\xa9sum\xc3\xa9-\xe2\x82\xac\"\n" + model, "j.yaml", {}));
+    EXPECT_NO_THROW(
+        parse_job("name: \"r\xc3\xa9sum\xc3\xa9-\xe2\x82\xac\"\n" + model, "j.yaml", {}));
     // A long value is shortened in the message, not repeated.
     try {
         parse_job("seed: " + std::string(100000, '9') + "\n" + model, "j.yaml", {});
@@ -193,18 +198,6 @@ void put_be32(std::string& s, uint32_t v) {
     for (int k = 3; k >= 0; --k) {
         s += static_cast<char>((v >> (8 * k)) & 0xff);
     }
-}
-
-/// A grey w x h PNG at `path` (directories made).
-void write_png(const fs::path& path, int w, int h) {
-    std::vector<uint8_t> px(static_cast<size_t>(w * h * 3), 100);
-    png_image image{};
-    image.version = PNG_IMAGE_VERSION;
-    image.width = static_cast<png_uint_32>(w);
-    image.height = static_cast<png_uint_32>(h);
-    image.format = PNG_FORMAT_RGB;
-    fs::create_directories(path.parent_path());
-    ASSERT_TRUE(png_image_write_to_file(&image, path.c_str(), 0, px.data(), 0, nullptr));
 }
 
 TEST(HostileInputTest, DataHeadersAreCheckedBeforeAllocating) {
@@ -223,7 +216,7 @@ TEST(HostileInputTest, DataHeadersAreCheckedBeforeAllocating) {
     // An image folder whose PNG declares 100000x100000 pixels in a few hundred bytes.
     {
         const std::string path = dir.file("folder/a/x.png");
-        write_png(path, 4, 4);
+        testing::write_png(path, 4, 4);
         std::string bytes = read_file(path);
         // IHDR width and height (big-endian at offsets 16 and 20), its CRC recomputed.
         std::string dims;
@@ -244,7 +237,7 @@ TEST(HostileInputTest, DataHeadersAreCheckedBeforeAllocating) {
 TEST(HostileInputTest, SplitsMustAgreeOnTheirClasses) {
     TempDir dir;
     for (const char* f : {"train/cat/1.png", "train/dog/1.png", "val/cat/1.png", "val/eel/1.png"}) {
-        write_png(dir.path() / f, 8, 8);
+        testing::write_png(dir.path() / f, 8, 8);
     }
     DataConfig cfg;
     cfg.dataset = "imagefolder";

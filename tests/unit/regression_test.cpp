@@ -107,9 +107,9 @@ TEST(RegressionTest, LimitsJudgeDropsRisesAndRatios) {
     RunMetrics reference = {{"a", {{"top1", 90.0}}}, {"b", {{"top1", 80.0}, {"macs", 100}}}};
     RunMetrics measured = {{"a", {{"top1", 90.0}, {"macs", 500}}},
                            {"b", {{"top1", 80.0}, {"macs", 101}}}};
-    const auto ref_rows = check_regressions(reference, measured,
-                                            {{"top1", MetricLimit::kDrop, 0.3},
-                                             {"macs", MetricLimit::kRatio, 1.0}});
+    const auto ref_rows =
+        check_regressions(reference, measured,
+                          {{"top1", MetricLimit::kDrop, 0.3}, {"macs", MetricLimit::kRatio, 1.0}});
     ASSERT_EQ(ref_rows.size(), 3u);  // a: top1; b: top1, macs
     EXPECT_TRUE(ref_rows[2].regressed && ref_rows[2].metric == "macs");
     expect_error<ConfigError>(
@@ -163,7 +163,7 @@ TEST(SweepTest, GridAndListExpandToNamedRuns) {
     ASSERT_EQ(runs.size(), 5u);
     EXPECT_EQ(runs[0].name, "pipeline.0.flops_target=0.3_pipeline.0.criterion=l1");
     EXPECT_EQ(runs[1].overrides, (std::vector<std::string>{"pipeline.0.flops_target=0.3",
-                                                        "pipeline.0.criterion=lasso"}));
+                                                           "pipeline.0.criterion=lasso"}));
     EXPECT_EQ(runs[4].name, "pipeline.0.flops_target=0.7");
     SweepOptions none;
     expect_error<ConfigError>([&] { sweep_runs(none); }, "give --grid");

@@ -28,8 +28,8 @@ using testing::TempDir;
 
 TEST(ReportTest, ParetoFrontKeepsTheUndominatedPoints) {
     // (cost, accuracy)
-    const std::vector<std::pair<double, double>> points = {
-        {10, 90}, {5, 85}, {5, 88}, {20, 89}, {1, 50}, {30, 95}, {20, 95}, {7, NAN}};
+    const std::vector<std::pair<double, double>> points = {{10, 90}, {5, 85},  {5, 88},  {20, 89},
+                                                           {1, 50},  {30, 95}, {20, 95}, {7, NAN}};
     EXPECT_EQ(pareto_front(points), (std::vector<size_t>{4, 2, 0, 6}));
     EXPECT_TRUE(pareto_front({}).empty());
     EXPECT_EQ(pareto_front({{3, 1}}), (std::vector<size_t>{0}));
@@ -115,7 +115,7 @@ TEST(ReportTest, CollectsCurvesSearchesAndModelsOfARunDirectory) {
     EXPECT_EQ(r["curves"][1]["steps"]["x"], (std::vector<int64_t>{4 + 3}));  // after stage s0
     ASSERT_EQ(r["searches"].size(), 1u);
     EXPECT_EQ(r["searches"][0]["reward"], (std::vector<double>{50.5, 60}));  // torn line dropped
-    EXPECT_FALSE(r["searches"][0].contains("a0"));                             // actions are not shown
+    EXPECT_FALSE(r["searches"][0].contains("a0"));  // actions are not shown
     // Per-layer: the job's model file is the original.
     ASSERT_TRUE(r.contains("before")) << r.value("before_note", "");
     EXPECT_EQ(r["before"]["source"], (dir.path() / "base.pfm").string());
@@ -146,8 +146,8 @@ TEST(ReportTest, CollectsCurvesSearchesAndModelsOfARunDirectory) {
 TEST(ReportTest, PageInlinesTheLibraryAndEscapesTheData) {
     const json data = {{"runs", {{{"name", "</script><script>alert(1)</script> @JS@"}}}},
                        {"version", "x"}};
-    const std::string page = render_report(data, "/* chart lib */ var Chart = 1; </script>",
-                                           "t <i>@DATA@</i>");
+    const std::string page =
+        render_report(data, "/* chart lib */ var Chart = 1; </script>", "t <i>@DATA@</i>");
     // The template's own script blocks only: neither the data nor the library closes one.
     size_t closes = 0;
     for (size_t at = page.find("</script>"); at != std::string::npos;
