@@ -52,7 +52,9 @@ RunMetrics load_run_metrics(const std::string& path) {
     PF_CHECK(j.is_object(), InputError, "failed to read metrics from {}: not a JSON object",
              file.string());
     RunMetrics out;
-    if (j.contains("runs") && j["runs"].is_array()) {
+    PF_CHECK(!j.contains("runs") || j["runs"].is_array(), InputError,
+             "failed to read metrics from {}: \"runs\" is not a list", file.string());
+    if (j.contains("runs")) {
         for (const auto& r : j["runs"]) {
             PF_CHECK(r.is_object() && r.contains("name") && r["name"].is_string(), InputError,
                      "failed to read metrics from {}: every entry of \"runs\" needs a \"name\"",
@@ -70,7 +72,9 @@ RunMetrics load_run_metrics(const std::string& path) {
                 r["runtime"].get<std::string>(), r["batch"].get<int64_t>())] = numbers(r);
         }
     } else {
-        out[j.value("run_dir", file.parent_path().string())] = numbers(j);
+        const auto dir = j.find("run_dir");
+        out[dir != j.end() && dir->is_string() ? dir->get<std::string>()
+                                               : file.parent_path().string()] = numbers(j);
     }
     PF_CHECK(!out.empty(), InputError, "failed to read metrics from {}: no runs in it",
              file.string());

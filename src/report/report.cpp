@@ -36,6 +36,18 @@ namespace {
 
 constexpr size_t kMaxCurvePoints = 1500;  // per stage: longer curves are thinned evenly
 
+/// A string / integer field of a record written by a run, or `fallback` when absent or of another
+/// type (a hand-edited or damaged file must not stop the report).
+std::string text_field(const json& j, const char* key, const std::string& fallback) {
+    const auto it = j.find(key);
+    return it != j.end() && it->is_string() ? it->get<std::string>() : fallback;
+}
+
+int64_t int_field(const json& j, const char* key, int64_t fallback) {
+    const auto it = j.find(key);
+    return it != j.end() && it->is_number_integer() ? it->get<int64_t>() : fallback;
+}
+
 json parse_json_file(const fs::path& path) {
     try {
         return json::parse(read_file(path));
@@ -69,15 +81,15 @@ json read_curves(const fs::path& path) {
             spdlog::warn("report: {}:{}: not a JSON record, skipped", path.string(), line_no);
             continue;
         }
-        const std::string stage = r.value("stage", std::string("train"));
-        const std::string kind = r.value("kind", std::string());
+        const std::string stage = text_field(r, "stage", "train");
+        const std::string kind = text_field(r, "kind", "");
         if (!stages.count(stage)) {
             order.push_back(stage);
         }
         Stage& s = stages[stage];
-        if (kind == "step" && r.contains("step") && r["step"].is_number()) {
+        if (kind == "step" && r.contains("step") && r["step"].is_number_integer()) {
             s.steps[r["step"].get<int64_t>()] = r;
-        } else if (kind == "epoch" && r.contains("epoch") && r["epoch"].is_number()) {
+        } else if (kind == "epoch" && r.contains("epoch") && r["epoch"].is_number_integer()) {
             s.epochs[r["epoch"].get<int64_t>()] = r;
         }
     }
@@ -98,7 +110,7 @@ json read_curves(const fs::path& path) {
         std::map<int64_t, int64_t> epoch_end;  // epoch → its last step
         for (const auto& [step, r] : s.steps) {
             last_step = step;
-            epoch_end[r.value("epoch", int64_t{0})] = step;
+            epoch_end[int_field(r, "epoch", 0)] = step;
             if (k++ % std::max<size_t>(1, stride) != 0 && k != s.steps.size()) {
                 continue;
             }
@@ -242,7 +254,7 @@ std::pair<std::string, Graph> model_before(const fs::path& run,
                                            const Graph& after) {
     const json stages = summary.value("stages", json::array());
     size_t first = 0;
-    while (first < stages.size() && stages[first].value("learner", "") == "full_precision") {
+    while (first < stages.size() && text_field(stages[first], "learner", "") == "full_precision") {
         ++first;
     }
     if (first == stages.size()) {
@@ -251,7 +263,7 @@ std::pair<std::string, Graph> model_before(const fs::path& run,
     if (first > 0) {
         const fs::path p =
             run / fmt::format("stage{}_{}.pfm", first - 1,
-                              stages[first - 1].value("learner", std::string("full_precision")));
+                              text_field(stages[first - 1], "learner", "full_precision"));
         return {p.string(), load_model(p.string()).graph};
     }
     const fs::path config = run / "resolved_config.yaml";
@@ -294,18 +306,28 @@ json run_metrics(const json& summary, const json& entry) {
 }
 
 json collect_run(const fs::path& dir, const std::string& name, const json& entry) {
-    json run = {{"name", name}, {"dir", dir.string()}, {"status", entry.value("status", "ok")}};
+    json run = {
+        {"name", name}, {"dir", dir.string()}, {"status", text_field(entry, "status", "ok")}};
     if (entry.contains("overrides")) {
         run["overrides"] = entry["overrides"];
     }
     if (run["status"] != "ok") {
-        run["error"] = entry.value("error", std::string());
+        run["error"] = text_field(entry, "error", "");
         return run;
     }
     const fs::path summary_path = dir / "summary.json";
     PF_CHECK(fs::exists(summary_path), InputError,
              "{}: not a finished run directory (no summary.json)", dir.string());
-    const json summary = parse_json_file(summary_path);
+    json summary = parse_json_file(summary_path);
+    PF_CHECK(summary.is_object(), InputError, "{}: expected a JSON object (a run's summary)",
+             summary_path.string());
+    if (summary.contains("stages") && !summary["stages"].is_array()) {
+        throw InputError(fmt::format("{}: \"stages\" is not a list", summary_path.string()));
+    }
+    for (const auto& stage : summary.value("stages", json::array())) {
+        PF_CHECK(stage.is_object(), InputError, "{}: a stage that is not an object",
+                 summary_path.string());
+    }
     run["summary"] = summary;
     run["metrics"] = run_metrics(summary, entry);
     if (fs::exists(dir / "resolved_config.yaml")) {
@@ -391,7 +413,7 @@ json collect_report(const std::vector<std::string>& inputs) {
             const std::string name = entry["name"].get<std::string>();
             // The run directory as recorded (relative to where the sweep ran), else beside
             // results.json (the sweep directory was moved or the report runs elsewhere).
-            fs::path run_dir = entry.value("run_dir", std::string());
+            fs::path run_dir = text_field(entry, "run_dir", "");
             if (run_dir.empty() || !fs::exists(run_dir / "summary.json")) {
                 run_dir = dir / name;
             }

@@ -143,6 +143,33 @@ TEST(ReportTest, CollectsCurvesSearchesAndModelsOfARunDirectory) {
                              "neither a run directory");
 }
 
+TEST(ReportTest, DamagedRunFilesAreNamedOrSkipped) {
+    TempDir dir;
+    fs::create_directories(dir.path() / "run");
+    const std::string run = (dir.path() / "run").string();
+    write_file_atomic(dir.path() / "run" / "summary.json", "[1, 2]");
+    expect_error<InputError>([&] { collect_report({run}); }, "expected a JSON object");
+    write_file_atomic(dir.path() / "run" / "summary.json", R"({"top1": "x", "stages": 5})");
+    expect_error<InputError>([&] { collect_report({run}); }, "\"stages\" is not a list");
+    write_file_atomic(dir.path() / "run" / "summary.json", R"({"top1": 1, "stages": [3]})");
+    expect_error<InputError>([&] { collect_report({run}); }, "a stage that is not an object");
+    // Records of the wrong types in metrics.jsonl are skipped, not fatal; fields of the wrong
+    // type in a sweep's table are read as absent.
+    write_file_atomic(dir.path() / "run" / "summary.json",
+                      R"({"top1": 1, "stages": [{"learner": 7}]})");
+    write_file_atomic(dir.path() / "run" / "metrics.jsonl",
+                      "{\"kind\":\"step\",\"stage\":5,\"step\":\"x\"}\n"
+                      "{\"kind\":\"step\",\"stage\":\"a\",\"step\":3,\"epoch\":\"e\"}\n");
+    const json data = collect_report({run});
+    EXPECT_EQ(data["runs"][0]["curves"].size(), 1u);
+    fs::create_directories(dir.path() / "sweep");
+    write_file_atomic(dir.path() / "sweep" / "results.json",
+                      R"({"runs": [{"name": "r1", "status": "failed", "error": 5}]})");
+    const json sweep = collect_report({(dir.path() / "sweep").string()});
+    EXPECT_EQ(sweep["runs"][0]["status"], "failed");
+    EXPECT_EQ(sweep["runs"][0]["error"], "");
+}
+
 TEST(ReportTest, PageInlinesTheLibraryAndEscapesTheData) {
     const json data = {{"runs", {{{"name", "</script><script>alert(1)</script> @JS@"}}}},
                        {"version", "x"}};
