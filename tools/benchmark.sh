@@ -30,8 +30,16 @@ update=0
 global_args=()
 sweep_args=()
 check_args=()
+need_value() {
+    if (($# < 2)); then
+        echo "benchmark: $1 needs a value" >&2
+        exit 2
+    fi
+}
 while (($# > 0)); do
     case "$1" in
+        --out | --baseline | --threads | --max-drop | --max-rise | --max-ratio | --max-slowdown)
+            need_value "$@" ;;&
         --out) out="$2"; shift 2 ;;
         --baseline) baseline="$2"; shift 2 ;;
         --update-baseline) update=1; shift ;;
@@ -50,11 +58,16 @@ set +e
 "$pf" "${global_args[@]}" sweep --file "$file" --out "$out" "${sweep_args[@]}"
 rc=$?
 set -e
-if ((rc == 130 || rc == 2)); then
-    exit "$rc"  # interrupted (rerun to continue) or bad input: no gate
+if ((rc != 0 && rc != 1)); then
+    exit "$rc"  # interrupted (rerun to continue), killed, or bad input: no gate
 fi
 if ((update)); then
-    exec "$pf" check --results "$out/results.json" --baseline "$baseline" \
+    # The limits: those given, else the current baseline's (a new suite has none yet).
+    existing=()
+    if [[ -f "$baseline" ]]; then
+        existing=(--baseline "$baseline")
+    fi
+    exec "$pf" check --results "$out/results.json" "${existing[@]}" \
         --write-baseline "$baseline" "${check_args[@]}"
 fi
 # A failed run (rc 1) is a regression the gate reports by name.

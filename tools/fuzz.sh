@@ -15,8 +15,14 @@ cd "$(dirname "$0")/.."
 tools/setup.sh --fuzz
 seconds=30
 budget=()
+deterministic=0
 if [[ "${1:-}" == "--runs" ]]; then
+    if [[ ! "${2:-}" =~ ^[0-9]+$ ]]; then
+        echo "fuzz: --runs needs a number of inputs" >&2
+        exit 2
+    fi
     budget=(-runs="$2" -seed=1)
+    deterministic=1
     seconds="$2 runs"
     shift 2
 elif [[ "${1:-}" =~ ^[0-9]+$ ]]; then
@@ -52,6 +58,10 @@ export ASAN_OPTIONS="detect_leaks=0:allocator_may_return_null=1"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 for t in "${targets[@]}"; do
     corpus="build-fuzz/corpus/$t"
+    if ((deterministic)); then
+        corpus="build-fuzz/corpus-seeds/$t"  # from the seeds alone, every time
+        rm -rf "$corpus"
+    fi
     crashes="build-fuzz/crashes/$t"
     mkdir -p "$corpus" "$crashes"
     cp -n fuzz/seeds/"$t"/* "$corpus"/ 2>/dev/null || true

@@ -24,10 +24,15 @@ if [[ -z "$browser" ]]; then
     exit 2
 fi
 html="${png%.png}.html"
-"$root/build/bin/pocketflow" report "${dirs[@]}" -o "$html" "$@"
+"${POCKETFLOW:-$root/build/bin/pocketflow}" report "${dirs[@]}" -o "$html" "$@"
 profile="$(mktemp -d)"
 trap 'rm -rf "$profile"' EXIT
-timeout 120 "$browser" --headless --no-sandbox --disable-gpu --disable-dev-shm-usage --no-first-run --hide-scrollbars \
-    --user-data-dir="$profile" --window-size="${WIDTH:-1280},${HEIGHT:-2400}" \
-    --screenshot="$png" "file://$(realpath "$html")" 2>/dev/null
+if ! timeout 120 "$browser" --headless --no-sandbox --disable-gpu --disable-dev-shm-usage \
+    --no-first-run --hide-scrollbars --user-data-dir="$profile" \
+    --window-size="${WIDTH:-1280},${HEIGHT:-2400}" --screenshot="$png" \
+    "file://$(realpath "$html")" 2>"$profile/chromium.log"; then
+    tail -20 "$profile/chromium.log" >&2
+    echo "report_screenshot: chromium failed (or timed out after 120 s)" >&2
+    exit 1
+fi
 echo "report_screenshot: $png ($(stat -c %s "$png") bytes) of $html"

@@ -736,7 +736,15 @@ YAML::Node load_yaml_document(const std::string& text,
         void OnDocumentStart(const YAML::Mark& m) override { starts.push_back(m); }
         void OnDocumentEnd() override {}
         void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
-        void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+        // An alias can make a node contain itself (`a: &x [*x]`: yaml-cpp registers the anchor
+        // before its children) or grow exponentially; no job needs one.
+        void OnAlias(const YAML::Mark& m, YAML::anchor_t) override {
+            throw ConfigError(
+                fmt::format("{}:{}:{}: YAML aliases (*name) are not supported in "
+                            "a {}; write the value out",
+                            file, m.line + 1, m.column + 1, what));
+        }
+        std::string file, what;
         void OnScalar(const YAML::Mark&,
                       const std::string&,
                       YAML::anchor_t,
@@ -752,6 +760,8 @@ YAML::Node load_yaml_document(const std::string& text,
                         YAML::EmitterStyle::value) override {}
         void OnMapEnd() override {}
     } documents;
+    documents.file = file;
+    documents.what = what;
     YAML::Node root;
     try {
         std::stringstream in(text);

@@ -103,10 +103,15 @@ Image from_rgb(const std::vector<uint8_t>& hwc, int64_t h, int64_t w) {
 /// header can declare gigapixels in a few bytes.
 constexpr int64_t kMaxImageSide = 16384;
 
+constexpr int64_t kMaxImagePixels = int64_t{1} << 26;  // 64 Mpx: 192 MiB of RGB
+
 void check_image_size(const std::string& path, int64_t w, int64_t h) {
     PF_CHECK(w > 0 && h > 0 && w <= kMaxImageSide && h <= kMaxImageSide, InputError,
              "failed to decode {}: it declares {}x{} pixels; sides of 1 to {} are supported", path,
              w, h, kMaxImageSide);
+    PF_CHECK(w * h <= kMaxImagePixels, InputError,
+             "failed to decode {}: it declares {}x{} pixels; at most {} Mpx are supported", path, w,
+             h, kMaxImagePixels >> 20);
 }
 
 Image decode_jpeg(const std::string& path, const std::string& bytes) {
@@ -119,7 +124,8 @@ Image decode_jpeg(const std::string& path, const std::string& bytes) {
         tjDestroy(tj);
         throw InputError(fmt::format("failed to decode {}: {}", path, msg));
     }
-    if (w <= 0 || h <= 0 || w > kMaxImageSide || h > kMaxImageSide) {
+    if (w <= 0 || h <= 0 || w > kMaxImageSide || h > kMaxImageSide ||
+        int64_t{w} * h > kMaxImagePixels) {
         tjDestroy(tj);
         check_image_size(path, w, h);
     }
@@ -138,7 +144,7 @@ Image decode_png(const std::string& path, const std::string& bytes) {
     PF_CHECK(png_image_begin_read_from_memory(&image, bytes.data(), bytes.size()) != 0, InputError,
              "failed to decode {}: {}", path, image.message);
     if (image.width == 0 || image.height == 0 || image.width > kMaxImageSide ||
-        image.height > kMaxImageSide) {
+        image.height > kMaxImageSide || int64_t{image.width} * image.height > kMaxImagePixels) {
         png_image_free(&image);
         check_image_size(path, image.width, image.height);
     }

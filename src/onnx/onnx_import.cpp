@@ -386,9 +386,10 @@ private:
         }
         return *c;
     }
+    /// Whether every input is a known constant (the folding below reads each one by name).
     bool all_constant(const onnx::NodeProto& n) const {
         for (int k = 0; k < n.input_size(); ++k) {
-            if (!n.input(k).empty() && !constants_.count(n.input(k))) {
+            if (n.input(k).empty() || !constants_.count(n.input(k))) {
                 return false;
             }
         }

@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "pocketflow/error.h"
+#include "pocketflow/json_reader.h"
 #include "pocketflow/util.h"
 
 namespace pocketflow {
@@ -42,13 +43,8 @@ RunMetrics load_run_metrics(const std::string& path) {
     }
     PF_CHECK(fs::exists(file), InputError, "failed to read metrics from {}: no such file{}", path,
              fs::is_directory(path) ? " (the directory has no summary.json)" : "");
-    json j;
-    try {
-        j = json::parse(read_file(file.string()));
-    } catch (const json::exception& e) {
-        throw InputError(
-            fmt::format("failed to read metrics from {}: {}", file.string(), e.what()));
-    }
+    const json j =
+        parse_json_text(read_file(file.string()), "failed to read metrics from " + file.string());
     PF_CHECK(j.is_object(), InputError, "failed to read metrics from {}: not a JSON object",
              file.string());
     RunMetrics out;
@@ -63,8 +59,9 @@ RunMetrics load_run_metrics(const std::string& path) {
         }
     } else if (j.contains("results") && j["results"].is_array()) {
         for (const auto& r : j["results"]) {  // pocketflow bench --json
-            PF_CHECK(r.is_object() && r.contains("model") && r.contains("runtime") &&
-                         r.contains("batch"),
+            PF_CHECK(r.is_object() && r.contains("model") && r["model"].is_string() &&
+                         r.contains("runtime") && r["runtime"].is_string() && r.contains("batch") &&
+                         r["batch"].is_number_integer(),
                      InputError, "failed to read metrics from {}: not a bench result",
                      file.string());
             out[fmt::format(
@@ -222,12 +219,7 @@ std::vector<MetricLimit> load_baseline_limits(const std::string& path) {
     if (fs::is_directory(file)) {
         return {};  // a run directory carries no limits
     }
-    json j;
-    try {
-        j = json::parse(read_file(file.string()));
-    } catch (const json::exception& e) {
-        throw InputError(fmt::format("failed to read {}: {}", file.string(), e.what()));
-    }
+    const json j = parse_json_text(read_file(file.string()), "failed to read " + file.string());
     std::vector<MetricLimit> out;
     if (!j.is_object() || !j.contains("limits")) {
         return out;

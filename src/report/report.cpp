@@ -16,7 +16,9 @@
 #include <spdlog/spdlog.h>
 #include <yaml-cpp/yaml.h>
 
+#include "pocketflow/config.h"
 #include "pocketflow/error.h"
+#include "pocketflow/json_reader.h"
 #include "pocketflow/onnx.h"
 #include "pocketflow/pfm.h"
 #include "pocketflow/util.h"
@@ -49,11 +51,7 @@ int64_t int_field(const json& j, const char* key, int64_t fallback) {
 }
 
 json parse_json_file(const fs::path& path) {
-    try {
-        return json::parse(read_file(path));
-    } catch (const json::exception& e) {
-        throw InputError(fmt::format("{}: not valid JSON ({})", path.string(), e.what()));
-    }
+    return parse_json_text(read_file(path), path.string());
 }
 
 /// Training curves from metrics.jsonl, per stage in order of appearance. A resumed run logs some
@@ -87,10 +85,15 @@ json read_curves(const fs::path& path) {
             order.push_back(stage);
         }
         Stage& s = stages[stage];
-        if (kind == "step" && r.contains("step") && r["step"].is_number_integer()) {
-            s.steps[r["step"].get<int64_t>()] = r;
-        } else if (kind == "epoch" && r.contains("epoch") && r["epoch"].is_number_integer()) {
-            s.epochs[r["epoch"].get<int64_t>()] = r;
+        // Steps beyond 2^40 are not a real run's (and would overflow the offsets below).
+        auto counter = [&](const char* key) {
+            const int64_t v = int_field(r, key, -1);
+            return v >= 0 && v <= (int64_t{1} << 40) ? v : -1;
+        };
+        if (kind == "step" && counter("step") >= 0) {
+            s.steps[counter("step")] = r;
+        } else if (kind == "epoch" && counter("epoch") >= 0) {
+            s.epochs[counter("epoch")] = r;
         }
     }
     json out = json::array();
@@ -267,13 +270,10 @@ std::pair<std::string, Graph> model_before(const fs::path& run,
         return {p.string(), load_model(p.string()).graph};
     }
     const fs::path config = run / "resolved_config.yaml";
-    YAML::Node job;
-    try {
-        job = YAML::LoadFile(config.string());
-    } catch (const YAML::Exception& e) {
-        throw InputError(fmt::format("{}: {}", config.string(), e.what()));
-    }
-    const YAML::Node model = job["model"];
+    PF_CHECK(fs::is_regular_file(config), InputError, "{} is missing", config.string());
+    const YAML::Node job = load_yaml_document(read_file(config), config.string(), "resolved job");
+    const YAML::Node model = job.IsMap() ? job["model"] : YAML::Node();
+    PF_CHECK(model && model.IsMap(), InputError, "{}: model: is not a mapping", config.string());
     for (const char* key : {"path", "onnx"}) {
         if (model && model[key] && model[key].IsScalar() && !model[key].Scalar().empty()) {
             const fs::path p = find_job_path(model[key].Scalar(), run);
@@ -282,7 +282,8 @@ std::pair<std::string, Graph> model_before(const fs::path& run,
             return {p.string(), load_any_model(p.string()).graph};
         }
     }
-    const std::string arch = model && model["arch"] ? model["arch"].Scalar() : std::string();
+    const std::string arch =
+        model["arch"] && model["arch"].IsScalar() ? model["arch"].Scalar() : std::string();
     PF_CHECK(!arch.empty(), InputError, "{} names no model", config.string());
     const int64_t classes = after.layer_stats()[static_cast<size_t>(after.output())].out_shape[0];
     return {fmt::format("{} (zoo)", arch), build_zoo_model(arch, classes, after.input_shape())};
@@ -440,7 +441,7 @@ json collect_report(const std::vector<std::string>& inputs) {
             continue;
         }
         for (size_t k : pareto_front(points)) {
-            front.push_back(runs[which[k]]["name"]);
+            front.push_back(which[k]);  // run indices: names repeat across sweeps
             runs[which[k]]["pareto"][cost] = true;
         }
         fronts[cost] = front;

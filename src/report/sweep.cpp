@@ -195,8 +195,19 @@ void load_sweep_file(const std::string& path, SweepOptions& options) {
                     }
                 }
                 PF_CHECK(!run.name.empty(), ConfigError, "{}: a job needs a name", where(j));
-                PF_CHECK(safe_name(run.name) == run.name, ConfigError,
-                         "{}: job name {} is not a plain file name (letters, digits, . - _ =)",
+                PF_CHECK(safe_name(run.name) == run.name && run.name[0] != '.', ConfigError,
+                         "{}: job name {} is not a plain file name (letters, digits, . - _ =, "
+                         "not starting with .)",
+                         where(j), shorten(run.name, 80));
+                auto ends_with = [&](const std::string& tail) {
+                    return run.name.size() >= tail.size() &&
+                           run.name.compare(run.name.size() - tail.size(), tail.size(), tail) == 0;
+                };
+                PF_CHECK(run.name != "results.json" && run.name != "results.csv" &&
+                             !ends_with(".log") && !ends_with(".run.json"),
+                         ConfigError,
+                         "{}: job name {} would collide with the sweep's own files (results.*, "
+                         "<run>.log, <run>.run.json)",
                          where(j), run.name);
                 if (!run.config.empty() && run.config.find("${") == std::string::npos &&
                     fs::path(run.config).is_relative()) {
@@ -287,10 +298,23 @@ json run_sweep(const SweepOptions& o) {
     const fs::path dir = o.out;
     fs::create_directories(dir);
     const int cores = resolve_threads(o.threads);
-    const int jobs = std::clamp(o.jobs, 1, cores);
+    int jobs = std::clamp(o.jobs, 1, cores);
     if (jobs < o.jobs) {
         spdlog::warn("sweep: {} jobs at a time on {} cores would oversubscribe them; running {}",
                      o.jobs, cores, jobs);
+    }
+    // A run that reads an earlier run's output (${SWEEP_OUT}/<run>/...) must start after it ends:
+    // such a sweep runs one run at a time.
+    const bool chained = std::any_of(runs.begin(), runs.end(), [](const SweepRun& r) {
+        return r.config.find("${SWEEP_OUT}") != std::string::npos ||
+               std::any_of(r.overrides.begin(), r.overrides.end(), [](const std::string& s) {
+                   return s.find("${SWEEP_OUT}") != std::string::npos;
+               });
+    });
+    if (chained && jobs > 1) {
+        spdlog::warn(
+            "sweep: runs start from earlier runs' results (${{SWEEP_OUT}}): one at a time");
+        jobs = 1;
     }
     const int threads = std::max(1, cores / jobs);
     install_stop_handlers();  // a signal between runs stops the sweep after the running ones
@@ -355,11 +379,13 @@ json run_sweep(const SweepOptions& o) {
         const fs::path record = dir / (name + ".run.json");
         if (r.contains("status")) {
             // not runnable (above)
-        } else if (fs::exists(record) && json::parse(read_file(record.string())) != settings) {
+        } else if (fs::exists(record) &&
+                   json::parse(read_file(record.string()), nullptr, false) != settings) {
+            // (a damaged record reads as "discarded": other settings)
             r["status"] = "failed";
             r["error"] = fmt::format(
                 "{} holds a run of other settings ({}); use another --out for this sweep",
-                run_dir.string(), read_file(record.string()));
+                run_dir.string(), shorten(read_file(record.string()), 400));
         } else {
             write_file_atomic(record, settings.dump());
         }
@@ -410,8 +436,16 @@ json run_sweep(const SweepOptions& o) {
         }
         r["wall_seconds"] =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-        if (r["status"] == "ok") {
-            const json summary = json::parse(read_file((run_dir / "summary.json").string()));
+        const json summary =
+            r["status"] == "ok"
+                ? json::parse(read_file((run_dir / "summary.json").string()), nullptr, false)
+                : json();
+        if (r["status"] == "ok" && !summary.is_object()) {
+            r["status"] = "failed";
+            r["error"] =
+                fmt::format("{} is not a JSON object: rerun the run (delete its directory)",
+                            (run_dir / "summary.json").string());
+        } else if (r["status"] == "ok") {
             for (const char* key :
                  {"top1", "top5", "loss", "val_top1", "macs", "params", "file_bytes", "seconds"}) {
                 if (summary.contains(key) && summary[key].is_number()) {
@@ -419,7 +453,7 @@ json run_sweep(const SweepOptions& o) {
                 }
             }
             if (r.value("skipped", false)) {
-                r["wall_seconds"] = summary.value("seconds", 0.0);
+                r["wall_seconds"] = r.value("seconds", 0.0);  // (a number: checked above)
             }
         }
         std::lock_guard<std::mutex> lock(mutex);

@@ -158,6 +158,8 @@ TEST(HostileInputTest, JobFilesAreOneWellFormedDocument) {
         {model + "train: {epochs: 1, epochs: 2}\n", "j.yaml:3:20: duplicate key train.epochs"},
         {model + "---\nseed: 2\n", "j.yaml:3: a job file holds one YAML document"},
         {",", "j.yaml:1:1: failed to parse YAML: no document can start here"},  // (fuzz: a hang)
+        {"a: &x [*x]\n" + model, "j.yaml:1:8: YAML aliases (*name) are not supported"},  // a cycle
+        {"a: &x [1, 2]\nb: [*x, *x]\n" + model, "YAML aliases (*name) are not supported"},
         {model + "...\njunk\n", "j.yaml:4: a job file holds one YAML document"},
         {"name: \"a\xff\xfe\"\n" + model, "j.yaml:1:7: name: the value is not valid UTF-8"},
         {"name: \"\xed\xa0\x80\"\n" + model, "name: the value is not valid UTF-8"},  // surrogate

@@ -218,7 +218,10 @@ TEST(SweepTest, JobsOfASuiteAndVariables) {
              {"jobs:\n  - {name: a/b}\n", "not a plain file name"},
              {"jobs:\n  - {name: a, sets: {}}\n", "unknown key jobs.sets"},
              {"jobs:\n  - {name: a, set: [1]}\n", "jobs.set: expected"},
-             {"jobs:\n  - {name: a}\n  - {name: a}\n", "job a is listed twice"}}) {
+             {"jobs:\n  - {name: a}\n  - {name: a}\n", "job a is listed twice"},
+             {"jobs:\n  - {name: ..}\n", "not starting with ."},
+             {"jobs:\n  - {name: results.json}\n", "would collide with the sweep's own files"},
+             {"jobs:\n  - {name: a.log}\n", "would collide"}}) {
         write_file_atomic(dir.file("s2.yaml"), text);
         SweepOptions bad;
         expect_error<ConfigError>(

@@ -120,10 +120,12 @@
     const comparison = el('section', { id: 'comparison' }, el('h2', {}, 'Accuracy against cost'), grid);
     main.append(comparison);
     for (const [key, label, title, format] of costs) {
-      const pts = finished.filter((r) => isNum(r.metrics[key]) && isNum(r.metrics.top1))
-        .map((r) => ({ x: r.metrics[key], y: r.metrics.top1, name: r.name }));
+      const pts = runs.map((r, i) => ({ r, i }))
+        .filter(({ r }) => r.status === 'ok' && r.metrics && isNum(r.metrics[key]) &&
+          isNum(r.metrics.top1))
+        .map(({ r, i }) => ({ x: r.metrics[key], y: r.metrics.top1, name: r.name, index: i }));
       if (pts.length < 2) continue;
-      const front = (DATA.pareto[key] || []).map((n) => pts.find((p) => p.name === n))
+      const front = (DATA.pareto[key] || []).map((i) => pts.find((p) => p.index === i))
         .filter((p) => p).sort((a, b) => a.x - b.x);
       chart(grid, 'pareto-' + key, title, {
         type: 'scatter',
