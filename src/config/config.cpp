@@ -280,7 +280,8 @@ void ConfigReader::finish() {
                               : fmt::format("{}:{}:{}", source_.file, it->first.Mark().line + 1,
                                             it->first.Mark().column + 1);
         throw ConfigError(fmt::format(
-            "{}: unknown key {}{}; known keys here: {}", loc, key_path(key),
+            "{}: unknown key {}{}; known keys here: {}", shorten(loc, 200),
+            shorten(key_path(key), 120),
             hint.empty() ? "" : fmt::format(" (did you mean '{}'?)", hint), join(known_, ", ")));
     }
 }
@@ -694,8 +695,9 @@ void check_yaml_tree(const YAML::Node& n, const std::string& file, const std::st
     };
     if (n.IsScalar()) {
         if (!valid_utf8(n.Scalar())) {
-            throw ConfigError(fmt::format("{}: {}: the value is not valid UTF-8 text", at(n),
-                                          path.empty() ? std::string("(top level)") : path));
+            throw ConfigError(
+                fmt::format("{}: {}: the value is not valid UTF-8 text", at(n),
+                            path.empty() ? std::string("(top level)") : shorten(path, 120)));
         }
     } else if (n.IsSequence()) {
         for (size_t i = 0; i < n.size(); ++i) {
@@ -706,18 +708,19 @@ void check_yaml_tree(const YAML::Node& n, const std::string& file, const std::st
         for (const auto& kv : n) {
             if (!kv.first.IsScalar()) {
                 throw ConfigError(fmt::format("{}: {}: keys must be plain names", at(kv.first),
-                                              path.empty() ? std::string("(top level)") : path));
+                                              path.empty() ? std::string("(top level)")
+                                                           : shorten(path, 120)));
             }
             const std::string key = kv.first.Scalar();
             const std::string where = path.empty() ? key : path + "." + key;
             if (!valid_utf8(key)) {
-                throw ConfigError(fmt::format("{}: a key under {} is not valid UTF-8 text",
-                                              at(kv.first),
-                                              path.empty() ? std::string("the top level") : path));
+                throw ConfigError(
+                    fmt::format("{}: a key under {} is not valid UTF-8 text", at(kv.first),
+                                path.empty() ? std::string("the top level") : shorten(path, 120)));
             }
             if (!seen.insert(key).second) {
                 throw ConfigError(fmt::format("{}: duplicate key {} (each key may appear once)",
-                                              at(kv.first), where));
+                                              at(kv.first), shorten(where, 120)));
             }
             check_yaml_tree(kv.second, file, where);
         }

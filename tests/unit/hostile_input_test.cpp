@@ -185,6 +185,13 @@ TEST(HostileInputTest, JobFilesAreOneWellFormedDocument) {
     // Valid multi-byte text passes.
     EXPECT_NO_THROW(
         parse_job("name: \"r\xc3\xa9sum\xc3\xa9-\xe2\x82\xac\"\n" + model, "j.yaml", {}));
+    // A long unknown key (found by fuzzing: 5000 characters of message) is shortened too.
+    try {
+        parse_job(std::string(3000, 'k') + ": 1\n" + model, "j.yaml", {});
+        ADD_FAILURE() << "a 3000-character key was accepted";
+    } catch (const ConfigError& e) {
+        EXPECT_LT(std::string(e.what()).size(), 600u) << std::string(e.what()).substr(0, 600);
+    }
     // A long value is shortened in the message, not repeated.
     try {
         parse_job("seed: " + std::string(100000, '9') + "\n" + model, "j.yaml", {});
