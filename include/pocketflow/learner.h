@@ -167,8 +167,8 @@ struct BitsSearchResult {
 
 /// Runs a bit-width search: `space` brings the layers' features and the reward of a policy;
 /// range, cost and budget come from `spec.budget`. Uniform floor(avg_bits) bits are the baseline
-/// it must beat. Logs its start and end, writes search/stage<i>/best_bits.yaml (a pasteable `bits:` map)
-/// and returns the bits with the summary entry (`start`: when the search's work began).
+/// it must beat. Logs its start and end, writes search/stage<i>/best_bits.yaml (a pasteable `bits:`
+/// map) and returns the bits with the summary entry (`start`: when the search's work began).
 BitsSearchResult run_bits_search(RunContext& ctx,
                                  SearchSpace space,
                                  const BitsSearchSpec& spec,

@@ -61,8 +61,8 @@ std::vector<double> search_ratios(RunContext& ctx,
     const GroupPruner pruner(input, plan, selection, calibration.get(), ctx.job.seed + 99);
     std::unique_ptr<LatencyTable> latency;
     if (options.reward == "latency") {
-        latency = std::make_unique<LatencyTable>(
-            options.latency, (search_dir(ctx) / "latency_table.csv").string());
+        latency = std::make_unique<LatencyTable>(options.latency,
+                                                 (search_dir(ctx) / "latency_table.csv").string());
     }
     DataBundle train_only = ctx.data;  // candidates' training: no per-epoch validation
     train_only.val_indices.clear();

@@ -41,9 +41,10 @@ struct RatioSearchOptions {
 /// Searches per-group kept ratios under `plan`'s MACs budget (AMC): each episode's policy is
 /// applied to a copy as the stage would prune it (`stage_selection` with the search's criterion:
 /// LASSO + reconstruction by default, on `samples` calibration images; BN statistics re-estimated
-/// on `bn_batches` training batches) and scored by validation top-1. Writes search/stage<i>/episodes.csv and
-/// search/stage<i>/best_ratios.yaml in the run directory; adds `search` (best and uniform validation top-1,
-/// episodes, seconds) to `summary`. Returns the best ratios (one per prunable group).
+/// on `bn_batches` training batches) and scored by validation top-1. Writes
+/// search/stage<i>/episodes.csv and search/stage<i>/best_ratios.yaml in the run directory; adds
+/// `search` (best and uniform validation top-1, episodes, seconds) to `summary`. Returns the best
+/// ratios (one per prunable group).
 std::vector<double> search_ratios(RunContext& ctx,
                                   const PrunePlan& plan,
                                   const RatioSearchOptions& options,

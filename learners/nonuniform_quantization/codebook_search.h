@@ -26,7 +26,8 @@ struct CodebookSearchOptions {
 /// with each layer's weights replaced by its k-means codebook at those bits (each layer's codebook
 /// at each width is computed once), scored by top-1 on a validation subset. Uniform bits
 /// (floor(avg_bits)) are the baseline to beat. Writes search/stage<i>/episodes.csv and
-/// search/stage<i>/best_bits.yaml; adds `search` to `summary`. Returns the bits of each layer of `nodes`.
+/// search/stage<i>/best_bits.yaml; adds `search` to `summary`. Returns the bits of each layer of
+/// `nodes`.
 std::vector<int> search_codebook_bits(RunContext& ctx,
                                       const Graph& graph,
                                       const std::vector<int>& nodes,

@@ -26,8 +26,9 @@ struct BitsSearchOptions {
 /// layers of `layers` that are not fixed (`fixed`: the first/last layers kept at 8 bits): each
 /// episode's bits meet the budget (parameter-weighted mean ≤ avg_bits), the candidate is `graph`
 /// (BN folded) with those bits and activation ranges calibrated once on `calibration`, scored by
-/// top-1 on a validation subset. Writes search/stage<i>/episodes.csv and search/stage<i>/best_bits.yaml; adds
-/// `search` to `summary`. Returns the bits of every layer (fixed ones unchanged).
+/// top-1 on a validation subset. Writes search/stage<i>/episodes.csv and
+/// search/stage<i>/best_bits.yaml; adds `search` to `summary`. Returns the bits of every layer
+/// (fixed ones unchanged).
 std::map<std::string, LayerBits> search_bits(RunContext& ctx,
                                              const Graph& graph,
                                              const QuantizeOptions& base,

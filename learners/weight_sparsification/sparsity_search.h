@@ -25,8 +25,8 @@ struct SparsitySearchOptions {
 /// the layers' relative kept fractions, scaled onto the budget (`target` of all weights pruned);
 /// the candidate is `graph` magnitude-pruned one-shot to those sparsities (BN re-estimated on
 /// `bn_batches` batches) and scored by top-1 on a validation subset. The log_size heuristic is the
-/// baseline to beat. Writes search/stage<i>/episodes.csv and search/stage<i>/best_sparsity.yaml; adds `search` to
-/// `summary`. Returns the chosen sparsity of each layer of `nodes`.
+/// baseline to beat. Writes search/stage<i>/episodes.csv and search/stage<i>/best_sparsity.yaml;
+/// adds `search` to `summary`. Returns the chosen sparsity of each layer of `nodes`.
 std::vector<double> search_sparsities(RunContext& ctx,
                                       const Graph& graph,
                                       const std::vector<int>& nodes,

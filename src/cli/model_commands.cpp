@@ -129,7 +129,8 @@ int cmd_info(const std::string& model_path,
             "weights are zero\n",
             static_cast<double>(float_bytes) /
                 static_cast<double>(std::max<int64_t>(1, weight_bytes)),
-            pf::human_bytes(static_cast<double>(float_bytes)), 100 * described["sparsity"].get<double>());
+            pf::human_bytes(static_cast<double>(float_bytes)),
+            100 * described["sparsity"].get<double>());
     }
     return 0;
 }

@@ -707,9 +707,9 @@ void check_yaml_tree(const YAML::Node& n, const std::string& file, const std::st
         std::set<std::string> seen;
         for (const auto& kv : n) {
             if (!kv.first.IsScalar()) {
-                throw ConfigError(fmt::format("{}: {}: keys must be plain names", at(kv.first),
-                                              path.empty() ? std::string("(top level)")
-                                                           : shorten(path, 120)));
+                throw ConfigError(
+                    fmt::format("{}: {}: keys must be plain names", at(kv.first),
+                                path.empty() ? std::string("(top level)") : shorten(path, 120)));
             }
             const std::string key = kv.first.Scalar();
             const std::string where = path.empty() ? key : path + "." + key;

@@ -243,10 +243,11 @@ std::vector<std::vector<int64_t>> Graph::infer_shapes() const {
             }
             for (int d = 0; d < 2; ++d) {
                 if (a.kernel[d] < 1 || a.stride[d] < 1 || a.padding[d] < 0 || a.dilation[d] < 1) {
-                    fail(fmt::format("kernel {}, stride {}, padding {}, dilation {}: kernel, "
-                                     "stride and dilation must be >= 1 and padding >= 0",
-                                     shape_str(a.kernel), shape_str(a.stride),
-                                     shape_str(a.padding), shape_str(a.dilation)));
+                    fail(
+                        fmt::format("kernel {}, stride {}, padding {}, dilation {}: kernel, "
+                                    "stride and dilation must be >= 1 and padding >= 0",
+                                    shape_str(a.kernel), shape_str(a.stride), shape_str(a.padding),
+                                    shape_str(a.dilation)));
                 }
             }
         };

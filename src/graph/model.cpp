@@ -91,8 +91,7 @@ std::string normalisation_problem(const ModelMeta& meta, int64_t channels) {
     }
     const size_t n = meta.mean.size();
     if (n > 1 && static_cast<int64_t>(n) != channels) {
-        return fmt::format("mean and std have {} values for an input of {} channels", n,
-                           channels);
+        return fmt::format("mean and std have {} values for an input of {} channels", n, channels);
     }
     for (size_t c = 0; c < n; ++c) {
         if (!std::isfinite(meta.mean[c])) {
