@@ -44,6 +44,9 @@ std::string human_bytes(double bytes);
 /// megabyte-long value must not be repeated in full.
 std::string shorten(const std::string& text, size_t max = 160);
 
+/// `text` as one shell word (single-quoted), whatever it holds.
+std::string shell_quote(const std::string& text);
+
 /// A fresh private directory under the system temp dir, removed with everything in it on scope
 /// exit.
 class ScopedTempDir {

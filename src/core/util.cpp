@@ -147,6 +147,14 @@ std::string human_count(double value) {
     return u == 0 ? fmt::format("{:.0f}", value) : fmt::format("{:.2f}{}", value, units[u]);
 }
 
+std::string shell_quote(const std::string& text) {
+    std::string out = "'";
+    for (char c : text) {
+        out += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    }
+    return out + "'";
+}
+
 std::string shorten(const std::string& text, size_t max) {
     if (text.size() <= max || max < 8) {
         return text;

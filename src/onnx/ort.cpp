@@ -32,15 +32,6 @@ std::string ort_runner_path() {
 
 namespace {
 
-/// One shell word, whatever the text holds.
-std::string quote(const std::string& text) {
-    std::string q = "'";
-    for (char c : text) {
-        q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    }
-    return q + "'";
-}
-
 /// Runs tools/ort/run.js with `args` and returns its per-model results; stderr goes to a file in
 /// `dir` and into the error when it fails.
 nlohmann::json run_node(const std::string& args,
@@ -52,10 +43,10 @@ nlohmann::json run_node(const std::string& args,
     PF_CHECK(!onnx_paths.empty(), Error, "no ONNX model to run");
     std::string models;
     for (const auto& path : onnx_paths) {
-        models += "--model " + quote(path) + " ";
+        models += "--model " + shell_quote(path) + " ";
     }
-    const std::string cmd = fmt::format("node {} {}{} 2>{}", quote(runner), models, args,
-                                        quote((dir / "err.txt").string()));
+    const std::string cmd = fmt::format("node {} {}{} 2>{}", shell_quote(runner), models, args,
+                                        shell_quote((dir / "err.txt").string()));
     std::string out;
     FILE* pipe = ::popen(cmd.c_str(), "r");
     PF_CHECK(pipe != nullptr, Error, "failed to start node for ONNX Runtime");
@@ -105,10 +96,10 @@ std::vector<OrtRun> run_onnxruntime(const std::vector<std::string>& onnx_paths,
                                                           static_cast<size_t>(x.numel()) * 4));
     std::string args =
         fmt::format("--input {} --shape {} --output {} --warmup {} --repeat {} --threads {}",
-                    quote((dir / "input.f32").string()), fmt::join(x.sizes().vec(), ","),
-                    quote((dir / "output.f32").string()), warmup, repeat, threads);
+                    shell_quote((dir / "input.f32").string()), fmt::join(x.sizes().vec(), ","),
+                    shell_quote((dir / "output.f32").string()), warmup, repeat, threads);
     if (!optimized_path.empty()) {
-        args += " --optimized " + quote(optimized_path);
+        args += " --optimized " + shell_quote(optimized_path);
     }
     if (loads > 1) {
         args += fmt::format(" --loads {}", loads);
@@ -142,7 +133,7 @@ std::vector<OrtRun> time_onnxruntime(const std::vector<std::string>& onnx_paths,
     }
     const std::string args = fmt::format(
         "--input random --shapes {} --warmup {} --repeat {} --threads {} --settle {}",
-        quote(fmt::format("{}", fmt::join(texts, ";"))), warmup, repeat, threads, settle_ms);
+        shell_quote(fmt::format("{}", fmt::join(texts, ";"))), warmup, repeat, threads, settle_ms);
     std::vector<OrtRun> runs;
     for (const auto& j : run_node(args, scratch.path(), onnx_paths)) {
         runs.push_back(timings(j));

@@ -31,14 +31,6 @@ using nlohmann::json;
 
 namespace {
 
-std::string shell_quote(const std::string& s) {
-    std::string out = "'";
-    for (char c : s) {
-        out += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    }
-    return out + "'";
-}
-
 /// A YAML value as --set text (flow style for sequences and maps).
 std::string yaml_text(const YAML::Node& n) {
     if (n.IsScalar() && n.Tag() == "!") {  // quoted in the file: keep it a string

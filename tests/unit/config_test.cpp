@@ -302,6 +302,16 @@ TEST(UtilTest, AtomicWriteReplacesWholeFile) {
     EXPECT_EQ(files, 1);  // no temporary left behind
 }
 
+TEST(UtilTest, ShellQuoteAndShorten) {
+    EXPECT_EQ(shell_quote("a b"), "'a b'");
+    EXPECT_EQ(shell_quote("it's"), "'it'\\''s'");
+    EXPECT_EQ(shorten("short"), "short");
+    const std::string s = shorten(std::string(1000, 'x'), 20);
+    EXPECT_LT(s.size(), 60u);
+    EXPECT_NE(s.find("..."), std::string::npos);  // the elided middle
+    EXPECT_NE(s.find("(1000 characters)"), std::string::npos);
+}
+
 TEST(UtilTest, NearestMatch) {
     EXPECT_EQ(nearest_match("epohcs", {"epochs", "optimizer"}), "epochs");
     EXPECT_EQ(nearest_match("zzzzzzzz", {"epochs", "optimizer"}), "");
