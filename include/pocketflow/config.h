@@ -162,6 +162,9 @@ struct TrainConfig {
     int64_t log_every = 50;        ///< steps between log lines / metrics rows
     int64_t checkpoint_every = 0;  ///< steps between checkpoints (0: epoch ends only)
     int64_t steps_per_epoch = 0;   ///< cap on steps per epoch (0: the whole training set)
+    /// Data-parallel learning-rate rule (trainer.h lr_scale_for): linear | sqrt | none.
+    std::string lr_scaling = "linear";
+    int64_t reference_batch = 0;  ///< global batch the lr is tuned for (0: data.batch_size)
 };
 
 struct DistillationConfig {

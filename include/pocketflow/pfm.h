@@ -31,4 +31,10 @@ void save_model(const std::string& path, const Graph& graph, const ModelMeta& me
 /// the path and what is wrong.
 ModelFile load_model(const std::string& path);
 
+/// The bytes save_model writes, in memory (e.g. to send a model to other workers).
+std::string encode_model(const Graph& graph, const ModelMeta& meta);
+/// Reads encode_model's bytes, validated as load_model validates a file; `name` stands for the
+/// path in messages.
+ModelFile decode_model(const std::string& bytes, const std::string& name);
+
 }  // namespace pocketflow

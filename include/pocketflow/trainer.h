@@ -59,6 +59,12 @@ double learning_rate_at(const ScheduleConfig& schedule,
                         double epoch,
                         int64_t total_epochs);
 
+/// The factor on the learning rate for a global batch of `batch_size` × `world_size` images
+/// (data-parallel workers): `train.optimizer.lr` is tuned for `train.reference_batch` images
+/// (default: one worker's `batch_size`); `lr_scaling: linear` multiplies it by global/reference
+/// (Goyal et al., 2017), `sqrt` by the square root, `none` keeps it.
+double lr_scale_for(const TrainConfig& config, int64_t batch_size, int world_size);
+
 /// Trains a Model with SGD/Adam, a LR schedule, label smoothing, gradient clipping, optional
 /// distillation, evaluation each epoch, a NaN guard, atomic checkpoints every N steps and at epoch
 /// ends, and exact resume from the last checkpoint.

@@ -21,6 +21,8 @@ struct JobOptions {
     std::vector<std::string> overrides;
     bool resume = false;
     int64_t stop_after_steps = 0;
+    int nproc = 1;                  ///< local data-parallel workers (train, compress)
+    std::vector<std::string> argv;  ///< the command line, for --nproc's workers
 };
 
 /// The job of a command: its --config file (or the built-in default) with --set overrides.

@@ -8,6 +8,7 @@
 #include <ctime>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 
 #include <ATen/ATen.h>
 #include <CLI/CLI.hpp>
@@ -18,6 +19,7 @@
 #include <unistd.h>
 
 #include "pocketflow/cpu.h"
+#include "pocketflow/distributed.h"
 #include "pocketflow/error.h"
 #include "pocketflow/learner.h"
 #include "pocketflow/onnx.h"
@@ -60,6 +62,12 @@ void add_job_options(CLI::App* cmd, JobOptions& o, bool config_required) {
         ->allow_extra_args(false);
 }
 
+void add_nproc_option(CLI::App* cmd, JobOptions& o) {
+    cmd->add_option("--nproc", o.nproc,
+                    "data-parallel workers on this machine (c10d Gloo; the cores are divided)")
+        ->check(CLI::Range(1, 256));
+}
+
 void print_summary(const json& s) {
     fmt::print("\n{:<14}{}\n", "run dir", s["run_dir"].get<std::string>());
     fmt::print("{:<14}{} ({})\n", "model", s["model"].get<std::string>(),
@@ -90,9 +98,50 @@ int cmd_run(const JobOptions& o, const GlobalOptions& g, bool train_only) {
     if (train_only) {
         extra.emplace_back("pipeline=[{learner: full_precision}]");
     }
-    pf::Job job = load(o, g, extra);
+    pf::Job job = load(o, g, extra);  // validated once, before any worker starts
+    std::optional<pf::dist::World> world = pf::dist::world_from_environment();
+    if (o.nproc > 1) {
+        PF_CHECK(!world, ConfigError,
+                 "--nproc {}: this process already runs under a launcher (WORLD_SIZE={}); use "
+                 "the launcher's worker count or --nproc, not both",
+                 o.nproc, world ? world->world_size : 1);
+        // The workers: this command line without --nproc.
+        std::vector<std::string> args;
+        for (size_t i = 0; i < o.argv.size(); ++i) {
+            if (o.argv[i] == "--nproc") {
+                ++i;
+            } else if (o.argv[i].rfind("--nproc=", 0) != 0) {
+                args.push_back(o.argv[i]);
+            }
+        }
+        return pf::launch_local_workers(o.nproc, args);
+    }
+    if (world && world->rank > 0) {
+        // The other workers speak up only for trouble, and say who they are.
+        spdlog::default_logger()->set_pattern(
+            fmt::format("[%H:%M:%S] [rank {}] [%^%l%$] %v", world->rank));
+        if (spdlog::get_level() < spdlog::level::warn) {
+            spdlog::set_level(spdlog::level::warn);
+        }
+    }
     pf::install_stop_handlers();
-    json summary = pf::run_job(job, {o.resume, o.stop_after_steps});
+    json summary;
+    try {
+        if (world) {
+            pf::dist::init(*world, pf::dist::options_from_environment());
+        }
+        summary = pf::run_job(job, {o.resume, o.stop_after_steps});
+    } catch (const pf::Interrupted&) {
+        pf::dist::finish();  // every worker stopped at the same step; rank 0 saved it
+        throw;
+    } catch (const std::exception& e) {
+        pf::dist::finish(e.what());
+        throw;
+    }
+    pf::dist::finish();
+    if (world && world->rank > 0) {
+        return 0;  // rank 0 prints the result
+    }
     if (g.json) {
         std::cout << summary.dump() << std::endl;
     } else {
@@ -350,12 +399,15 @@ int run_cli(int argc, char** argv) {
     train->add_flag("--resume", train_opts.resume,
                     "continue the job's last run from its checkpoints");
     train->add_option("--stop-after-steps", train_opts.stop_after_steps)->group("");
+    add_nproc_option(train, train_opts);
 
     auto* compress = app.add_subcommand("compress", "run a job's pipeline of learners");
     add_job_options(compress, compress_opts, true);
     compress->add_flag("--resume", compress_opts.resume,
                        "continue the job's last run from its checkpoints");
     compress->add_option("--stop-after-steps", compress_opts.stop_after_steps)->group("");
+    add_nproc_option(compress, compress_opts);
+    train_opts.argv = compress_opts.argv = std::vector<std::string>(argv, argv + argc);
 
     std::string eval_model;
     auto* eval = app.add_subcommand("eval", "test accuracy (top-1, top-5) and loss of a model");

@@ -564,6 +564,13 @@ void parse_train(ConfigReader& r, TrainConfig& t) {
            ConfigReader::at_least(0));
     r.read("steps_per_epoch", t.steps_per_epoch, "cap on steps per epoch (0: all)",
            ConfigReader::at_least(0));
+    r.read("lr_scaling", t.lr_scaling,
+           "learning rate for a data-parallel global batch: x global/reference_batch (linear), "
+           "its square root (sqrt) or unchanged (none)",
+           {"linear", "sqrt", "none"});
+    r.read("reference_batch", t.reference_batch,
+           "global batch train.optimizer.lr is tuned for (0: data.batch_size)",
+           ConfigReader::in_range(0, 1 << 24));
 }
 
 void parse_distillation(ConfigReader& r, DistillationConfig& d) {

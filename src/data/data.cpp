@@ -636,8 +636,11 @@ Batch Loader::make_batch(int64_t b) const {
         PF_CHECK(img.channels == c, InputError, "image {} has {} channels, expected {}", index,
                  img.channels, c);
         lab[i] = dataset_->label(index);
-        std::mt19937_64 rng(mix(mix(options_.seed, static_cast<uint64_t>(epoch_)),
-                                static_cast<uint64_t>(begin + i)));
+        // Keyed by the sample's place in the epoch's global order (this rank's place × workers +
+        // rank): N workers augment each image as one worker does.
+        const int64_t place = (begin + i) * options_.world_size + options_.rank;
+        std::mt19937_64 rng(
+            mix(mix(options_.seed, static_cast<uint64_t>(epoch_)), static_cast<uint64_t>(place)));
         // Source window: its top-left corner (may be negative: zero padding) in the source image.
         int64_t y0 = (img.height - oh) / 2, x0 = (img.width - ow) / 2;
         bool flip = false;

@@ -98,7 +98,7 @@ Attrs attrs_from_json(const JsonReader& j) {
 }
 }  // namespace
 
-void save_model(const std::string& path, const Graph& graph, const ModelMeta& meta) {
+std::string encode_model(const Graph& graph, const ModelMeta& meta) {
     graph.validate();
     std::string data;
     json nodes = json::array();
@@ -162,7 +162,7 @@ void save_model(const std::string& path, const Graph& graph, const ModelMeta& me
     PF_CHECK(compress2(reinterpret_cast<Bytef*>(header_text.data() + sizeof(uint64_t)), &packed,
                        reinterpret_cast<const Bytef*>(json_text.data()), json_text.size(),
                        Z_BEST_COMPRESSION) == Z_OK,
-             Error, "failed to compress the header of {}", path);
+             Error, "failed to compress the header of model {}", meta.arch);
     header_text.resize(sizeof(uint64_t) + packed);
     std::string out;
     out.reserve(kPrefix + header_text.size() + data.size() + 4);
@@ -172,11 +172,18 @@ void save_model(const std::string& path, const Graph& graph, const ModelMeta& me
     out += header_text;
     out += data;
     put<uint32_t>(out, crc32_update(0, out.data(), out.size()));
-    write_file_atomic(path, out);
+    return out;
+}
+
+void save_model(const std::string& path, const Graph& graph, const ModelMeta& meta) {
+    write_file_atomic(path, encode_model(graph, meta));
 }
 
 ModelFile load_model(const std::string& path) {
-    std::string in = read_file(path);
+    return decode_model(read_file(path), path);
+}
+
+ModelFile decode_model(const std::string& in, const std::string& path) {
     auto bad = [&](const std::string& why) {
         return InputError(fmt::format("failed to load model {}: {}", path, why));
     };

@@ -9,8 +9,10 @@
 #include <sstream>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
+#include "pocketflow/distributed.h"
 #include "pocketflow/error.h"
 #include "pocketflow/util.h"
 
@@ -138,7 +140,45 @@ void BitsBudget::describe(SearchSpace& space) const {
     };
 }
 
+namespace {
+
+SearchResult search_here(const SearchSpace& space, const SearchOptions& options);
+
+}  // namespace
+
 SearchResult run_search(const SearchSpace& space, const SearchOptions& options) {
+    // Data-parallel workers: rank 0 searches (its run directory holds the episode log), the
+    // others receive its result.
+    const std::string text = dist::run_once([&] {
+        const SearchResult r = search_here(space, options);
+        return nlohmann::json{{"best", r.best},
+                              {"best_reward", r.best_reward},
+                              {"best_cost", r.best_cost},
+                              {"best_metrics", r.best_metrics},
+                              {"baseline_kept", r.baseline_kept},
+                              {"agent_best_reward", r.agent_best_reward},
+                              {"agent_best_metrics", r.agent_best_metrics},
+                              {"episodes", r.episodes},
+                              {"resumed", r.resumed}}
+            .dump();
+    });
+    const auto j = nlohmann::json::parse(text);
+    SearchResult r;
+    j.at("best").get_to(r.best);
+    j.at("best_reward").get_to(r.best_reward);
+    j.at("best_cost").get_to(r.best_cost);
+    j.at("best_metrics").get_to(r.best_metrics);
+    j.at("baseline_kept").get_to(r.baseline_kept);
+    j.at("agent_best_reward").get_to(r.agent_best_reward);
+    j.at("agent_best_metrics").get_to(r.agent_best_metrics);
+    j.at("episodes").get_to(r.episodes);
+    j.at("resumed").get_to(r.resumed);
+    return r;
+}
+
+namespace {
+
+SearchResult search_here(const SearchSpace& space, const SearchOptions& options) {
     const size_t points = space.features.size();
     PF_CHECK(points > 0 && space.max_action && space.cost && space.reward, Error,
              "a search needs decision points, max_action, cost and reward");
@@ -253,5 +293,7 @@ SearchResult run_search(const SearchSpace& space, const SearchOptions& options) 
     }
     return result;
 }
+
+}  // namespace
 
 }  // namespace pocketflow

@@ -16,6 +16,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include "pocketflow/distributed.h"
 #include "pocketflow/error.h"
 #include "pocketflow/learner.h"
 #include "pocketflow/onnx.h"
@@ -116,7 +117,9 @@ const LearnerRegistry& builtin_registry() {
 }
 
 int configure_threads(int64_t requested) {
-    int n = resolve_threads(static_cast<int>(requested));
+    // `threads: 0` is every core of the machine, shared by the workers on it.
+    int n = requested > 0 ? static_cast<int>(requested)
+                          : std::max(1, resolve_threads(0) / dist::local_world_size());
     at::set_num_threads(n);
     // OpenBLAS (when it is LibTorch's BLAS) keeps its own thread pool: give it the same count, so
     // `threads: 1` means one thread and the two pools do not oversubscribe the cores.
@@ -597,7 +600,21 @@ json run_job(const Job& job, const RunOptions& options) {
     check_blas();
     // Validate every stage before any work starts.
     std::vector<std::unique_ptr<Learner>> learners = create_learners(job);
-    fs::path dir = choose_run_dir(job, options.resume);
+    // Data-parallel workers: rank 0 owns the run directory; the others write what they must
+    // (their stage files, search caches) to a private scratch directory, removed at the end.
+    const bool main_worker = dist::is_main();
+    fs::path dir = main_worker ? choose_run_dir(job, options.resume)
+                               : fs::temp_directory_path() /
+                                     fmt::format("pocketflow-rank{}-{}", dist::rank(), ::getpid());
+    struct ScratchGuard {
+        fs::path path;
+        ~ScratchGuard() {
+            std::error_code ec;
+            if (!path.empty()) {
+                fs::remove_all(path, ec);
+            }
+        }
+    } scratch{main_worker ? fs::path() : dir};
     // The run directory must be creatable: a file in its place or on its path, or a path the
     // file system refuses (a symlink loop), is the job's mistake (exit 2), named before any work.
     for (fs::path p = dir; !p.empty(); p = p.parent_path()) {
@@ -617,7 +634,7 @@ json run_job(const Job& job, const RunOptions& options) {
     }
     std::string config_text = emit(job.resolved);
     fs::path config_path = dir / "resolved_config.yaml";
-    if (options.resume && fs::exists(config_path)) {
+    if (main_worker && options.resume && fs::exists(config_path)) {
         // The thread count changes the speed, not the job (a sweep rerun with other --jobs).
         auto without_threads = [](YAML::Node node) {
             node.remove("threads");
@@ -635,7 +652,9 @@ json run_job(const Job& job, const RunOptions& options) {
     write_file_atomic(config_path, config_text);
     auto file_sink =
         std::make_shared<spdlog::sinks::basic_file_sink_mt>((dir / "log.txt").string());
-    spdlog::default_logger()->sinks().push_back(file_sink);
+    if (main_worker) {
+        spdlog::default_logger()->sinks().push_back(file_sink);
+    }
     struct SinkGuard {
         std::shared_ptr<spdlog::sinks::sink> sink;
         ~SinkGuard() {
@@ -652,6 +671,7 @@ json run_job(const Job& job, const RunOptions& options) {
                  data.test_indices.size(), fmt::join(data.input_shape, ", "), data.num_classes);
     auto model = make_model(job, data.input_shape, data.num_classes, data.mean, data.std);
     restore_batch_norm(job, data, model);
+    dist::broadcast_model(model);  // every worker starts from rank 0's weights
     const int64_t macs_before = model->graph().total_macs();
     const int64_t params_before = model->graph().total_params();
     spdlog::info("model {}: {} params, {} MACs", model->meta().arch,
@@ -663,10 +683,18 @@ json run_job(const Job& job, const RunOptions& options) {
         const StageConfig& stage = job.pipeline[i];
         fs::path stage_model = dir / fmt::format("stage{}_{}.pfm", i, stage.learner);
         fs::path stage_summary = dir / fmt::format("stage{}_{}.json", i, stage.learner);
-        if (options.resume && fs::exists(stage_model) && fs::exists(stage_summary)) {
-            ModelFile file = load_model(stage_model.string());
-            model = std::make_shared<Model>(std::move(file.graph), file.meta);
-            stages.push_back(json::parse(read_file(stage_summary)));
+        // Rank 0 decides (its run directory) and hands the stage's result to the others.
+        const std::string done = dist::broadcast_bytes(
+            main_worker && options.resume && fs::exists(stage_model) && fs::exists(stage_summary)
+                ? read_file(stage_summary)
+                : "");
+        if (!done.empty()) {
+            if (main_worker) {
+                ModelFile file = load_model(stage_model.string());
+                model = std::make_shared<Model>(std::move(file.graph), file.meta);
+            }
+            dist::broadcast_model(model);
+            stages.push_back(json::parse(done));
             spdlog::info("stage {} ({}) already done: loaded {}", i, stage.learner,
                          stage_model.string());
             continue;
@@ -684,6 +712,8 @@ json run_job(const Job& job, const RunOptions& options) {
         auto stage_start = std::chrono::steady_clock::now();
         json summary = learners[i]->run(ctx);
         model = ctx.model;
+        // Whatever a learner decided on each worker, rank 0's graph is the stage's result.
+        dist::broadcast_model(model);
         summary["learner"] = stage.learner;
         summary["seconds"] =
             std::chrono::duration<double>(std::chrono::steady_clock::now() - stage_start).count();
@@ -694,6 +724,9 @@ json run_job(const Job& job, const RunOptions& options) {
         stages.push_back(summary);
     }
 
+    if (!main_worker) {  // the test evaluation, model files and export are rank 0's
+        return {{"rank", dist::rank()}, {"stages", stages}};
+    }
     auto test_loader = data.test_loader(job.data);
     EvalResult test = evaluate(*model, *test_loader);
     if (stop_requested()) {  // a signal during the final evaluation: the stages are saved

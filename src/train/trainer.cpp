@@ -18,6 +18,7 @@
 #include <torch/serialize/output-archive.h>
 #include <unistd.h>
 
+#include "pocketflow/distributed.h"
 #include "pocketflow/error.h"
 #include "pocketflow/learner.h"
 #include "pocketflow/sparsity.h"
@@ -175,11 +176,16 @@ void save_checkpoint(const fs::path& path,
     write_file_atomic(path, out.str());
 }
 
-Position load_checkpoint(const fs::path& path, Model& model, torch::optim::Optimizer& opt) {
+/// Restores a checkpoint from its bytes (`path` names it in messages).
+Position load_checkpoint(const std::string& bytes,
+                         const fs::path& path,
+                         Model& model,
+                         torch::optim::Optimizer& opt) {
     Position pos;
     try {
         torch::serialize::InputArchive archive, model_ar, opt_ar;
-        archive.load_from(path.string());
+        std::istringstream in(bytes);
+        archive.load_from(in);
         archive.read("model", model_ar);
         archive.read("optimizer", opt_ar);
         model.load(model_ar);
@@ -205,6 +211,23 @@ Position load_checkpoint(const fs::path& path, Model& model, torch::optim::Optim
 }
 
 constexpr int64_t kWarmupSteps = 5;
+
+}  // namespace
+
+double lr_scale_for(const TrainConfig& config, int64_t batch_size, int world_size) {
+    const double reference =
+        static_cast<double>(config.reference_batch > 0 ? config.reference_batch : batch_size);
+    const double ratio = static_cast<double>(batch_size * world_size) / reference;
+    if (config.lr_scaling == "linear") {
+        return ratio;
+    }
+    if (config.lr_scaling == "sqrt") {
+        return std::sqrt(ratio);
+    }
+    return 1.0;
+}
+
+namespace {
 
 std::string format_eta(double seconds) {
     auto s = static_cast<int64_t>(seconds);
@@ -287,7 +310,7 @@ TrainResult Trainer::fit(Model& model,
                          const DataConfig& data_config,
                          uint64_t seed) {
     TrainResult result;
-    auto loader = data.train_loader(data_config, seed);
+    auto loader = data.train_loader(data_config, seed, dist::rank(), dist::world_size());
     std::unique_ptr<Loader> val_loader;
     if (!data.val_indices.empty()) {
         val_loader = data.val_loader(data_config);
@@ -303,15 +326,32 @@ TrainResult Trainer::fit(Model& model,
     auto optimizer = make_optimizer(config_.optimizer, model, extra_params_);
     Position pos;
     const fs::path ckpt = run_ ? run_->checkpoint(tag_) : fs::path();
-    if (resume_ && run_ && fs::exists(ckpt)) {
-        pos = load_checkpoint(ckpt, model, *optimizer);
+    // Data-parallel: rank 0's checkpoint (its run directory) is every worker's; with none, rank
+    // 0's weights are.
+    const bool parallel = dist::active();
+    const bool writer = dist::is_main();
+    const std::string resumed = dist::broadcast_bytes(
+        writer && resume_ && run_ && fs::exists(ckpt) ? read_file(ckpt) : std::string());
+    if (!resumed.empty()) {
+        pos = load_checkpoint(resumed, ckpt, model, *optimizer);
         spdlog::info("[{}] resumed from {} at epoch {} step {}", tag_, ckpt.string(), pos.epoch + 1,
                      pos.step);
+    } else if (parallel) {
+        dist::broadcast_weights(model);
+        dist::broadcast(extra_params_);
     }
+    const double lr_scale = lr_scale_for(config_, data_config.batch_size, dist::world_size());
+    if (parallel) {
+        spdlog::info("[{}] {} workers x batch {} = global batch {}; lr x {:.3g} ({} rule)", tag_,
+                     dist::world_size(), data_config.batch_size,
+                     data_config.batch_size * dist::world_size(), lr_scale, config_.lr_scaling);
+    }
+    std::vector<at::Tensor> trained = model.parameters();
+    trained.insert(trained.end(), extra_params_.begin(), extra_params_.end());
     const bool tty = ::isatty(STDERR_FILENO) == 1;
     model.train();
     auto save = [&]() {
-        if (run_) {
+        if (run_ && writer) {
             save_checkpoint(ckpt, model, *optimizer, pos);
         }
     };
@@ -329,7 +369,7 @@ TrainResult Trainer::fit(Model& model,
                 break;
             }
             double lr = learning_rate_at(
-                config_.schedule, config_.optimizer.lr,
+                config_.schedule, config_.optimizer.lr * lr_scale,
                 static_cast<double>(pos.epoch) +
                     static_cast<double>(pos.batch) / static_cast<double>(per_epoch),
                 config_.epochs);
@@ -364,6 +404,41 @@ TrainResult Trainer::fit(Model& model,
                 loss = loss + term(mine, batch->labels);
             }
             double loss_value = loss.item<double>();
+            int64_t n = batch->labels.size(0);
+            double correct = logits.detach().argmax(1).eq(batch->labels).sum().item<double>();
+            bool stop = stop_requested() ||
+                        (stop_after_steps_ > 0 && steps_this_process + 1 >= stop_after_steps_);
+            if (parallel) {
+                // Gradients averaged over the workers, with what they must agree on riding along:
+                // a stop request, a non-finite loss, the batch's loss, hits and images.
+                loss.backward();
+                for (auto& p : trained) {
+                    if (!p.grad().defined()) {
+                        p.mutable_grad() = at::zeros_like(p);
+                    }
+                }
+                at::Tensor control = at::tensor(
+                    {stop ? 1.0 : 0.0, std::isfinite(loss_value) ? 0.0 : 1.0,
+                     std::isfinite(loss_value) ? loss_value * static_cast<double>(n) : 0.0, correct,
+                     static_cast<double>(n)},
+                    at::kFloat);  // in the gradients' bucket: one all-reduce a step
+                std::vector<at::Tensor> reduced;
+                for (auto& p : trained) {
+                    reduced.push_back(p.grad());
+                }
+                reduced.push_back(control);
+                dist::all_reduce_sum(reduced);
+                reduced.pop_back();
+                for (auto& g : reduced) {
+                    g.div_(static_cast<double>(dist::world_size()));
+                }
+                stop = control[0].item<double>() > 0;
+                n = static_cast<int64_t>(control[4].item<double>());
+                correct = control[3].item<double>();
+                loss_value = control[1].item<double>() > 0
+                                 ? std::nan("")
+                                 : control[2].item<double>() / static_cast<double>(n);
+            }
             if (!std::isfinite(loss_value)) {
                 throw NumericError(fmt::format(
                     "[{}] loss became {} at epoch {} step {} (lr {:.4g}); stopped without "
@@ -372,7 +447,9 @@ TrainResult Trainer::fit(Model& model,
                     tag_, loss_value, pos.epoch + 1, pos.step, lr,
                     run_ && fs::exists(ckpt) ? " " + ckpt.string() : ""));
             }
-            loss.backward();
+            if (!parallel) {
+                loss.backward();
+            }
             if (config_.grad_clip > 0) {
                 torch::nn::utils::clip_grad_norm_(model.parameters(), config_.grad_clip);
             }
@@ -382,9 +459,8 @@ TrainResult Trainer::fit(Model& model,
             for (const auto& hook : after_step_) {
                 hook(model, pos.step);
             }
-            const int64_t n = batch->labels.size(0);
             pos.loss_sum += loss_value * static_cast<double>(n);
-            pos.correct += logits.detach().argmax(1).eq(batch->labels).sum().item<double>();
+            pos.correct += correct;
             pos.seen += static_cast<double>(n);
             ++pos.batch;
             ++pos.step;
@@ -401,9 +477,11 @@ TrainResult Trainer::fit(Model& model,
             if (log_now || tty) {
                 double window = std::chrono::duration<double>(Clock::now() - window_start).count();
                 double ips = window > 0 ? static_cast<double>(window_images) / window : 0;
-                double eta = ips > 0 ? static_cast<double>(total_steps - pos.step) *
-                                           data_config.batch_size / ips
-                                     : 0;
+                double eta =
+                    ips > 0
+                        ? static_cast<double>(total_steps - pos.step) *
+                              static_cast<double>(data_config.batch_size * dist::world_size()) / ips
+                        : 0;
                 std::string line = fmt::format(
                     "[{}] epoch {}/{} step {}/{} loss {:.4f} acc {:.2f}% lr {:.4g} {:.0f} img/s "
                     "ETA {}",
@@ -433,8 +511,7 @@ TrainResult Trainer::fit(Model& model,
                     window_images = 0;
                 }
             }
-            const bool interrupted = stop_requested() || (stop_after_steps_ > 0 &&
-                                                          steps_this_process >= stop_after_steps_);
+            const bool interrupted = stop;
             if (interrupted ||
                 (config_.checkpoint_every > 0 && pos.step % config_.checkpoint_every == 0)) {
                 save();
@@ -446,9 +523,15 @@ TrainResult Trainer::fit(Model& model,
                 throw Interrupted(
                     fmt::format("[{}] interrupted at epoch {} step {}; checkpoint saved{}; "
                                 "continue with --resume",
-                                tag_, pos.epoch + 1, pos.step, run_ ? " to " + ckpt.string() : ""));
+                                tag_, pos.epoch + 1, pos.step,
+                                !run_    ? ""
+                                : writer ? " to " + ckpt.string()
+                                         : " by rank 0"));
             }
         }
+        // Each worker's BatchNorm saw its own shard: rank 0's statistics are everyone's (as
+        // DistributedDataParallel's broadcast_buffers), before evaluation and the checkpoint.
+        dist::broadcast_weights(model);
         result.train_loss = pos.seen > 0 ? pos.loss_sum / pos.seen : 0;
         result.train_top1 = pos.seen > 0 ? 100.0 * pos.correct / pos.seen : 0;
         nlohmann::json row = {{"stage", tag_},

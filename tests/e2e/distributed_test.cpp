@@ -1,0 +1,249 @@
+// SPDX-License-Identifier: Apache-2.0
+// Data-parallel training end to end: `--nproc N` and torchrun-style launches of the CLI.
+#include <chrono>
+#include <csignal>
+#include <thread>
+
+#include <ATen/ATen.h>
+#include <nlohmann/json.hpp>
+#include <unistd.h>
+
+#include "pocketflow/pfm.h"
+
+#include "e2e/cli_util.h"
+
+namespace pocketflow {
+namespace {
+
+using nlohmann::json;
+
+/// The tiny job without BatchNorm (LeNet-5), augmentation on: 448 training images.
+std::string job_without_bn() {
+    return kTinyJob;
+}
+
+/// The largest difference between the weights of two model files of the same graph.
+double max_weight_difference(const std::string& a, const std::string& b) {
+    ModelFile x = load_model(a), y = load_model(b);
+    double worst = 0;
+    EXPECT_EQ(x.graph.nodes().size(), y.graph.nodes().size());
+    for (size_t i = 0; i < x.graph.nodes().size() && i < y.graph.nodes().size(); ++i) {
+        for (const auto& [key, t] : x.graph.nodes()[i].params) {
+            const at::Tensor& u = y.graph.nodes()[i].params.at(key);
+            worst = std::max(worst, (t - u).abs().max().item<double>());
+        }
+    }
+    return worst;
+}
+
+TEST(Distributed, TwoWorkersAtHalfBatchGiveOneWorkersWeights) {
+    testing::TempDir dir;
+    write_file_atomic(dir.file("job.yaml"), job_without_bn());
+    // One worker at batch 32; two at 16 with the lr tuned for a global batch of 32 (linear rule:
+    // x 2·16/32 = 1). Each step sees the same 32 images, augmented alike.
+    Result one = cli("--json train --config job.yaml --set output_dir=one", dir);
+    ASSERT_EQ(one.code, 0) << one.err;
+    Result two =
+        cli("--json train --config job.yaml --nproc 2 --set output_dir=two "
+            "--set data.batch_size=16 --set train.reference_batch=32",
+            dir);
+    ASSERT_EQ(two.code, 0) << two.err;
+    EXPECT_NE(two.err.find("2 workers x batch 16 = global batch 32; lr x 1"), std::string::npos)
+        << two.err;
+    const double diff = max_weight_difference(dir.file("one/model.pfm"), dir.file("two/model.pfm"));
+    EXPECT_LT(diff, 1e-4);
+    const json s1 = json::parse(one.out), s2 = json::parse(two.out);
+    EXPECT_EQ(s1["stages"][0]["steps"], s2["stages"][0]["steps"]);
+    EXPECT_NEAR(s1["loss"].get<double>(), s2["loss"].get<double>(), 1e-4);
+    // Only rank 0 prints the result and writes the run directory.
+    EXPECT_EQ(std::count(two.out.begin(), two.out.end(), '\n'), 1) << two.out;
+    EXPECT_TRUE(std::filesystem::exists(dir.path() / "two" / "summary.json"));
+
+    // Without the reference batch, the linear rule doubles the lr for the doubled global batch.
+    Result scaled =
+        cli("--json train --config job.yaml --nproc 2 --set output_dir=scaled --set train.epochs=1",
+            dir);
+    ASSERT_EQ(scaled.code, 0) << scaled.err;
+    EXPECT_NE(scaled.err.find("global batch 64; lr x 2"), std::string::npos) << scaled.err;
+}
+
+TEST(Distributed, WithBatchNormTheAccuracyMatches) {
+    testing::TempDir dir;
+    std::string job = kTinyJob;
+    job.replace(job.find("arch: lenet5"), 12, "arch: resnet20");
+    job.replace(job.find("epochs: 3"), 9, "epochs: 8");
+    write_file_atomic(dir.file("job.yaml"), job);
+    Result one = cli("--json train --config job.yaml --set output_dir=one", dir);
+    ASSERT_EQ(one.code, 0) << one.err;
+    Result two = cli(
+        "--json train --config job.yaml --nproc 2 --set output_dir=two --set data.batch_size=16 "
+        "--set train.reference_batch=32",
+        dir);
+    ASSERT_EQ(two.code, 0) << two.err;
+    // BatchNorm statistics come from 16 images a worker instead of 32: close, not equal.
+    const double a = json::parse(one.out)["top1"].get<double>();
+    const double b = json::parse(two.out)["top1"].get<double>();
+    EXPECT_GT(a, 60.0);
+    EXPECT_NEAR(a, b, 10.0);
+}
+
+TEST(Distributed, InterruptedWorkersResumeToTheUninterruptedResult) {
+    testing::TempDir dir;
+    write_file_atomic(dir.file("job.yaml"), job_without_bn());
+    const std::string args =
+        "train --config job.yaml --nproc 2 --set data.batch_size=16 --set output_dir=";
+    Result stopped = cli(args + "run --stop-after-steps 20", dir);
+    EXPECT_EQ(stopped.code, 130) << stopped.err;
+    EXPECT_NE(stopped.err.find("checkpoint saved to run/checkpoints"), std::string::npos)
+        << stopped.err;
+    EXPECT_NE(stopped.err.find("saved by rank 0"), std::string::npos) << stopped.err;
+    Result resumed = cli(args + "run --resume", dir);
+    ASSERT_EQ(resumed.code, 0) << resumed.err;
+    EXPECT_NE(resumed.err.find("resumed from"), std::string::npos);
+    Result straight = cli(args + "straight", dir);
+    ASSERT_EQ(straight.code, 0) << straight.err;
+    EXPECT_EQ(read_file(dir.file("run/model.pfm")), read_file(dir.file("straight/model.pfm")));
+}
+
+TEST(Distributed, SearchRunsOnceAndEveryWorkerPrunesItsResult) {
+    testing::TempDir dir;
+    const std::string from_base = from_trained_base(dir);
+    ASSERT_FALSE(from_base.empty());
+    const std::string stage =
+        "--set 'pipeline=[{learner: channel_pruning, flops_target: 0.7, ratios: auto, samples: 32, "
+        "channel_multiple: 1, finetune_epochs: 1, search: {episodes: 6, warmup: 2, samples: "
+        "32}}]' ";
+    Result r =
+        cli("--json compress --config job.yaml --nproc 2 --set output_dir=cp " + from_base + stage,
+            dir);
+    ASSERT_EQ(r.code, 0) << r.err;
+    const json s = json::parse(r.out);
+    EXPECT_EQ(s["stages"][0]["search"]["episodes"], 6);
+    const std::string csv = read_file(dir.path() / "cp" / "search" / "stage0" / "episodes.csv");
+    EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 7);  // header + 6: one searcher
+    EXPECT_LE(s["stages"][0]["macs_kept"].get<double>(), 0.72);
+}
+
+std::string read_or_empty(const std::string& path) {
+    return std::filesystem::exists(path) ? read_file(path) : std::string();
+}
+
+/// Starts the CLI as worker `rank` of `world` under torchrun's variables; stderr to `log`.
+pid_t start_worker(int rank, int world, int port, const std::string& args, const std::string& log) {
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        ::setenv("RANK", std::to_string(rank).c_str(), 1);
+        ::setenv("LOCAL_RANK", std::to_string(rank).c_str(), 1);
+        ::setenv("WORLD_SIZE", std::to_string(world).c_str(), 1);
+        ::setenv("LOCAL_WORLD_SIZE", std::to_string(world).c_str(), 1);
+        ::setenv("MASTER_ADDR", "127.0.0.1", 1);
+        ::setenv("MASTER_PORT", std::to_string(port).c_str(), 1);
+        const std::string cmd =
+            fmt::format("exec '{}' {} >/dev/null 2>'{}'", POCKETFLOW_CLI, args, log);
+        ::execl("/bin/sh", "sh", "-c", cmd.c_str(), static_cast<char*>(nullptr));
+        ::_exit(127);
+    }
+    return pid;
+}
+
+/// Waits up to `seconds` for `pid`; its exit code, -1 if still running, 128+n if killed by n.
+int wait_for(pid_t pid, double seconds) {
+    const auto deadline = std::chrono::steady_clock::now() +
+                          std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000));
+    while (std::chrono::steady_clock::now() < deadline) {
+        int status = 0;
+        if (::waitpid(pid, &status, WNOHANG) == pid) {
+            return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return -1;
+}
+
+TEST(Distributed, AKilledWorkerStopsTheOthersWithItsName) {
+    testing::TempDir dir;
+    std::string job = kTinyJob;
+    job.replace(job.find("epochs: 3"), 9, "epochs: 500");
+    write_file_atomic(dir.file("job.yaml"), job);
+    const int port = 20000 + static_cast<int>(::getpid() % 20000);
+    const std::string args = fmt::format("train --config '{}' --set output_dir='{}'",
+                                         dir.file("job.yaml"), dir.file("run"));
+    const pid_t r0 = start_worker(0, 2, port, args, dir.file("rank0.txt"));
+    const pid_t r1 = start_worker(1, 2, port, args, dir.file("rank1.txt"));
+    // Mid-training: once rank 0 has logged a few epochs.
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (read_or_empty(dir.file("rank0.txt")).find("epoch 3/500:") == std::string::npos &&
+           std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ASSERT_NE(read_or_empty(dir.file("rank0.txt")).find("epoch 3/500:"), std::string::npos)
+        << read_or_empty(dir.file("rank0.txt")) << read_or_empty(dir.file("rank1.txt"));
+    ::kill(r1, SIGKILL);
+    const auto killed = std::chrono::steady_clock::now();
+    EXPECT_EQ(wait_for(r1, 10), 128 + SIGKILL);
+    const int code = wait_for(r0, 60);
+    const double took =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - killed).count();
+    if (code == -1) {
+        ::kill(r0, SIGKILL);
+        wait_for(r0, 10);
+    }
+    EXPECT_NE(code, -1) << "rank 0 still ran 60 s after rank 1 was killed";
+    EXPECT_NE(code, 0);
+    EXPECT_LT(took, 60.0);
+    const std::string err = read_or_empty(dir.file("rank0.txt"));
+    EXPECT_NE(err.find("rank 1 (pid " + std::to_string(r1)), std::string::npos) << err;
+}
+
+TEST(Distributed, AHungWorkerIsNamedAfterItsHeartbeatStops) {
+    testing::TempDir dir;
+    std::string job = kTinyJob;
+    job.replace(job.find("epochs: 3"), 9, "epochs: 500");
+    write_file_atomic(dir.file("job.yaml"), job);
+    const int port = 20000 + static_cast<int>((::getpid() + 7919) % 20000);
+    const std::string args = fmt::format("train --config '{}' --set output_dir='{}'",
+                                         dir.file("job.yaml"), dir.file("run"));
+    ::setenv("POCKETFLOW_DEAD_AFTER", "3", 1);
+    const pid_t r0 = start_worker(0, 2, port, args, dir.file("rank0.txt"));
+    const pid_t r1 = start_worker(1, 2, port, args, dir.file("rank1.txt"));
+    ::unsetenv("POCKETFLOW_DEAD_AFTER");
+    const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    while (read_or_empty(dir.file("rank0.txt")).find("epoch 2/500:") == std::string::npos &&
+           std::chrono::steady_clock::now() < until) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    ::kill(r1, SIGSTOP);  // alive, silent: only its heartbeat tells
+    const int code = wait_for(r0, 30);
+    ::kill(r1, SIGKILL);
+    wait_for(r1, 10);
+    if (code == -1) {
+        ::kill(r0, SIGKILL);
+        wait_for(r0, 10);
+    }
+    EXPECT_NE(code, -1) << "rank 0 still ran 30 s after rank 1 hung";
+    EXPECT_NE(code, 0);
+    const std::string err = read_or_empty(dir.file("rank0.txt"));
+    EXPECT_NE(err.find("rank 1 (pid " + std::to_string(r1)), std::string::npos) << err;
+    EXPECT_NE(err.find("stopped responding: no heartbeat for 3 s"), std::string::npos) << err;
+}
+
+TEST(Distributed, NprocUnderALauncherIsRefused) {
+    testing::TempDir dir;
+    write_file_atomic(dir.file("job.yaml"), job_without_bn());
+    Result r = shell(fmt::format("cd '{}' && WORLD_SIZE=2 RANK=0 '{}' train --config job.yaml "
+                                 "--nproc 2",
+                                 dir.path().string(), POCKETFLOW_CLI),
+                     dir);
+    EXPECT_EQ(r.code, 2) << r.err;
+    EXPECT_NE(r.err.find("--nproc 2: this process already runs under a launcher (WORLD_SIZE=2)"),
+              std::string::npos)
+        << r.err;
+    Result bad = shell(fmt::format("cd '{}' && WORLD_SIZE=2 RANK=two '{}' train --config job.yaml",
+                                   dir.path().string(), POCKETFLOW_CLI),
+                       dir);
+    EXPECT_EQ(bad.code, 2) << bad.err;
+    EXPECT_NE(bad.err.find("environment variable RANK='two'"), std::string::npos) << bad.err;
+}
+
+}  // namespace
+}  // namespace pocketflow
