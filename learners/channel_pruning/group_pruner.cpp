@@ -8,6 +8,7 @@
 #include <numeric>
 #include <random>
 
+#include <ATen/core/grad_mode.h>
 #include <ATen/ATen.h>
 
 #include "pocketflow/data.h"

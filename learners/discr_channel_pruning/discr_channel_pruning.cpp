@@ -5,6 +5,7 @@
 #include <cmath>
 #include <numeric>
 
+#include <ATen/core/grad_mode.h>
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <spdlog/spdlog.h>

@@ -13,11 +13,13 @@
 #include <mutex>
 #include <thread>
 
+#include <ATen/core/grad_mode.h>
 #include <ATen/ATen.h>
 #include <spdlog/spdlog.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
+#include <torch/version.h>
 #include <unistd.h>
 
 #include "pocketflow/error.h"
@@ -163,6 +165,18 @@ c10::intrusive_ptr<c10d::Store> connect(const World& w, bool server, double time
     o.numWorkers = w.world_size;
     o.waitWorkers = false;
     o.timeout = to_ms(timeout_s);
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
+    // LibTorch 2.4+ asks for the libuv store backend by default, which a LibTorch built without
+    // libuv (Debian 13's) refuses: the classic backend speaks the same protocol.
+    try {
+        return c10::make_intrusive<c10d::TCPStore>(w.master_addr, o);
+    } catch (const c10::Error& e) {
+        if (!o.useLibUV || std::string(e.what()).find("libuv") == std::string::npos) {
+            throw;
+        }
+        o.useLibUV = false;
+    }
+#endif
     return c10::make_intrusive<c10d::TCPStore>(w.master_addr, o);
 }
 
@@ -324,12 +338,19 @@ void finish(const std::string& failure) {
             s.store->set(fmt::format("fail/{}", s.world.rank), to_bytes(shorten(failure, 2000)));
         }
         s.store->add(fmt::format("done/{}", s.world.rank), 1);
-        if (s.world.rank == 0) {
+        if (s.world.rank == 0 && failure.empty()) {
             // The store lives in this process: keep it until the others have left (they finish
-            // without the final evaluation, so they are normally gone already).
+            // without the final evaluation, so they are normally gone already). A worker that
+            // failed or whose process is gone is not waited for.
             const auto deadline = Clock::now() + std::chrono::seconds(60);
             for (int r = 1; r < s.world.world_size && Clock::now() < deadline; ++r) {
-                while (s.store->add(fmt::format("done/{}", r), 0) == 0 && Clock::now() < deadline) {
+                while (s.store->add(fmt::format("done/{}", r), 0) == 0 &&
+                       !s.store->check({fmt::format("fail/{}", r)}) && Clock::now() < deadline) {
+                    const std::string info = to_string(s.store->get(fmt::format("info/{}", r)));
+                    if (info.find(" on host " + s.host) != std::string::npos &&
+                        local_process_gone(std::atoll(info.c_str() + 4))) {
+                        break;
+                    }
                     std::this_thread::sleep_for(milliseconds(50));
                 }
             }

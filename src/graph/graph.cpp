@@ -4,6 +4,7 @@
 #include <cmath>
 #include <set>
 
+#include <ATen/core/grad_mode.h>
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 

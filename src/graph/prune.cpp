@@ -6,6 +6,7 @@
 #include <cmath>
 #include <numeric>
 
+#include <ATen/core/grad_mode.h>
 #include <ATen/ATen.h>
 #include <fnmatch.h>
 

@@ -9,6 +9,7 @@
 #include <limits>
 #include <map>
 
+#include <ATen/core/grad_mode.h>
 #include <ATen/ATen.h>
 
 #include "pocketflow/error.h"

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include <ATen/core/grad_mode.h>
 #include <ATen/ATen.h>
 
 #include "pocketflow/error.h"

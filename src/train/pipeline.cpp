@@ -8,6 +8,7 @@
 #include <mutex>
 #include <random>
 
+#include <ATen/core/grad_mode.h>
 #include <ATen/Parallel.h>
 #include <dlfcn.h>
 #include <link.h>

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <sstream>
 
+#include <ATen/core/grad_mode.h>
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
 #include <spdlog/spdlog.h>
@@ -346,8 +347,19 @@ TrainResult Trainer::fit(Model& model,
                      dist::world_size(), data_config.batch_size,
                      data_config.batch_size * dist::world_size(), lr_scale, config_.lr_scaling);
     }
-    std::vector<at::Tensor> trained = model.parameters();
-    trained.insert(trained.end(), extra_params_.begin(), extra_params_.end());
+    // What the workers' gradients are averaged for: the trained tensors (frozen ones keep no
+    // gradient, so the optimizer leaves them alone).
+    std::vector<at::Tensor> trained;
+    for (const auto& p : model.parameters()) {
+        if (p.requires_grad()) {
+            trained.push_back(p);
+        }
+    }
+    for (const auto& p : extra_params_) {
+        if (p.requires_grad()) {
+            trained.push_back(p);
+        }
+    }
     const bool tty = ::isatty(STDERR_FILENO) == 1;
     model.train();
     auto save = [&]() {

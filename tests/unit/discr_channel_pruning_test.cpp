@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "discr_channel_pruning/discr_channel_pruning.h"
 
+#include <ATen/core/grad_mode.h>
 #include <random>
 
 #include <gtest/gtest.h>

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "pocketflow/onnx.h"
 
+#include <ATen/core/grad_mode.h>
 #include <filesystem>
 
 #include <gtest/gtest.h>

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "pocketflow/prune.h"
 
+#include <ATen/core/grad_mode.h>
 #include <numeric>
 #include <random>
 

@@ -3,6 +3,7 @@
 // points, packing and .pfm round trips, range calibration, QDQ export in ONNX Runtime.
 #include "pocketflow/quant.h"
 
+#include <ATen/core/grad_mode.h>
 #include <map>
 #include <numeric>
 #include <random>

@@ -4,6 +4,7 @@
 // compact .pfm storage (bit-exact round trips, real sizes, corrupted files).
 #include "pocketflow/sparsity.h"
 
+#include <ATen/core/grad_mode.h>
 #include <cmath>
 #include <cstring>
 #include <random>
