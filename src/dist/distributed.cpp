@@ -13,8 +13,8 @@
 #include <mutex>
 #include <thread>
 
-#include <ATen/core/grad_mode.h>
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <spdlog/spdlog.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
@@ -104,8 +104,17 @@ std::string address(const State& s) {
 void watchdog_loop(State* s) {
     std::vector<Peer> peers(static_cast<size_t>(s->world.world_size));
     const auto period = milliseconds(500);
+    auto last_round = Clock::now();
     while (!s->stopping.load()) {
         try {
+            // A long gap in this loop (this process was stopped, or starved of CPU) says nothing
+            // about the others: their silence is measured from now on.
+            if (Clock::now() - last_round > 4 * period) {
+                for (Peer& p : peers) {
+                    p.changed = Clock::now();
+                }
+            }
+            last_round = Clock::now();
             s->watch->add(fmt::format("hb/{}", s->world.rank), 1);
             for (int r = 0; r < s->world.world_size; ++r) {
                 if (r == s->world.rank) {

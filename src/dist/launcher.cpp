@@ -64,6 +64,13 @@ int exit_code_of(int status) {
 
 int launch_local_workers(int nproc, const std::vector<std::string>& argv) {
     PF_CHECK(nproc >= 1 && nproc <= 1024, ConfigError, "--nproc {}: expected 1 to 1024", nproc);
+    const unsigned cores = std::thread::hardware_concurrency();
+    if (cores > 0 && static_cast<unsigned>(nproc) > cores) {
+        spdlog::warn(
+            "--nproc {} on {} cores: every worker still takes a thread, so the cores are "
+            "oversubscribed (expect each to run far slower)",
+            nproc, cores);
+    }
     const int port = free_port();
     spdlog::info("starting {} workers (c10d Gloo, MASTER_ADDR=127.0.0.1 MASTER_PORT={})", nproc,
                  port);

@@ -287,7 +287,7 @@ TEST(CliTest, ChannelPruningPipelineEndToEnd) {
         cli("--json compress --config prune.yaml --set output_dir=imported --set model.arch= "
             "--set model.onnx=folded.onnx "
             "--set 'pipeline=[{learner: channel_pruning, flops_target: 0.5, criterion: l1, "
-            "target: avx2, finetune_epochs: 1, finetune_lr: 0.02}]'",
+            "target: avx2, finetune_epochs: 3, finetune_lr: 0.02}]'",
             dir);
     ASSERT_EQ(imported.code, 0) << imported.err;
     EXPECT_NE(imported.err.find("re-inserted BatchNorm after 21 convs"), std::string::npos)
@@ -295,6 +295,9 @@ TEST(CliTest, ChannelPruningPipelineEndToEnd) {
     json is = json::parse(imported.out);
     EXPECT_EQ(is["stages"][0]["channel_multiple"], 8);
     EXPECT_NEAR(is["macs"].get<double>() / b["macs"].get<double>(), 0.5, 0.02);
+    // Above chance (25%). Half the channels by L1 leave this tiny model at chance before
+    // fine-tuning, and the re-inserted BatchNorms' running statistics need more than one epoch to
+    // follow (1 epoch: 37.5% with LibTorch 1.13, 26.6% with 2.6; 3 epochs: 50% and 53%).
     EXPECT_GT(is["top1"].get<double>(), 30.0);
     // DCP through the CLI: the same budget, a smaller model that exports and runs in ONNX Runtime.
     Result dcp =
@@ -468,7 +471,8 @@ TEST(CliTest, SearchedPruningRatiosEndToEnd) {
     EXPECT_NEAR(best, std::max(logged_best, st["search"]["uniform_val_top1"].get<double>()), 1e-9);
     EXPECT_EQ(st["search"]["chosen"],
               logged_best >= st["search"]["uniform_val_top1"].get<double>() ? "search" : "uniform");
-    const std::string yaml = read_file(dir.path() / "auto" / "search" / "stage0" / "best_ratios.yaml");
+    const std::string yaml =
+        read_file(dir.path() / "auto" / "search" / "stage0" / "best_ratios.yaml");
     EXPECT_NE(yaml.find("ratios: ["), std::string::npos);
     EXPECT_EQ(st["search"]["resumed_episodes"], 0);
 
@@ -526,7 +530,8 @@ TEST(CliTest, SearchedPruningRatiosEndToEnd) {
         EXPECT_GT(ls["best_latency_ms"].get<double>(), 0.0);
         EXPECT_GT(ls["uniform_latency_ms"].get<double>(), 0.0);
         EXPECT_GE(ls["latency"]["table_entries"].get<int>(), 3);  // lenet5: 2 convs + linears
-        const std::string table = read_file(dir.path() / out / "search" / "stage0" / "latency_table.csv");
+        const std::string table =
+            read_file(dir.path() / out / "search" / "stage0" / "latency_table.csv");
         EXPECT_NE(table.find("runtime " + runtime + ", batch 4"), std::string::npos) << table;
         const std::string log = read_file(dir.path() / out / "search" / "stage0" / "episodes.csv");
         EXPECT_EQ(log.rfind("episode,reward,cost,top1,latency_ms,a0", 0), 0u) << log;
