@@ -2,8 +2,9 @@
 # SPDX-License-Identifier: Apache-2.0
 # Builds this checkout against LibTorch 2.x and runs the test suite there: a Debian 13 (trixie)
 # chroot, whose libtorch-dev is PyTorch 2.6 (CPU, Gloo), with trixie's versions of every other
-# dependency. Needs root (debootstrap, chroot, mounts) and Debian's mirror; about 1 GiB of disk and
-# 20 minutes on 2 cores the first time (the chroot is kept for reruns).
+# dependency, installed by tools/setup.sh --ort --browser inside it. Needs root (debootstrap,
+# chroot, mounts), Debian's mirror and npm's registry; about 2 GiB of disk and 25 minutes on 2 cores
+# the first time (the chroot and its build directory are kept: reruns are incremental).
 #   tools/check_libtorch2.sh [CHROOT_DIR] [-- ctest arguments]     (default /srv/trixie)
 # Prints ctest's summary; exit status: ctest's.
 set -euo pipefail
@@ -20,15 +21,13 @@ fi
 mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
 mountpoint -q "$root/dev" || mount --bind /dev "$root/dev"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
-# The same packages as tools/setup.sh, in their Debian 13 versions.
-chroot "$root" bash -c "export DEBIAN_FRONTEND=noninteractive; apt-get update -qq &&
-    apt-get install -y -qq --no-install-recommends build-essential cmake ninja-build pkg-config \
-    libtorch-dev libgloo-dev libopenblas0-pthread libdnnl-dev libyaml-cpp-dev libcli11-dev \
-    libspdlog-dev libfmt-dev libeigen3-dev nlohmann-json3-dev googletest libgtest-dev libgmock-dev \
-    zlib1g-dev libturbojpeg0-dev libpng-dev libonnx-dev libprotobuf-dev protobuf-compiler \
-    libjs-chart.js dataset-fashion-mnist python3 chromium fonts-dejavu-core >/dev/null"
-rm -rf "$root/src" && mkdir -p "$root/src"
-git ls-files -z | xargs -0 cp --parents -t "$root/src"
+# The sources (the chroot's build/ is kept: reruns build incrementally), then the project's own
+# setup in the chroot: Debian 13's versions of the same packages, ONNX Runtime and chromium.
+mkdir -p "$root/src"
+find "$root/src" -mindepth 1 -maxdepth 1 ! -name build ! -name tools -exec rm -rf {} +
+find "$root/src/tools" -mindepth 1 -maxdepth 1 ! -name ort -exec rm -rf {} + 2>/dev/null || true
+git ls-files -z | xargs -0 cp -p --parents -t "$root/src"  # -p: mtimes, for ninja
+chroot "$root" bash -c "cd /src && tools/setup.sh --ort --browser >/dev/null"
 chroot "$root" bash -c "cd /src && cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null &&
     ninja -C build >/dev/null && echo \"built against LibTorch \$(dpkg-query -W -f='\${Version}' libtorch-dev)\" &&
     cd build && ctest --parallel $(nproc) --timeout 600 $* | tail -25"

@@ -98,7 +98,8 @@ std::string run_once(const std::function<std::string()>& work);
 /// `--nproc N` of `train` and `compress`: starts N copies of this program (`argv`: the command
 /// line without `--nproc`) as local workers with torchrun's variables set (MASTER_ADDR 127.0.0.1,
 /// MASTER_PORT a free port), forwards SIGINT/SIGTERM to them, and returns once all have ended:
-/// the first failing worker's exit code (128 + signal for a killed one), or 0. Workers still
+/// rank 0's exit code if it failed, else the first failing worker's (128 + signal for a killed
+/// one), or 0. Workers still
 /// running 60 s after one failed are stopped (their watchdogs normally end them sooner).
 int launch_local_workers(int nproc, const std::vector<std::string>& argv);
 

@@ -347,11 +347,12 @@ void finish(const std::string& failure) {
             s.store->set(fmt::format("fail/{}", s.world.rank), to_bytes(shorten(failure, 2000)));
         }
         s.store->add(fmt::format("done/{}", s.world.rank), 1);
-        if (s.world.rank == 0 && failure.empty()) {
+        if (s.world.rank == 0) {
             // The store lives in this process: keep it until the others have left (they finish
-            // without the final evaluation, so they are normally gone already). A worker that
-            // failed or whose process is gone is not waited for.
-            const auto deadline = Clock::now() + std::chrono::seconds(60);
+            // without the final evaluation, so they are normally gone already; after a failure
+            // their watchdogs read it from the store within a second). A worker that failed or
+            // whose process is gone is not waited for.
+            const auto deadline = Clock::now() + std::chrono::seconds(failure.empty() ? 60 : 5);
             for (int r = 1; r < s.world.world_size && Clock::now() < deadline; ++r) {
                 while (s.store->add(fmt::format("done/{}", r), 0) == 0 &&
                        !s.store->check({fmt::format("fail/{}", r)}) && Clock::now() < deadline) {

@@ -119,7 +119,7 @@ int launch_local_workers(int nproc, const std::vector<std::string>& argv) {
         }
         return -1;
     };
-    int running = nproc, first_code = 0;
+    int running = nproc, first_code = 0, rank0_code = 0;
     bool failed = false;
     std::chrono::steady_clock::time_point failed_at;
     bool terminated = false, killed = false;
@@ -141,6 +141,9 @@ int launch_local_workers(int nproc, const std::vector<std::string>& argv) {
             pids[static_cast<size_t>(r)] = -1;
             --running;
             const int code = exit_code_of(status);
+            if (r == 0) {
+                rank0_code = code;
+            }
             if (code != 0) {
                 if (!failed) {
                     failed = true;
@@ -176,7 +179,9 @@ int launch_local_workers(int nproc, const std::vector<std::string>& argv) {
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
-    return first_code;
+    // Rank 0's code when it failed (a bad job fails every worker alike, and the others' exit 1
+    // only says that rank 0 stopped), else the first failure's.
+    return rank0_code != 0 ? rank0_code : first_code;
 }
 
 }  // namespace pocketflow

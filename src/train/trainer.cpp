@@ -523,7 +523,12 @@ TrainResult Trainer::fit(Model& model,
                     window_images = 0;
                 }
             }
-            const bool interrupted = stop;
+            // One process looks again now (a signal during the step counts); workers stop at the
+            // step they agreed on.
+            const bool interrupted =
+                parallel ? stop
+                         : stop_requested() ||
+                               (stop_after_steps_ > 0 && steps_this_process >= stop_after_steps_);
             if (interrupted ||
                 (config_.checkpoint_every > 0 && pos.step % config_.checkpoint_every == 0)) {
                 save();

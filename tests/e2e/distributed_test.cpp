@@ -105,6 +105,28 @@ TEST(Distributed, InterruptedWorkersResumeToTheUninterruptedResult) {
     EXPECT_EQ(read_file(dir.file("run/model.pfm")), read_file(dir.file("straight/model.pfm")));
 }
 
+TEST(Distributed, RankZerosErrorEndsEveryWorkerWithItsExitCode) {
+    testing::TempDir dir;
+    write_file_atomic(dir.file("job.yaml"), job_without_bn());
+    const std::string args = "train --config job.yaml --nproc 2 --set output_dir=run ";
+    Result first = cli(args + "--set train.epochs=1", dir);
+    ASSERT_EQ(first.code, 0) << first.err;
+    // Only rank 0 reads the run directory: it refuses to resume another job (exit 2); rank 1
+    // learns why from the store instead of from a broken connection.
+    const auto start = std::chrono::steady_clock::now();
+    Result changed = cli(args + "--set train.epochs=2 --resume", dir);
+    const double took =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    EXPECT_EQ(changed.code, 2) << changed.err;
+    EXPECT_NE(changed.err.find("the job differs from the run's resolved_config.yaml"),
+              std::string::npos)
+        << changed.err;
+    EXPECT_NE(changed.err.find("[rank 1] [error] rank 0 failed: failed to resume"),
+              std::string::npos)
+        << changed.err;
+    EXPECT_LT(took, 20.0);
+}
+
 TEST(Distributed, SearchRunsOnceAndEveryWorkerPrunesItsResult) {
     testing::TempDir dir;
     const std::string from_base = from_trained_base(dir);
