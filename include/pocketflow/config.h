@@ -165,6 +165,7 @@ struct TrainConfig {
     /// Data-parallel learning-rate rule (trainer.h lr_scale_for): linear | sqrt | none.
     std::string lr_scaling = "linear";
     int64_t reference_batch = 0;  ///< global batch the lr is tuned for (0: data.batch_size)
+    bool sync_bn = false;  ///< data-parallel: BatchNorm over the global batch (distributed.h)
 };
 
 struct DistillationConfig {

@@ -83,6 +83,22 @@ void broadcast_model(std::shared_ptr<Model>& model);
 /// Parameters and buffers of rank 0 copied into every worker's model of the same graph.
 void broadcast_weights(Model& model);
 
+/// Synchronised BatchNorm (train.sync_bn): whether BatchNorm layers in training mode normalise
+/// with the statistics of the global batch (every worker's images) instead of their own.
+void set_sync_batch_norm(bool on);
+bool sync_batch_norm();
+/// BatchNorm in training mode over the global batch: per-channel sums and sums of squares of `x`
+/// all-reduced (autograd-aware: their gradients are all-reduced in the backward pass), the
+/// running statistics updated with the global mean and unbiased variance. Every worker must call
+/// it for the same layers in the same order (they run the same graph).
+at::Tensor sync_batch_norm(const at::Tensor& x,
+                           const at::Tensor& weight,
+                           const at::Tensor& bias,
+                           const at::Tensor& running_mean,
+                           const at::Tensor& running_var,
+                           double momentum,
+                           double eps);
+
 /// Work done once, by rank 0, for every worker (a search, a decision): rank 0 runs `work` with
 /// collectives off (world_size() is 1 inside) and its result string is handed to the others, who
 /// wait for it — through the store, for as long as rank 0 stays alive, so a long search times

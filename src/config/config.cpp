@@ -568,6 +568,9 @@ void parse_train(ConfigReader& r, TrainConfig& t) {
            "learning rate for a data-parallel global batch: x global/reference_batch (linear), "
            "its square root (sqrt) or unchanged (none)",
            {"linear", "sqrt", "none"});
+    r.read("sync_bn", t.sync_bn,
+           "data-parallel workers: BatchNorm normalises over the global batch, not each "
+           "worker's");
     r.read("reference_batch", t.reference_batch,
            "global batch train.optimizer.lr is tuned for (0: data.batch_size)",
            ConfigReader::in_range(0, 1 << 24));

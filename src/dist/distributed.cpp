@@ -16,6 +16,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
 #include <spdlog/spdlog.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -537,6 +538,64 @@ void broadcast_weights(Model& model) {
     }
     at::NoGradGuard no_grad;
     broadcast(tensors);
+}
+
+namespace {
+
+std::atomic<bool> g_sync_bn{false};
+
+/// An all-reduce (sum) that autograd sees through: the gradient of every worker's copy of the
+/// sum reaches every worker's input, so the backward pass all-reduces the incoming gradients.
+struct AllReduceSum : public torch::autograd::Function<AllReduceSum> {
+    static at::Tensor forward(torch::autograd::AutogradContext* /*ctx*/, const at::Tensor& x) {
+        at::Tensor y = x.clone();
+        all_reduce_sum({y});
+        return y;
+    }
+    static torch::autograd::variable_list backward(torch::autograd::AutogradContext* /*ctx*/,
+                                                   torch::autograd::variable_list grads) {
+        at::Tensor g = grads[0].clone();
+        all_reduce_sum({g});
+        return {g};
+    }
+};
+
+}  // namespace
+
+void set_sync_batch_norm(bool on) {
+    g_sync_bn = on;
+}
+
+bool sync_batch_norm() {
+    return g_sync_bn.load() && active();
+}
+
+at::Tensor sync_batch_norm(const at::Tensor& x,
+                           const at::Tensor& weight,
+                           const at::Tensor& bias,
+                           const at::Tensor& running_mean,
+                           const at::Tensor& running_var,
+                           double momentum,
+                           double eps) {
+    const int64_t c = x.size(1);
+    const std::vector<int64_t> dims{0, 2, 3};
+    // [sum, sum of squares, count] per channel, summed over the workers in one all-reduce.
+    const at::Tensor count = at::full({1, c}, static_cast<double>(x.numel() / c), x.options());
+    at::Tensor stats = at::cat({x.sum(dims).unsqueeze(0), (x * x).sum(dims).unsqueeze(0), count});
+    stats = AllReduceSum::apply(stats);
+    const at::Tensor n = stats[2];
+    const at::Tensor mean = stats[0] / n;
+    const at::Tensor var = (stats[1] / n - mean * mean).clamp_min(0);
+    {
+        at::NoGradGuard no_grad;
+        const double total = n[0].item<double>();
+        running_mean.mul_(1 - momentum).add_(mean.detach(), momentum);
+        running_var.mul_(1 - momentum)
+            .add_(var.detach() * (total / std::max(total - 1, 1.0)), momentum);
+    }
+    const at::Tensor scale = weight * at::rsqrt(var + eps);
+    const at::Tensor shift = bias - mean * scale;
+    return x * scale.view({1, c, 1, 1}) + shift.view({1, c, 1, 1});
 }
 
 std::string run_once(const std::function<std::string()>& work) {

@@ -8,6 +8,7 @@
 
 #include <ATen/ATen.h>
 
+#include "pocketflow/distributed.h"
 #include "pocketflow/error.h"
 #include "pocketflow/quant.h"
 #include "pocketflow/sparsity.h"
@@ -39,6 +40,11 @@ at::Tensor run_node(const Node& n, const std::vector<at::Tensor>& in, bool train
             return at::conv2d(in[0], n.params.at("weight"), opt("bias"), a.stride, a.padding,
                               a.dilation, a.groups);
         case Op::kBatchNorm2d:
+            if (training && dist::sync_batch_norm()) {
+                return dist::sync_batch_norm(in[0], n.params.at("weight"), n.params.at("bias"),
+                                             n.buffers.at("running_mean"),
+                                             n.buffers.at("running_var"), a.momentum, a.eps);
+            }
             return at::batch_norm(in[0], n.params.at("weight"), n.params.at("bias"),
                                   n.buffers.at("running_mean"), n.buffers.at("running_var"),
                                   training, a.momentum, a.eps, true);

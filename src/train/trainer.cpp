@@ -342,10 +342,15 @@ TrainResult Trainer::fit(Model& model,
         dist::broadcast(extra_params_);
     }
     const double lr_scale = lr_scale_for(config_, data_config.batch_size, dist::world_size());
+    struct SyncBatchNorm {  // for this training only
+        explicit SyncBatchNorm(bool on) { dist::set_sync_batch_norm(on); }
+        ~SyncBatchNorm() { dist::set_sync_batch_norm(false); }
+    } sync_bn(config_.sync_bn);
     if (parallel) {
-        spdlog::info("[{}] {} workers x batch {} = global batch {}; lr x {:.3g} ({} rule)", tag_,
+        spdlog::info("[{}] {} workers x batch {} = global batch {}; lr x {:.3g} ({} rule){}", tag_,
                      dist::world_size(), data_config.batch_size,
-                     data_config.batch_size * dist::world_size(), lr_scale, config_.lr_scaling);
+                     data_config.batch_size * dist::world_size(), lr_scale, config_.lr_scaling,
+                     config_.sync_bn ? "; BatchNorm synchronised" : "");
     }
     // What the workers' gradients are averaged for: the trained tensors (frozen ones keep no
     // gradient, so the optimizer leaves them alone).
