@@ -595,7 +595,7 @@ at::Tensor sync_batch_norm(const at::Tensor& x,
     }
     const at::Tensor scale = weight * at::rsqrt(var + eps);
     const at::Tensor shift = bias - mean * scale;
-    return x * scale.view({1, c, 1, 1}) + shift.view({1, c, 1, 1});
+    return at::addcmul(shift.view({1, c, 1, 1}), x, scale.view({1, c, 1, 1}));
 }
 
 std::string run_once(const std::function<std::string()>& work) {
