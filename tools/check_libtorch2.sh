@@ -21,13 +21,20 @@ fi
 mountpoint -q "$root/proc" || mount -t proc proc "$root/proc"
 mountpoint -q "$root/dev" || mount --bind /dev "$root/dev"
 cp /etc/resolv.conf "$root/etc/resolv.conf"
+# This machine's extra certificate authorities (an egress proxy's), for apt and npm in the chroot.
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+    mkdir -p "$root/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/*.crt "$root/usr/local/share/ca-certificates/"
+    chroot "$root" update-ca-certificates >/dev/null 2>&1 || true
+fi
 # The sources (the chroot's build/ is kept: reruns build incrementally), then the project's own
 # setup in the chroot: Debian 13's versions of the same packages, ONNX Runtime and chromium.
 mkdir -p "$root/src"
 find "$root/src" -mindepth 1 -maxdepth 1 ! -name build ! -name tools -exec rm -rf {} +
 find "$root/src/tools" -mindepth 1 -maxdepth 1 ! -name ort -exec rm -rf {} + 2>/dev/null || true
 git ls-files -z | xargs -0 cp -p --parents -t "$root/src"  # -p: mtimes, for ninja
-chroot "$root" bash -c "cd /src && tools/setup.sh --ort --browser >/dev/null"
+chroot "$root" bash -c "export NODE_EXTRA_CA_CERTS=/etc/ssl/certs/ca-certificates.crt;
+    cd /src && tools/setup.sh --ort --browser >/dev/null"
 chroot "$root" bash -c "cd /src && cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null &&
     ninja -C build >/dev/null && echo \"built against LibTorch \$(dpkg-query -W -f='\${Version}' libtorch-dev)\" &&
     cd build && ctest --parallel $(nproc) --timeout 600 $* | tail -25"

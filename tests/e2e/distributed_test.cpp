@@ -67,18 +67,27 @@ TEST(Distributed, TwoWorkersAtHalfBatchGiveOneWorkersWeights) {
     EXPECT_NE(scaled.err.find("global batch 64; lr x 2"), std::string::npos) << scaled.err;
 }
 
-TEST(Distributed, WithBatchNormTheAccuracyMatches) {
-    testing::TempDir dir;
+/// The tiny job with ResNet-20 (BatchNorm) and `train_keys` in place of `epochs: 3`, as job.yaml
+/// in `dir`, trained on one worker at batch 32 into one/.
+void train_one_resnet20(const testing::TempDir& dir, const std::string& train_keys) {
     std::string job = kTinyJob;
     job.replace(job.find("arch: lenet5"), 12, "arch: resnet20");
-    job.replace(job.find("epochs: 3"), 9, "epochs: 8");
+    job.replace(job.find("epochs: 3"), 9, train_keys);
     write_file_atomic(dir.file("job.yaml"), job);
     Result one = cli("--json train --config job.yaml --set output_dir=one", dir);
     ASSERT_EQ(one.code, 0) << one.err;
-    Result two = cli(
-        "--json train --config job.yaml --nproc 2 --set output_dir=two --set data.batch_size=16 "
-        "--set train.reference_batch=32",
-        dir);
+}
+
+/// Two workers at batch 16 with the lr of one at 32: the command up to output_dir=.
+const char* kTwoAtHalfBatch =
+    "--json train --config job.yaml --nproc 2 --set data.batch_size=16 "
+    "--set train.reference_batch=32 --set output_dir=";
+
+TEST(Distributed, WithBatchNormTheAccuracyMatches) {
+    testing::TempDir dir;
+    ASSERT_NO_FATAL_FAILURE(train_one_resnet20(dir, "epochs: 8"));
+    Result one{0, read_file(dir.file("one/summary.json")), ""};
+    Result two = cli(std::string(kTwoAtHalfBatch) + "two", dir);
     ASSERT_EQ(two.code, 0) << two.err;
     // BatchNorm statistics come from 16 images a worker instead of 32: close, not equal.
     const double a = json::parse(one.out)["top1"].get<double>();
@@ -89,18 +98,11 @@ TEST(Distributed, WithBatchNormTheAccuracyMatches) {
 
 TEST(Distributed, SyncBatchNormGivesOneWorkersWeights) {
     testing::TempDir dir;
-    std::string job = kTinyJob;
-    job.replace(job.find("arch: lenet5"), 12, "arch: resnet20");
     // Two steps: this tiny network on its synthetic images amplifies any difference in the order
     // of float sums within a few more (one worker with one thread against two threads drifts
     // apart as much as synchronised workers do), so the comparison is made before that.
-    job.replace(job.find("epochs: 3"), 9, "epochs: 1\n  steps_per_epoch: 2");
-    write_file_atomic(dir.file("job.yaml"), job);
-    Result one = cli("--json train --config job.yaml --set output_dir=one", dir);
-    ASSERT_EQ(one.code, 0) << one.err;
-    const std::string two =
-        "--json train --config job.yaml --nproc 2 --set data.batch_size=16 "
-        "--set train.reference_batch=32 --set output_dir=";
+    ASSERT_NO_FATAL_FAILURE(train_one_resnet20(dir, "epochs: 1\n  steps_per_epoch: 2"));
+    const std::string two = kTwoAtHalfBatch;
     Result synced = cli(two + "synced --set train.sync_bn=true", dir);
     ASSERT_EQ(synced.code, 0) << synced.err;
     EXPECT_NE(synced.err.find("BatchNorm synchronised"), std::string::npos) << synced.err;
