@@ -8,8 +8,8 @@
 #include <numeric>
 #include <random>
 
-#include <ATen/core/grad_mode.h>
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include "pocketflow/data.h"
 #include "pocketflow/error.h"

@@ -5,9 +5,9 @@
 #include <cmath>
 #include <numeric>
 
-#include <ATen/core/grad_mode.h>
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
 #include <spdlog/spdlog.h>
 #include <torch/optim/adam.h>
 

@@ -5,8 +5,8 @@
 #include <filesystem>
 #include <iostream>
 
-#include <ATen/core/grad_mode.h>
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <spdlog/spdlog.h>
 
 #include "pocketflow/error.h"

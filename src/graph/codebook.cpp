@@ -5,8 +5,8 @@
 #include <algorithm>
 #include <random>
 
-#include <ATen/core/grad_mode.h>
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include "pocketflow/error.h"
 #include "pocketflow/sparsity.h"

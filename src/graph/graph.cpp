@@ -4,9 +4,9 @@
 #include <cmath>
 #include <set>
 
-#include <ATen/core/grad_mode.h>
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
 
 #include "pocketflow/error.h"
 #include "pocketflow/sparsity.h"

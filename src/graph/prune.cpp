@@ -6,8 +6,8 @@
 #include <cmath>
 #include <numeric>
 
-#include <ATen/core/grad_mode.h>
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 #include <fnmatch.h>
 
 #include "pocketflow/error.h"

@@ -9,8 +9,8 @@
 #include <limits>
 #include <map>
 
-#include <ATen/core/grad_mode.h>
 #include <ATen/ATen.h>
+#include <ATen/core/grad_mode.h>
 
 #include "pocketflow/error.h"
 

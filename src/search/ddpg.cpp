@@ -3,8 +3,8 @@
 #include <algorithm>
 #include <cmath>
 
-#include <ATen/core/grad_mode.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
 #include <torch/torch.h>
 
 #include "pocketflow/error.h"

@@ -8,8 +8,8 @@
 #include <mutex>
 #include <random>
 
-#include <ATen/core/grad_mode.h>
 #include <ATen/Parallel.h>
+#include <ATen/core/grad_mode.h>
 #include <dlfcn.h>
 #include <link.h>
 #include <malloc.h>

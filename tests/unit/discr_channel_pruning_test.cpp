@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "discr_channel_pruning/discr_channel_pruning.h"
 
-#include <ATen/core/grad_mode.h>
 #include <random>
 
+#include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 

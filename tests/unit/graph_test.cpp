@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "pocketflow/graph.h"
 
-#include <ATen/core/grad_mode.h>
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <fstream>
 
+#include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 #include <zlib.h>

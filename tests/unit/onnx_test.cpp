@@ -1,9 +1,9 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "pocketflow/onnx.h"
 
-#include <ATen/core/grad_mode.h>
 #include <filesystem>
 
+#include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 #include <onnx/onnx_pb.h>
 #include <torch/torch.h>

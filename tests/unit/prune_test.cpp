@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "pocketflow/prune.h"
 
-#include <ATen/core/grad_mode.h>
 #include <numeric>
 #include <random>
 
+#include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 

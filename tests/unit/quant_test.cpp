@@ -3,11 +3,11 @@
 // points, packing and .pfm round trips, range calibration, QDQ export in ONNX Runtime.
 #include "pocketflow/quant.h"
 
-#include <ATen/core/grad_mode.h>
 #include <map>
 #include <numeric>
 #include <random>
 
+#include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 #include <onnx/onnx_pb.h>
 #include <torch/torch.h>

@@ -4,11 +4,11 @@
 // compact .pfm storage (bit-exact round trips, real sizes, corrupted files).
 #include "pocketflow/sparsity.h"
 
-#include <ATen/core/grad_mode.h>
 #include <cmath>
 #include <cstring>
 #include <random>
 
+#include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
