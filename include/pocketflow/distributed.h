@@ -105,10 +105,6 @@ at::Tensor sync_batch_norm(const at::Tensor& x,
 /// nothing out. Without a group: `work()`.
 std::string run_once(const std::function<std::string()>& work);
 
-/// Throws the reason a collective failed: which worker died or hung, when the watchdog knows
-/// (it waits up to dead_after_s to find out), else `what`.
-[[noreturn]] void rethrow_collective_failure(const std::string& op, const std::string& what);
-
 }  // namespace dist
 
 /// `--nproc N` of `train` and `compress`: starts N copies of this program (`argv`: the command

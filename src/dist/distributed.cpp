@@ -67,12 +67,20 @@ bool local_process_gone(int64_t pid) {
     return close != std::string::npos && close + 2 < line.size() && line[close + 2] == 'Z';
 }
 
+/// What a worker posts about itself at init (`info/<rank>`): "pid P on host H".
 struct Peer {
-    std::string info;  ///< "pid P on host H"
+    std::string info;
     std::string host;
     int64_t pid = 0;
     int64_t beat = -1;
     Clock::time_point changed = Clock::now();
+
+    void describe(std::string text) {
+        info = std::move(text);
+        const auto at = info.find(" on host ");
+        pid = std::atoll(info.c_str() + 4);
+        host = at == std::string::npos ? "" : info.substr(at + 9);
+    }
 };
 
 struct State {
@@ -130,10 +138,7 @@ void watchdog_loop(State* s) {
                     continue;
                 }
                 if (p.info.empty() && s->watch->check({fmt::format("info/{}", r)})) {
-                    p.info = to_string(s->watch->get(fmt::format("info/{}", r)));
-                    const auto at = p.info.find(" on host ");
-                    p.pid = std::atoll(p.info.c_str() + 4);  // "pid <n> on host <h>"
-                    p.host = at == std::string::npos ? "" : p.info.substr(at + 9);
+                    p.describe(to_string(s->watch->get(fmt::format("info/{}", r))));
                 }
                 const int64_t beat = s->watch->add(fmt::format("hb/{}", r), 0);
                 const auto now = Clock::now();
@@ -204,17 +209,6 @@ int env_int(const char* name, int fallback, int min, int max) {
     return static_cast<int>(n);
 }
 
-const char* env_first(std::initializer_list<const char*> names, const char** which) {
-    for (const char* n : names) {
-        const char* v = std::getenv(n);
-        if (v != nullptr && *v != '\0') {
-            *which = n;
-            return v;
-        }
-    }
-    return nullptr;
-}
-
 double env_seconds(const char* name, double fallback) {
     const char* v = std::getenv(name);
     if (v == nullptr || *v == '\0') {
@@ -273,8 +267,8 @@ std::optional<World> world_from_environment() {
                  "environment variables {}={} and {}={} disagree: the local rank must be below "
                  "the local world size",
                  c.local_rank, w.local_rank, c.local_size, w.local_world_size);
-        const char* which = nullptr;
-        if (const char* addr = env_first({"MASTER_ADDR"}, &which)) {
+        const char* addr = std::getenv("MASTER_ADDR");
+        if (addr != nullptr && *addr != '\0') {
             w.master_addr = addr;
         }
         w.master_port = env_int("MASTER_PORT", 29500, 1, 65535);
@@ -357,9 +351,9 @@ void finish(const std::string& failure) {
             for (int r = 1; r < s.world.world_size && Clock::now() < deadline; ++r) {
                 while (s.store->add(fmt::format("done/{}", r), 0) == 0 &&
                        !s.store->check({fmt::format("fail/{}", r)}) && Clock::now() < deadline) {
-                    const std::string info = to_string(s.store->get(fmt::format("info/{}", r)));
-                    if (info.find(" on host " + s.host) != std::string::npos &&
-                        local_process_gone(std::atoll(info.c_str() + 4))) {
+                    Peer peer;
+                    peer.describe(to_string(s.store->get(fmt::format("info/{}", r))));
+                    if (peer.host == s.host && local_process_gone(peer.pid)) {
                         break;
                     }
                     std::this_thread::sleep_for(milliseconds(50));
@@ -392,47 +386,61 @@ bool is_main() {
     return rank() == 0;
 }
 
-void rethrow_collective_failure(const std::string& op, const std::string& what) {
-    // When a peer died, its connections closed and this collective failed at once; the watchdog
-    // names the peer (and ends this process) within dead_after_s.
-    const double wait = g_state ? g_state->options.dead_after_s + 3 : 0;
-    const auto deadline = Clock::now() + to_ms(wait);
-    while (Clock::now() < deadline) {
-        std::this_thread::sleep_for(milliseconds(100));
+namespace {
+
+/// Runs a collective; a failure other than ours (a peer's connection closed) waits for the
+/// watchdog, which names a dead peer and ends this process within dead_after_s, else is thrown
+/// as an Error naming the operation.
+template <typename Body>
+void collective(const char* op, Body&& body) {
+    try {
+        body();
+    } catch (const Error&) {
+        throw;
+    } catch (const std::exception& e) {
+        const double wait = g_state ? g_state->options.dead_after_s + 3 : 0;
+        std::this_thread::sleep_for(to_ms(wait));
+        throw Error(fmt::format("{} among the workers failed (rank {}): {}", op, rank(),
+                                shorten(e.what(), 500)));
     }
-    throw Error(
-        fmt::format("{} among the workers failed (rank {}): {}", op, rank(), shorten(what, 500)));
 }
+
+/// The tensors flattened into one buffer, in order (Gloo wants dense contiguous tensors;
+/// channels-last weights are reordered by reshape like the rest).
+at::Tensor pack(const std::vector<at::Tensor>& members) {
+    std::vector<at::Tensor> parts;
+    for (const auto& t : members) {
+        parts.push_back(t.reshape({-1}));
+    }
+    return at::cat(parts);
+}
+
+/// pack's inverse: the buffer's values copied back into the tensors.
+void unpack(const at::Tensor& flat, const std::vector<at::Tensor>& members) {
+    int64_t offset = 0;
+    for (const auto& t : members) {
+        t.copy_(flat.narrow(0, offset, t.numel()).view(t.sizes()));
+        offset += t.numel();
+    }
+}
+
+}  // namespace
 
 void broadcast(std::vector<at::Tensor> tensors) {
     if (!active() || tensors.empty()) {
         return;
     }
-    try {
-        // One flat buffer per dtype (Gloo wants dense contiguous tensors; channels-last weights
-        // are packed like the rest).
-        std::map<at::ScalarType, std::vector<at::Tensor>> by_type;
+    collective("broadcast", [&] {
+        std::map<at::ScalarType, std::vector<at::Tensor>> by_type;  // one buffer per dtype
         for (auto& t : tensors) {
             by_type[t.scalar_type()].push_back(t);
         }
         for (auto& [type, members] : by_type) {
-            std::vector<at::Tensor> parts;
-            for (const auto& t : members) {
-                parts.push_back(t.contiguous().reshape({-1}));
-            }
-            std::vector<at::Tensor> one{at::cat(parts)};
+            std::vector<at::Tensor> one{pack(members)};
             g_state->group->broadcast(one)->wait();
-            int64_t offset = 0;
-            for (auto& t : members) {
-                t.copy_(one[0].narrow(0, offset, t.numel()).view(t.sizes()));
-                offset += t.numel();
-            }
+            unpack(one[0], members);
         }
-    } catch (const Error&) {
-        throw;
-    } catch (const std::exception& e) {
-        rethrow_collective_failure("broadcast", e.what());
-    }
+    });
 }
 
 void all_reduce_sum(const std::vector<at::Tensor>& tensors, int64_t bucket_bytes) {
@@ -446,17 +454,15 @@ void all_reduce_sum(const std::vector<at::Tensor>& tensors, int64_t bucket_bytes
         at::Tensor flat;
         c10::intrusive_ptr<c10d::Work> work;
     };
-    std::vector<Bucket> buckets;
-    auto launch = [&](Bucket& b) {
-        std::vector<at::Tensor> flat_parts;
-        for (const auto& t : b.members) {
-            flat_parts.push_back(t.reshape({-1}));
-        }
-        b.flat = at::cat(flat_parts);
-        std::vector<at::Tensor> one{b.flat};
-        b.work = g_state->group->allreduce(one);
-    };
-    try {
+    collective("all-reduce", [&] {
+        std::vector<Bucket> buckets;
+        auto launch = [&](Bucket& b) {
+            b.flat = pack(b.members);
+            std::vector<at::Tensor> one{b.flat};
+            b.work = g_state->group->allreduce(one);
+            buckets.push_back(std::move(b));
+            b = Bucket();
+        };
         Bucket current;
         int64_t bytes = 0;
         for (const auto& t : tensors) {
@@ -465,29 +471,17 @@ void all_reduce_sum(const std::vector<at::Tensor>& tensors, int64_t bucket_bytes
                 (bytes + size > bucket_bytes ||
                  current.members.front().scalar_type() != t.scalar_type())) {
                 launch(current);
-                buckets.push_back(std::move(current));
-                current = Bucket();
                 bytes = 0;
             }
             current.members.push_back(t);
             bytes += size;
         }
         launch(current);
-        buckets.push_back(std::move(current));
         for (auto& b : buckets) {
             b.work->wait();
-            int64_t offset = 0;
-            for (auto& t : b.members) {
-                const int64_t n = t.numel();
-                t.copy_(b.flat.narrow(0, offset, n).view(t.sizes()));
-                offset += n;
-            }
+            unpack(b.flat, b.members);
         }
-    } catch (const Error&) {
-        throw;
-    } catch (const std::exception& e) {
-        rethrow_collective_failure("all-reduce", e.what());
-    }
+    });
 }
 
 std::string broadcast_bytes(const std::string& bytes) {

@@ -651,9 +651,9 @@ json run_job(const Job& job, const RunOptions& options) {
     }
     RunDir run(dir);
     write_file_atomic(config_path, config_text);
-    auto file_sink =
-        std::make_shared<spdlog::sinks::basic_file_sink_mt>((dir / "log.txt").string());
+    std::shared_ptr<spdlog::sinks::sink> file_sink;  // rank 0's log only
     if (main_worker) {
+        file_sink = std::make_shared<spdlog::sinks::basic_file_sink_mt>((dir / "log.txt").string());
         spdlog::default_logger()->sinks().push_back(file_sink);
     }
     struct SinkGuard {
