@@ -124,6 +124,9 @@ struct SearchSpace {
     };
     std::function<Score(const std::vector<double>& actions)> reward;
     std::vector<std::string> metric_names;
+    /// Optional: a key equal for policies that yield the same candidate (e.g. the kept channel
+    /// counts), so that a rerank does not score one candidate twice. Empty: the actions.
+    std::function<std::string(const std::vector<double>& actions)> identity;
 };
 
 struct SearchOptions {
@@ -141,6 +144,13 @@ struct SearchOptions {
     /// no episode's reward exceeds `baseline_score`, the result is the baseline. Empty: none.
     std::vector<double> baseline;
     SearchSpace::Score baseline_score;
+    /// Reranking against the winner's curse (the best of many noisy rewards is biased upwards):
+    /// the `rerank` best distinct episodes and the baseline are scored again by `rerank_score`
+    /// (slower and more faithful: longer training, more validation images; same metric names),
+    /// and the highest of those is the result, the baseline on a tie. 0: off.
+    int64_t rerank = 0;
+    std::function<SearchSpace::Score(const std::vector<double>& actions)> rerank_score;
+    std::string rerank_csv_path;  ///< the rerank's log (written atomically per candidate), or empty
 };
 
 struct SearchResult {
@@ -153,6 +163,15 @@ struct SearchResult {
     std::vector<double> agent_best_metrics;
     int64_t episodes = 0;
     int64_t resumed = 0;  ///< episodes replayed from the log
+    /// The candidates a rerank scored (baseline first), with the episodes' and the rerank's
+    /// scores; when it ran, `best`, `best_reward` and `best_metrics` are the rerank's winner's.
+    struct Reranked {
+        int64_t episode = -1;  ///< -1: the baseline
+        double reward = 0;     ///< the episode's reward (the baseline's score)
+        SearchSpace::Score score;
+        std::vector<double> actions;
+    };
+    std::vector<Reranked> reranked;
 };
 
 /// Per-layer bit widths under a mean-bits budget (HAQ), shared by the bit-width searches: an action

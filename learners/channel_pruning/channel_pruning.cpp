@@ -131,6 +131,20 @@ void register_channel_pruning(LearnerRegistry& registry) {
                         ConfigReader::in_open_range(0, 10));
                  s.read("reward", so.reward, "what the agent maximises",
                         {"top1", "amc", "latency"});
+                 s.read("rerank", so.rerank,
+                        "best policies retrained and rescored against uniform after the search",
+                        ConfigReader::in_range(0, 1000));
+                 s.read("rerank_steps", so.rerank_steps,
+                        "training steps of each reranked candidate (0: one epoch)",
+                        ConfigReader::in_range(0, 1000000));
+                 s.read("rerank_images", so.rerank_images,
+                        "validation images scoring reranked candidates (0: all)",
+                        ConfigReader::in_range(0, 10000000));
+                 so.rerank_lr = o.finetune_lr;
+                 s.read("rerank_lr", so.rerank_lr,
+                        "learning rate of the reranked candidates' training (default: the "
+                        "stage's finetune_lr)",
+                        ConfigReader::in_open_range(0, 10));
                  s.section("latency", "latency reward: per-layer table", [&](ConfigReader& l) {
                      l.read("runtime", so.latency.runtime, "where layers are timed",
                             {"onnxruntime", "libtorch"});

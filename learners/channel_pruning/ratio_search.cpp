@@ -66,26 +66,35 @@ std::vector<double> search_ratios(RunContext& ctx,
     }
     DataBundle train_only = ctx.data;  // candidates' training: no per-epoch validation
     train_only.val_indices.clear();
-    // kept counts → score (with channel blocks, candidates repeat)
-    std::map<std::vector<int64_t>, SearchSpace::Score> scored;
-    double uniform_ms = 0;  // latency: the uniform candidate's
-    auto score = [&](const std::vector<double>& ratios) {
+    auto kept_counts = [&](const std::vector<double>& ratios) {
         std::vector<int64_t> keep;
         for (size_t r = 0; r < plan.prunable.size(); ++r) {
             keep.push_back(kept_channels(plan.groups[plan.prunable[r]].channels, ratios[r],
                                          plan.channel_multiple));
         }
-        if (auto it = scored.find(keep); it != scored.end()) {
-            return it->second;
-        }
+        return keep;
+    };
+    // A candidate as the stage would prune it, BN statistics re-estimated if asked.
+    auto candidate = [&](const std::vector<int64_t>& keep) {
         Graph g = input.graph().clone();
         pruner.prune(g, keep);
-        const double ms = latency ? latency->predict_ms(g) : 0.0;
-        const double macs_kept = static_cast<double>(g.total_macs());
         Model m(std::move(g), input.meta());
         if (bn_loader) {
             reestimate_bn(m, *bn_loader);
         }
+        return m;
+    };
+    // kept counts → score (with channel blocks, candidates repeat)
+    std::map<std::vector<int64_t>, SearchSpace::Score> scored;
+    double uniform_ms = 0;  // latency: the uniform candidate's
+    auto score = [&](const std::vector<double>& ratios) {
+        const std::vector<int64_t> keep = kept_counts(ratios);
+        if (auto it = scored.find(keep); it != scored.end()) {
+            return it->second;
+        }
+        Model m = candidate(keep);
+        const double ms = latency ? latency->predict_ms(m.graph()) : 0.0;
+        const double macs_kept = static_cast<double>(m.graph().total_macs());
         if (options.finetune_steps > 0) {
             const auto level = spdlog::get_level();
             spdlog::set_level(spdlog::level::warn);  // one candidate's training is not news
@@ -156,6 +165,9 @@ std::vector<double> search_ratios(RunContext& ctx,
     if (latency) {
         space.metric_names.push_back("latency_ms");
     }
+    space.identity = [&](const std::vector<double>& ratios) {
+        return fmt::format("{}", fmt::join(kept_counts(ratios), ","));
+    };
 
     const SearchSpace::Score uniform = score(plan.ratios);
     const double uniform_top1 = uniform.metrics[0];
@@ -190,6 +202,51 @@ std::vector<double> search_ratios(RunContext& ctx,
     };
     so.baseline = plan.ratios;  // never hand back something worse than uniform
     so.baseline_score = uniform;
+    // Rerank: the best candidates and uniform, each trained as the stage's fine-tuning starts
+    // (its recipe over rerank_steps, distillation as the job says) and scored on more images.
+    const int64_t rerank_steps = options.rerank == 0        ? 0
+                                 : options.rerank_steps > 0 ? options.rerank_steps
+                                                            : steps_per_epoch(ctx);
+    std::unique_ptr<Loader> rerank_loader;
+    std::shared_ptr<Model> teacher;
+    if (options.rerank > 0) {
+        rerank_loader = search_validation_loader(
+            ctx,
+            options.rerank_images > 0 ? options.rerank_images
+                                      : static_cast<int64_t>(ctx.data.val_indices.size()),
+            where);
+        teacher = make_teacher(ctx);
+        so.rerank = options.rerank;
+        so.rerank_csv_path = (dir / "rerank.csv").string();
+        so.rerank_score = [&](const std::vector<double>& ratios) {
+            Model m = candidate(kept_counts(ratios));
+            TrainConfig tc = ctx.job.train;
+            tc.epochs = 1;
+            tc.steps_per_epoch = rerank_steps;
+            tc.optimizer.lr = options.rerank_lr;
+            tc.schedule.warmup_epochs = 0;
+            Trainer trainer(tc, nullptr, where + "_rerank");
+            if (teacher) {
+                trainer.set_teacher(teacher, ctx.job.distillation);
+            }
+            trainer.fit(m, train_only, ctx.job.data, ctx.job.seed + 6);
+            m.eval();
+            const double top1 = evaluate(m, *rerank_loader).top1;
+            SearchSpace::Score s(top1, {top1});
+            if (latency) {
+                s.metrics.push_back(latency->predict_ms(m.graph()));
+                s.reward = top1 * std::pow(uniform_ms / s.metrics[1], options.latency_weight);
+            } else if (options.reward == "amc") {
+                s.reward =
+                    -(1 - top1 / 100) * std::log(static_cast<double>(m.graph().total_macs()));
+            }
+            return s;
+        };
+        spdlog::info(
+            "[{}] rerank after the search: the {} best policies and uniform, each trained {} "
+            "steps and scored on {} validation images",
+            where, options.rerank, rerank_steps, rerank_loader->num_samples());
+    }
     const SearchResult result = run_search(space, so);
     const double top1 = result.best_metrics.at(0);
     std::string measured = fmt::format(
@@ -197,6 +254,14 @@ std::vector<double> search_ratios(RunContext& ctx,
         options.finetune_steps > 0 ? fmt::format("after {} training steps", options.finetune_steps)
                                    : std::string("before fine-tuning"),
         uniform_top1, 100 * result.best_cost);
+    if (!result.reranked.empty()) {
+        measured = fmt::format(
+            "validation top-1 {:.2f}% after {} training steps on {} images (uniform {:.2f}%; "
+            "{}), {:.1f}% of the MACs",
+            top1, rerank_steps, rerank_loader->num_samples(),
+            result.reranked.front().score.metrics.at(0),
+            result.baseline_kept ? "uniform kept" : "reranked", 100 * result.best_cost);
+    }
     if (latency) {
         measured += fmt::format(", {} latency {:.3f} ms at batch {} (uniform {:.3f} ms)",
                                 options.latency.runtime, result.best_metrics.at(1),
@@ -221,6 +286,19 @@ std::vector<double> search_ratios(RunContext& ctx,
                          {"chosen", result.baseline_kept ? "uniform" : "search"},
                          {"agent_best_reward", result.agent_best_reward},
                          {"agent_best_val_top1", result.agent_best_metrics.at(0)}};
+    if (!result.reranked.empty()) {
+        nlohmann::json reranked = nlohmann::json::array();
+        for (const auto& c : result.reranked) {
+            reranked.push_back({{"episode", c.episode},
+                                {"reward", c.reward},
+                                {"rerank_reward", c.score.reward},
+                                {"rerank_val_top1", c.score.metrics.at(0)},
+                                {"ratios", c.actions}});
+        }
+        summary["search"]["rerank"] = {{"candidates", reranked},
+                                       {"steps", rerank_steps},
+                                       {"val_images", rerank_loader->num_samples()}};
+    }
     if (latency) {
         summary["search"]["best_latency_ms"] = result.best_metrics.at(1);
         summary["search"]["uniform_latency_ms"] = uniform_ms;

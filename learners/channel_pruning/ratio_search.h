@@ -36,6 +36,14 @@ struct RatioSearchOptions {
     /// no distillation): scores what fine-tuning will recover, not the pruned model as is.
     int64_t finetune_steps = 0;
     double finetune_lr = 0.01;  ///< of those steps (default: the stage's finetune_lr)
+    /// Rerank: the `rerank` best distinct policies and the uniform ratios are each pruned, trained
+    /// `rerank_steps` steps of the stage's fine-tuning recipe (the job's schedule over those steps
+    /// at `rerank_lr`, distillation as the job says) and scored on `rerank_images` validation
+    /// images; the best of them is the result (uniform on a tie). 0: off.
+    int64_t rerank = 0;
+    int64_t rerank_steps = 0;   ///< 0: one epoch of the job's training
+    int64_t rerank_images = 0;  ///< 0: the whole validation split
+    double rerank_lr = 0.01;    ///< default: the stage's finetune_lr
 };
 
 /// Searches per-group kept ratios under `plan`'s MACs budget (AMC): each episode's policy is

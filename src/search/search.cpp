@@ -6,6 +6,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <numeric>
+#include <set>
 #include <sstream>
 
 #include <fmt/format.h>
@@ -144,6 +146,18 @@ namespace {
 
 SearchResult search_here(const SearchSpace& space, const SearchOptions& options);
 
+nlohmann::json reranked_json(const std::vector<SearchResult::Reranked>& reranked) {
+    nlohmann::json out = nlohmann::json::array();
+    for (const auto& c : reranked) {
+        out.push_back({{"episode", c.episode},
+                       {"reward", c.reward},
+                       {"rerank_reward", c.score.reward},
+                       {"metrics", c.score.metrics},
+                       {"actions", c.actions}});
+    }
+    return out;
+}
+
 }  // namespace
 
 SearchResult run_search(const SearchSpace& space, const SearchOptions& options) {
@@ -159,7 +173,8 @@ SearchResult run_search(const SearchSpace& space, const SearchOptions& options) 
                               {"agent_best_reward", r.agent_best_reward},
                               {"agent_best_metrics", r.agent_best_metrics},
                               {"episodes", r.episodes},
-                              {"resumed", r.resumed}}
+                              {"resumed", r.resumed},
+                              {"reranked", reranked_json(r.reranked)}}
             .dump();
     });
     const auto j = nlohmann::json::parse(text);
@@ -173,10 +188,98 @@ SearchResult run_search(const SearchSpace& space, const SearchOptions& options) 
     j.at("agent_best_metrics").get_to(r.agent_best_metrics);
     j.at("episodes").get_to(r.episodes);
     j.at("resumed").get_to(r.resumed);
+    for (const auto& c : j.at("reranked")) {
+        SearchResult::Reranked one;
+        c.at("episode").get_to(one.episode);
+        c.at("reward").get_to(one.reward);
+        c.at("rerank_reward").get_to(one.score.reward);
+        c.at("metrics").get_to(one.score.metrics);
+        c.at("actions").get_to(one.actions);
+        r.reranked.push_back(std::move(one));
+    }
     return r;
 }
 
 namespace {
+
+/// Scores the baseline and the `options.rerank` best distinct episodes with rerank_score and
+/// makes the highest the result (the baseline on a tie).
+void rerank(const SearchSpace& space,
+            const SearchOptions& options,
+            const std::vector<std::vector<double>>& policies,
+            const std::vector<double>& rewards,
+            SearchResult& result) {
+    PF_CHECK(options.rerank_score != nullptr, Error, "a rerank needs rerank_score");
+    auto key = [&](const std::vector<double>& a) {
+        return space.identity ? space.identity(a) : fmt::format("{}", fmt::join(a, ","));
+    };
+    std::vector<SearchResult::Reranked> candidates;
+    std::set<std::string> seen;
+    if (!options.baseline.empty()) {
+        candidates.push_back({-1, options.baseline_score.reward, {}, options.baseline});
+        seen.insert(key(options.baseline));
+    }
+    std::vector<size_t> order(rewards.size());
+    std::iota(order.begin(), order.end(), size_t{0});
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return rewards[a] > rewards[b]; });
+    int64_t taken = 0;
+    for (size_t e : order) {
+        if (taken == options.rerank) {
+            break;
+        }
+        if (seen.insert(key(policies[e])).second) {
+            candidates.push_back({static_cast<int64_t>(e), rewards[e], {}, policies[e]});
+            ++taken;
+        }
+    }
+    std::string csv = "candidate,episode,reward,rerank_reward";
+    for (const auto& name : space.metric_names) {
+        csv += "," + name;
+    }
+    for (size_t t = 0; t < space.features.size(); ++t) {
+        csv += fmt::format(",a{}", t);
+    }
+    csv += "\n";
+    size_t winner = 0;
+    for (size_t c = 0; c < candidates.size(); ++c) {
+        auto& cand = candidates[c];
+        const std::string what = cand.episode < 0 ? std::string("the baseline")
+                                                  : fmt::format("episode {}", cand.episode);
+        spdlog::info("search: rerank {}/{}: {} (reward {:.4g})", c + 1, candidates.size(), what,
+                     cand.reward);
+        cand.score = options.rerank_score(cand.actions);
+        PF_CHECK(cand.score.metrics.size() == space.metric_names.size(), Error,
+                 "the search's rerank gave {} metrics for {} names", cand.score.metrics.size(),
+                 space.metric_names.size());
+        if (c > 0 && cand.score.reward > candidates[winner].score.reward) {
+            winner = c;
+        }
+        spdlog::info("search: rerank {}/{}: {} scores {:.4g} (best {:.4g}, {})", c + 1,
+                     candidates.size(), what, cand.score.reward, candidates[winner].score.reward,
+                     candidates[winner].episode < 0
+                         ? std::string("the baseline")
+                         : fmt::format("episode {}", candidates[winner].episode));
+        csv += fmt::format("{},{},{},{}", c, cand.episode, cand.reward, cand.score.reward);
+        for (double m : cand.score.metrics) {
+            csv += fmt::format(",{}", m);
+        }
+        for (double a : cand.actions) {
+            csv += fmt::format(",{:.4f}", a);
+        }
+        csv += "\n";
+        if (!options.rerank_csv_path.empty()) {
+            write_file_atomic(options.rerank_csv_path, csv);
+        }
+    }
+    const auto& best = candidates[winner];
+    result.best = best.actions;
+    result.best_reward = best.score.reward;
+    result.best_cost = space.cost(best.actions);
+    result.best_metrics = best.score.metrics;
+    result.baseline_kept = best.episode < 0;
+    result.reranked = std::move(candidates);
+}
 
 SearchResult search_here(const SearchSpace& space, const SearchOptions& options) {
     const size_t points = space.features.size();
@@ -198,7 +301,8 @@ SearchResult search_here(const SearchSpace& space, const SearchOptions& options)
     }
     csv += "\n";
     EpisodeLog log;
-    std::vector<double> rewards;  // every episode's, for the chart
+    std::vector<double> rewards;                // every episode's, for the chart
+    std::vector<std::vector<double>> policies;  // every episode's actions, for a rerank
     if (options.resume && !options.csv_path.empty()) {
         log = read_episode_log(options.csv_path, csv, space.metric_names.size(), points);
         PF_CHECK(static_cast<int64_t>(log.scores.size()) <= options.episodes, InputError,
@@ -268,6 +372,7 @@ SearchResult search_here(const SearchSpace& space, const SearchOptions& options)
         }
         csv += "\n";
         rewards.push_back(reward);
+        policies.push_back(taken);
         if (!options.csv_path.empty() && !replay) {
             write_file_atomic(options.csv_path, csv);
         }
@@ -280,6 +385,10 @@ SearchResult search_here(const SearchSpace& space, const SearchOptions& options)
     }
     result.agent_best_reward = result.best_reward;
     result.agent_best_metrics = result.best_metrics;
+    if (options.rerank > 0) {
+        rerank(space, options, policies, rewards, result);
+        return result;
+    }
     if (!options.baseline.empty() && options.baseline_score.reward > result.best_reward) {
         spdlog::warn(
             "search: no episode beat the baseline (best reward {:.4g}, baseline {:.4g}): "

@@ -510,6 +510,35 @@ TEST(CliTest, SearchedPruningRatiosEndToEnd) {
     ASSERT_EQ(trained.code, 0) << trained.err;
     EXPECT_EQ(json::parse(trained.out)["stages"][0]["search"]["episodes"], 2);
 
+    // Rerank: the 2 best distinct policies and uniform retrained 3 steps and rescored on the
+    // whole validation split; the stage prunes the winner.
+    Result reranked = cli("--json compress --config job.yaml --set output_dir=rerank " + search +
+                              "--set pipeline.0.search.episodes=6 --set pipeline.0.search.rerank=2 "
+                              "--set pipeline.0.search.rerank_steps=3",
+                          dir);
+    ASSERT_EQ(reranked.code, 0) << reranked.err;
+    const json rr = json::parse(reranked.out)["stages"][0];
+    const json& candidates = rr["search"]["rerank"]["candidates"];
+    ASSERT_LE(candidates.size(), 3u) << rr.dump();
+    ASSERT_GE(candidates.size(), 2u) << rr.dump();
+    EXPECT_EQ(candidates[0]["episode"], -1);  // uniform first
+    EXPECT_EQ(rr["search"]["rerank"]["steps"], 3);
+    double top = -1;
+    json winner;
+    for (const auto& c : candidates) {
+        if (c["rerank_val_top1"].get<double>() > top) {
+            top = c["rerank_val_top1"].get<double>();
+            winner = c;
+        }
+    }
+    EXPECT_EQ(rr["search"]["best_ratios"], winner["ratios"]);
+    EXPECT_EQ(rr["search"]["chosen"], winner["episode"] == -1 ? "uniform" : "search");
+    EXPECT_DOUBLE_EQ(rr["search"]["best_val_top1"].get<double>(), top);
+    const std::string rerank_csv =
+        read_file(dir.path() / "rerank" / "search" / "stage0" / "rerank.csv");
+    EXPECT_EQ(std::count(rerank_csv.begin(), rerank_csv.end(), '\n'),
+              static_cast<long>(candidates.size()) + 1);
+
     // A latency reward: a per-layer table measured in LibTorch (and ONNX Runtime when installed),
     // cached in the run directory; the log has top-1 and latency per episode.
     std::vector<std::string> runtimes{"libtorch"};

@@ -6,10 +6,13 @@
 #include <cmath>
 #include <fstream>
 #include <iterator>
+#include <numeric>
 #include <random>
+#include <set>
 #include <stdexcept>
 #include <string>
 
+#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "pocketflow/bayesopt.h"
@@ -191,6 +194,86 @@ TEST(SearchTest, ABaselineNoEpisodeBeatsIsKept) {
     EXPECT_FALSE(beaten.baseline_kept);
     EXPECT_EQ(beaten.best_reward, beaten.agent_best_reward);
     EXPECT_NE(beaten.best, o.baseline);
+}
+
+TEST(SearchTest, RerankRescoresTheBestDistinctEpisodesAndTheBaseline) {
+    // The episodes' reward favours a[2]; the rerank's (the "truth") wants a[2] near 0.5. The
+    // rerank must score the baseline and the 3 best episodes with distinct identities (a[2] to one
+    // decimal), and return the best of those under the rerank's score.
+    testing::TempDir dir;
+    SearchSpace space = toy_space();
+    std::vector<std::pair<std::vector<double>, double>> episodes;
+    const auto episode_reward = space.reward;
+    space.reward = [&](const std::vector<double>& a) {
+        const SearchSpace::Score s = episode_reward(a);
+        episodes.emplace_back(a, s.reward);
+        return s;
+    };
+    space.identity = [](const std::vector<double>& a) { return fmt::format("{:.1f}", a[2]); };
+    auto truth = [](const std::vector<double>& a) { return -std::pow(a[2] - 0.5, 2); };
+    SearchOptions o;
+    o.episodes = 40;
+    o.agent.warmup = 10;
+    o.agent.hidden = 16;
+    o.baseline = {0.5, 0.5, 0.5, 0.5};
+    o.baseline_score = SearchSpace::Score(-1.0);
+    o.rerank = 3;
+    o.rerank_csv_path = dir.file("rerank.csv");
+    std::vector<std::vector<double>> rescored;
+    o.rerank_score = [&](const std::vector<double>& a) {
+        rescored.push_back(a);
+        return SearchSpace::Score(truth(a));
+    };
+    const SearchResult r = run_search(space, o);
+    ASSERT_EQ(episodes.size(), 40u);
+    // Expected: the baseline, then the best episodes by reward whose identity is new.
+    std::vector<size_t> order(episodes.size());
+    std::iota(order.begin(), order.end(), size_t{0});
+    std::stable_sort(order.begin(), order.end(),
+                     [&](size_t a, size_t b) { return episodes[a].second > episodes[b].second; });
+    std::set<std::string> seen = {space.identity(o.baseline)};
+    std::vector<int64_t> expected = {-1};
+    for (size_t e : order) {
+        if (expected.size() < 4 && seen.insert(space.identity(episodes[e].first)).second) {
+            expected.push_back(static_cast<int64_t>(e));
+        }
+    }
+    ASSERT_EQ(r.reranked.size(), 4u);
+    ASSERT_EQ(rescored.size(), 4u);
+    size_t best = 0;
+    for (size_t c = 0; c < 4; ++c) {
+        EXPECT_EQ(r.reranked[c].episode, expected[c]) << c;
+        EXPECT_EQ(r.reranked[c].actions, rescored[c]);
+        EXPECT_DOUBLE_EQ(r.reranked[c].score.reward, truth(rescored[c]));
+        if (r.reranked[c].score.reward > r.reranked[best].score.reward) {
+            best = c;
+        }
+    }
+    EXPECT_EQ(r.best, r.reranked[best].actions);
+    EXPECT_DOUBLE_EQ(r.best_reward, r.reranked[best].score.reward);
+    EXPECT_EQ(r.baseline_kept, best == 0);
+    EXPECT_TRUE(r.baseline_kept) << "a[2] = 0.5 is the truth's optimum";
+    EXPECT_GT(r.agent_best_reward, o.baseline_score.reward);
+    // The log: a header and one row per candidate.
+    std::ifstream csv(o.rerank_csv_path);
+    std::string line;
+    std::getline(csv, line);
+    EXPECT_EQ(line, "candidate,episode,reward,rerank_reward,a0,a1,a2,a3");
+    int rows = 0;
+    while (std::getline(csv, line)) {
+        ++rows;
+    }
+    EXPECT_EQ(rows, 4);
+    // A rerank that cannot tell the candidates apart keeps the baseline; one whose truth is the
+    // episodes' own reward returns the best of them.
+    o.rerank_score = [](const std::vector<double>&) { return SearchSpace::Score(0.0); };
+    episodes.clear();
+    EXPECT_TRUE(run_search(space, o).baseline_kept);
+    o.rerank_score = [&](const std::vector<double>& a) { return episode_reward(a); };
+    episodes.clear();
+    const SearchResult same = run_search(space, o);
+    EXPECT_FALSE(same.baseline_kept);
+    EXPECT_DOUBLE_EQ(same.best_reward, same.agent_best_reward);
 }
 
 std::string read_all(const std::string& path) {
