@@ -115,11 +115,13 @@ std::unique_ptr<Loader> calibration_loader(
     const DataBundle& data, const Job& job, int64_t count, uint64_t salt, int64_t batch_size = 128);
 
 /// A seeded random subset of `count` images of the validation split (sorted; the split's own
-/// order may follow the classes), for scoring search candidates. ConfigError naming `where` when
-/// the job has no validation split: searches never look at the test set.
+/// order may follow the classes), for scoring search candidates: images [skip, skip + count) of
+/// one seeded shuffle, so subsets with different `skip` do not overlap. ConfigError naming
+/// `where` when the job has no validation split: searches never look at the test set.
 std::unique_ptr<Loader> search_validation_loader(const RunContext& ctx,
                                                  int64_t count,
-                                                 const std::string& where);
+                                                 const std::string& where,
+                                                 int64_t skip = 0);
 
 /// The directory of a stage's search files, <run>/search/stage<i>/ (one per stage: two searching
 /// stages of a job must not share an episode log, which a resume replays).
@@ -243,6 +245,17 @@ std::shared_ptr<Model> make_model(const Job& job,
 
 /// Sets LibTorch's intra-op threads (0: all cores) and returns the number set.
 int configure_threads(int64_t requested);
+
+/// OpenBLAS threads for a scope of heavy dense algebra (LASSO's Gram matrices and least squares):
+/// LibTorch's thread count inside, one again after — configure_threads gives OpenBLAS one thread,
+/// because its spinning pool beside OpenMP's stalls the convolutions that follow BLAS calls.
+class ScopedBlasThreads {
+public:
+    ScopedBlasThreads();
+    ~ScopedBlasThreads();
+    ScopedBlasThreads(const ScopedBlasThreads&) = delete;
+    ScopedBlasThreads& operator=(const ScopedBlasThreads&) = delete;
+};
 
 /// Keeps freed tensor memory in the process heap instead of returning it to the system after each
 /// batch: glibc's defaults unmap and trim large blocks, so every forward pass page-faults its

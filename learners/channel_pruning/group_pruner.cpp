@@ -13,6 +13,7 @@
 
 #include "pocketflow/data.h"
 #include "pocketflow/error.h"
+#include "pocketflow/learner.h"
 #include "pocketflow/prune.h"
 
 namespace pocketflow::learners {
@@ -204,6 +205,7 @@ double GroupPruner::prune(Graph& graph,
                 }
                 first += n;
             }
+            ScopedBlasThreads blas;  // the Gram matrices: large double products
             at::Tensor gram = at::zeros({group.channels, group.channels}, at::kDouble);
             at::Tensor target = at::zeros({group.channels}, at::kDouble);
             for (size_t k = 0; k < group.consumers.size(); ++k) {
@@ -248,6 +250,7 @@ double GroupPruner::prune(Graph& graph,
             // Least squares of the original outputs on the kept channels' patches gives new
             // weights.
             at::Tensor idx = at::tensor(keep, at::kLong);
+            ScopedBlasThreads blas;
             for (size_t k = 0; k < group.consumers.size(); ++k) {
                 Node& node = graph.nodes()[static_cast<size_t>(group.consumers[k])];
                 at::Tensor x = samples[k]

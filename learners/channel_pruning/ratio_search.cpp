@@ -204,25 +204,43 @@ std::vector<double> search_ratios(RunContext& ctx,
     so.baseline_score = uniform;
     // Rerank: the best candidates and uniform, each trained as the stage's fine-tuning starts
     // (its recipe over rerank_steps, distillation as the job says) and scored on more images.
-    const int64_t rerank_steps = options.rerank == 0        ? 0
-                                 : options.rerank_steps > 0 ? options.rerank_steps
-                                                            : steps_per_epoch(ctx);
+    // Steps: one epoch by default; more run as whole epochs of equal length (the schedule spans
+    // them), so the count done can exceed the one asked by less than an epoch's worth.
+    int64_t rerank_epochs = 1, rerank_per_epoch = 0;
+    if (options.rerank > 0) {
+        const int64_t epoch = steps_per_epoch(ctx);
+        const int64_t asked = options.rerank_steps > 0 ? options.rerank_steps : epoch;
+        rerank_epochs = (asked + epoch - 1) / epoch;
+        rerank_per_epoch = (asked + rerank_epochs - 1) / rerank_epochs;
+    }
+    const int64_t rerank_steps = rerank_epochs * rerank_per_epoch;
     std::unique_ptr<Loader> rerank_loader;
     std::shared_ptr<Model> teacher;
     if (options.rerank > 0) {
-        rerank_loader = search_validation_loader(
-            ctx,
-            options.rerank_images > 0 ? options.rerank_images
-                                      : static_cast<int64_t>(ctx.data.val_indices.size()),
-            where);
+        // Scored on validation images the episodes were not scored on, so that a policy's luck
+        // on those does not carry into the rerank.
+        const int64_t val = static_cast<int64_t>(ctx.data.val_indices.size());
+        const int64_t used = std::min(options.eval_images, val);
+        if (used < val) {
+            rerank_loader = search_validation_loader(
+                ctx, options.rerank_images > 0 ? options.rerank_images : val - used, where, used);
+        } else {
+            spdlog::warn(
+                "[{}] the search scored its episodes on all {} validation images: the rerank "
+                "scores on the same images (raise data.val_size above search.eval_images to "
+                "keep them apart)",
+                where, val);
+            rerank_loader = search_validation_loader(
+                ctx, options.rerank_images > 0 ? options.rerank_images : val, where);
+        }
         teacher = make_teacher(ctx);
         so.rerank = options.rerank;
         so.rerank_csv_path = (dir / "rerank.csv").string();
         so.rerank_score = [&](const std::vector<double>& ratios) {
             Model m = candidate(kept_counts(ratios));
             TrainConfig tc = ctx.job.train;
-            tc.epochs = 1;
-            tc.steps_per_epoch = rerank_steps;
+            tc.epochs = rerank_epochs;
+            tc.steps_per_epoch = rerank_per_epoch;
             tc.optimizer.lr = options.rerank_lr;
             tc.schedule.warmup_epochs = 0;
             Trainer trainer(tc, nullptr, where + "_rerank");
@@ -298,6 +316,7 @@ std::vector<double> search_ratios(RunContext& ctx,
         summary["search"]["rerank"] = {{"candidates", reranked},
                                        {"steps", rerank_steps},
                                        {"val_images", rerank_loader->num_samples()}};
+        summary["search"]["uniform_rerank_val_top1"] = result.reranked.front().score.metrics.at(0);
     }
     if (latency) {
         summary["search"]["best_latency_ms"] = result.best_metrics.at(1);

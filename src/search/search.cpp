@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <numeric>
 #include <set>
 #include <sstream>
@@ -221,8 +222,11 @@ void rerank(const SearchSpace& space,
     }
     std::vector<size_t> order(rewards.size());
     std::iota(order.begin(), order.end(), size_t{0});
+    auto rank = [&](size_t e) {  // a NaN reward ranks last
+        return std::isnan(rewards[e]) ? -std::numeric_limits<double>::infinity() : rewards[e];
+    };
     std::stable_sort(order.begin(), order.end(),
-                     [&](size_t a, size_t b) { return rewards[a] > rewards[b]; });
+                     [&](size_t a, size_t b) { return rank(a) > rank(b); });
     int64_t taken = 0;
     for (size_t e : order) {
         if (taken == options.rerank) {
@@ -233,6 +237,7 @@ void rerank(const SearchSpace& space,
             ++taken;
         }
     }
+    PF_CHECK(!candidates.empty(), Error, "a rerank needs a baseline or an episode");
     std::string csv = "candidate,episode,reward,rerank_reward";
     for (const auto& name : space.metric_names) {
         csv += "," + name;

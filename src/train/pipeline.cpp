@@ -117,6 +117,20 @@ const LearnerRegistry& builtin_registry() {
     return registry;
 }
 
+namespace {
+
+/// OpenBLAS's thread count, when OpenBLAS is LibTorch's BLAS (found at run time).
+void set_blas_threads(int n) {
+    using SetThreads = void (*)(int);
+    static auto* set =
+        reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"));
+    if (set != nullptr) {
+        set(n);
+    }
+}
+
+}  // namespace
+
 int configure_threads(int64_t requested) {
     // `threads: 0` is every core of the machine, shared by the workers on it.
     int n = requested > 0 ? static_cast<int>(requested)
@@ -127,14 +141,19 @@ int configure_threads(int64_t requested) {
     // next convolution wait for the scheduler. Measured at batch 1 (bench, 2 cores): pruned
     // torchvision models ran at 4 ms scheduler-tick multiples (ResNet-18 at 50% MACs 7.96 ms
     // instead of 4.3 ms) in some runs. OpenBLAS gets one thread: the convolutions run on oneDNN
-    // and OpenMP, BLAS does only small products here (heads, LASSO), and ResNet-20 training speed
-    // is the same (1,650 images/s either way).
-    using SetThreads = void (*)(int);
-    if (auto* set =
-            reinterpret_cast<SetThreads>(::dlsym(RTLD_DEFAULT, "openblas_set_num_threads"))) {
-        set(1);
-    }
+    // and OpenMP, ResNet-20 training speed is the same (1,650 images/s either way), and the large
+    // products (LASSO's) take the threads back for their scope (ScopedBlasThreads). Linear
+    // layers train on one BLAS thread: a cost for models with large fully-connected layers.
+    set_blas_threads(1);
     return n;
+}
+
+ScopedBlasThreads::ScopedBlasThreads() {
+    set_blas_threads(at::get_num_threads());
+}
+
+ScopedBlasThreads::~ScopedBlasThreads() {
+    set_blas_threads(1);
 }
 
 void configure_allocator() {
@@ -282,14 +301,20 @@ std::unique_ptr<Loader> calibration_loader(const RunContext& ctx,
 
 std::unique_ptr<Loader> search_validation_loader(const RunContext& ctx,
                                                  int64_t count,
-                                                 const std::string& where) {
+                                                 const std::string& where,
+                                                 int64_t skip) {
     PF_CHECK(!ctx.data.val_indices.empty(), ConfigError,
              "{}: the search scores candidates on the validation split (never the test set): "
              "set data.val_size (e.g. 5000)",
              where);
     std::vector<int64_t> val = ctx.data.val_indices;
     std::shuffle(val.begin(), val.end(), std::mt19937_64(ctx.job.seed + 0xA3C));
+    const size_t first = std::min(val.size(), static_cast<size_t>(std::max<int64_t>(skip, 0)));
+    val.erase(val.begin(), val.begin() + static_cast<std::ptrdiff_t>(first));
     val.resize(std::min<size_t>(val.size(), static_cast<size_t>(count)));
+    PF_CHECK(!val.empty(), ConfigError,
+             "{}: no validation images left after the first {} (data.val_size is {})", where, skip,
+             ctx.data.val_indices.size());
     std::sort(val.begin(), val.end());
     LoaderOptions lo;
     lo.batch_size = ctx.job.data.eval_batch_size;

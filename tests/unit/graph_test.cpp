@@ -17,6 +17,7 @@
 #include "pocketflow/util.h"
 #include "pocketflow/zoo.h"
 
+#include "../../src/graph/onednn_conv.h"
 #include "support/test_util.h"
 
 namespace pocketflow {
@@ -414,10 +415,22 @@ TEST(InferenceTest, ReusedOutputBuffersNeverOverwriteAResultStillHeld) {
     EXPECT_LT(error(y3, e1), 1e-5);
     view.reset();
     y1.reset();
+    const void* previous = nullptr;
     for (int k = 0; k < 3; ++k) {  // nothing held: buffers are reused, results still right
         torch::Tensor y = m.forward(k % 2 == 0 ? x2 : x1);
         EXPECT_LT(error(y, (k % 2 == 0 ? e2 : e1)), 1e-5);
+        if (ConvCache::available() && previous != nullptr) {
+            EXPECT_EQ(y.data_ptr(), previous) << "a released output buffer was not reused";
+        }
+        previous = y.data_ptr();
     }
+    // A result the caller marked for autograd is never handed out again.
+    torch::Tensor marked = m.forward(x1);
+    marked.requires_grad_(true);
+    marked.reset();
+    torch::Tensor after = m.forward(x2);
+    EXPECT_FALSE(after.requires_grad());
+    EXPECT_LT(error(after, e2), 1e-5);
 }
 
 TEST(InferenceTest, FusedResidualAddNeverOverwritesAValueStillRead) {
