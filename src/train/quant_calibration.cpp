@@ -4,9 +4,9 @@
 #include <cmath>
 #include <limits>
 
-#include <ATen/core/grad_mode.h>
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
+#include <ATen/core/grad_mode.h>
 #include <spdlog/spdlog.h>
 
 #include "pocketflow/data.h"
