@@ -84,17 +84,29 @@ std::vector<double> search_ratios(RunContext& ctx,
         }
         return m;
     };
+    double uniform_ms = 0;  // latency: the uniform candidate's
+    // The reward of a candidate with validation `top1`, by options.reward (metrics: top-1, and
+    // the latency under a latency reward).
+    auto reward_of = [&](double top1, const Graph& g) {
+        SearchSpace::Score s(top1, {top1});
+        if (options.reward == "amc") {
+            s.reward = -(1 - top1 / 100) * std::log(static_cast<double>(g.total_macs()));
+        } else if (latency) {
+            const double ms = latency->predict_ms(g);
+            s.metrics.push_back(ms);
+            s.reward =
+                top1 * std::pow((uniform_ms > 0 ? uniform_ms : ms) / ms, options.latency_weight);
+        }
+        return s;
+    };
     // kept counts → score (with channel blocks, candidates repeat)
     std::map<std::vector<int64_t>, SearchSpace::Score> scored;
-    double uniform_ms = 0;  // latency: the uniform candidate's
     auto score = [&](const std::vector<double>& ratios) {
         const std::vector<int64_t> keep = kept_counts(ratios);
         if (auto it = scored.find(keep); it != scored.end()) {
             return it->second;
         }
         Model m = candidate(keep);
-        const double ms = latency ? latency->predict_ms(m.graph()) : 0.0;
-        const double macs_kept = static_cast<double>(m.graph().total_macs());
         if (options.finetune_steps > 0) {
             const auto level = spdlog::get_level();
             spdlog::set_level(spdlog::level::warn);  // one candidate's training is not news
@@ -105,15 +117,7 @@ std::vector<double> search_ratios(RunContext& ctx,
             spdlog::set_level(level);
         }
         m.eval();
-        const double top1 = evaluate(m, *val_loader).top1;
-        SearchSpace::Score s(top1, {top1});
-        if (options.reward == "amc") {
-            s.reward = -(1 - top1 / 100) * std::log(macs_kept);
-        } else if (latency) {
-            s.metrics.push_back(ms);
-            s.reward =
-                top1 * std::pow((uniform_ms > 0 ? uniform_ms : ms) / ms, options.latency_weight);
-        }
+        const SearchSpace::Score s = reward_of(evaluate(m, *val_loader).top1, m.graph());
         scored.emplace(std::move(keep), s);
         return s;
     };
@@ -249,16 +253,7 @@ std::vector<double> search_ratios(RunContext& ctx,
             }
             trainer.fit(m, train_only, ctx.job.data, ctx.job.seed + 6);
             m.eval();
-            const double top1 = evaluate(m, *rerank_loader).top1;
-            SearchSpace::Score s(top1, {top1});
-            if (latency) {
-                s.metrics.push_back(latency->predict_ms(m.graph()));
-                s.reward = top1 * std::pow(uniform_ms / s.metrics[1], options.latency_weight);
-            } else if (options.reward == "amc") {
-                s.reward =
-                    -(1 - top1 / 100) * std::log(static_cast<double>(m.graph().total_macs()));
-            }
-            return s;
+            return reward_of(evaluate(m, *rerank_loader).top1, m.graph());
         };
         spdlog::info(
             "[{}] rerank after the search: the {} best policies and uniform, each trained {} "
