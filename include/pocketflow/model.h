@@ -60,7 +60,8 @@ private:
     std::vector<int> last_use_;  // index of the last node reading each value, to free it early
     std::vector<bool> shares_storage_;  // values that may alias another (views, identities)
     // Inference: cached oneDNN convolutions, and for each conv whether its only reader is a
-    // ReLU that the primitive can apply (fused_relu_[conv] = that ReLU's index, else -1).
+    // ReLU or Clip (ReLU6) that the primitive can apply (fused_relu_[conv] = that node's index,
+    // else -1).
     std::shared_ptr<ConvCache> conv_cache_;
     std::vector<int> fused_relu_;
     // ... whether its only reader is a residual Add the primitive can accumulate into the other

@@ -229,7 +229,9 @@ Model::Model(Graph graph, ModelMeta meta) : graph_(std::move(graph)), meta_(std:
                !nodes[static_cast<size_t>(reader[i])].quant.any();
     };
     for (size_t i = 0; i < nodes.size(); ++i) {
-        if (nodes[i].op == Op::kConv2d && only_reader_is(i, Op::kReLU)) {
+        if (nodes[i].op == Op::kConv2d &&
+            (only_reader_is(i, Op::kReLU) || only_reader_is(i, Op::kClip)) &&
+            ConvCache::fusable_activation(nodes[static_cast<size_t>(reader[i])])) {
             fused_relu_[i] = reader[i];
         }
         if (nodes[i].op == Op::kConv2d && only_reader_is(i, Op::kAdd)) {
@@ -379,7 +381,9 @@ at::Tensor Model::forward_capture(const at::Tensor& input,
             }
             if (sum_into != nullptr) {
                 const int relu = add_relu_[static_cast<size_t>(add)];
-                values[i] = conv_cache_->run(id, n, args[0], relu >= 0, sum_into);
+                values[i] = conv_cache_->run(
+                    id, n, args[0], relu >= 0 ? &nodes[static_cast<size_t>(relu)] : nullptr,
+                    sum_into);
                 fused_from[static_cast<size_t>(add)] = id;
                 if (relu >= 0) {
                     fused_from[static_cast<size_t>(relu)] = add;
@@ -387,7 +391,8 @@ at::Tensor Model::forward_capture(const at::Tensor& input,
             } else {
                 const int relu = fused_relu_[i];
                 const bool fuse = relu >= 0 && !captured_node(id);
-                values[i] = conv_cache_->run(id, n, args[0], fuse);
+                values[i] = conv_cache_->run(id, n, args[0],
+                                             fuse ? &nodes[static_cast<size_t>(relu)] : nullptr);
                 if (fuse) {
                     fused_from[static_cast<size_t>(relu)] = id;
                 }

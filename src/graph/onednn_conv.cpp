@@ -2,6 +2,7 @@
 #include "onednn_conv.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <unordered_map>
@@ -52,9 +53,10 @@ constexpr int64_t kReusedOutputBytes = 256 * 1024;
 
 struct ConvCache::Impl {
     struct Entry {
-        std::vector<int64_t> input;   ///< input sizes the primitive was built for
-        std::vector<int64_t> weight;  ///< weight sizes it was built for
-        bool relu = false;
+        std::vector<int64_t> input;     ///< input sizes the primitive was built for
+        std::vector<int64_t> weight;    ///< weight sizes it was built for
+        Op activation = Op::kIdentity;  ///< kReLU, kClip or kIdentity (none)
+        float lo = 0.f, hi = 0.f;       ///< Clip's range
         bool sum = false;
         bool has_bias = false;
         std::vector<int64_t> output;
@@ -74,7 +76,7 @@ struct ConvCache::Impl {
     dnnl::stream stream{engine};
     std::vector<Entry> entries;  ///< by node id
 
-    void build(Entry& e, const Node& n, const at::Tensor& x, bool relu, bool sum) {
+    void build(Entry& e, const Node& n, const at::Tensor& x, const Node* act, bool sum) {
         const Attrs& a = n.attrs;
         const at::Tensor& w = n.params.at("weight");
         const int64_t g = a.groups;
@@ -86,7 +88,9 @@ struct ConvCache::Impl {
         e.input = x.sizes().vec();
         e.weight = w.sizes().vec();
         e.output = out;
-        e.relu = relu;
+        e.activation = act == nullptr ? Op::kIdentity : act->op;
+        e.lo = act == nullptr ? 0.f : static_cast<float>(act->attrs.min);
+        e.hi = act == nullptr ? 0.f : static_cast<float>(act->attrs.max);
         e.sum = sum;
         e.has_bias = n.params.count("bias") != 0;
         // With exactly one SIMD block of channels in and out, channels-last is the same bytes as
@@ -114,8 +118,10 @@ struct ConvCache::Impl {
         if (sum) {
             ops.append_sum(1.f);  // dst = conv(x) + dst: a residual Add done by the primitive
         }
-        if (relu) {
+        if (e.activation == Op::kReLU) {
             ops.append_eltwise(1.f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+        } else if (e.activation == Op::kClip) {  // min(max(x, lo), hi), as at::clamp
+            ops.append_eltwise(1.f, dnnl::algorithm::eltwise_clip, e.lo, e.hi);
         }
         attr.set_post_ops(ops);
         auto desc =
@@ -185,6 +191,13 @@ void ConvCache::invalidate() {
     }
 }
 
+bool ConvCache::fusable_activation(const Node& node) {
+    // (ATen's clamp of a float tensor compares in float too: the same values.)
+    return node.op == Op::kReLU ||
+           (node.op == Op::kClip && std::isfinite(node.attrs.min) &&
+            std::isfinite(node.attrs.max) && node.attrs.min <= node.attrs.max);
+}
+
 bool ConvCache::supports(const Node& node, const at::Tensor& input) {
     return node.op == Op::kConv2d && input.dim() == 4 && input.is_cpu() &&
            input.scalar_type() == at::kFloat && !input.requires_grad() &&
@@ -192,7 +205,7 @@ bool ConvCache::supports(const Node& node, const at::Tensor& input) {
 }
 
 at::Tensor ConvCache::run(
-    int id, const Node& node, const at::Tensor& input, bool relu, at::Tensor* sum_into) {
+    int id, const Node& node, const at::Tensor& input, const Node* act, at::Tensor* sum_into) {
     PF_CHECK(impl_ != nullptr, Error, "oneDNN convolutions are not available in this build");
     at::Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
     if (impl_->entries.size() <= static_cast<size_t>(id)) {
@@ -200,10 +213,14 @@ at::Tensor ConvCache::run(
     }
     Impl::Entry& e = impl_->entries[static_cast<size_t>(id)];
     const bool sum = sum_into != nullptr;
-    if (!same(e.input, x.sizes()) || e.relu != relu || e.sum != sum ||
+    const Op kind = act == nullptr ? Op::kIdentity : act->op;
+    const bool same_act =
+        e.activation == kind && (kind != Op::kClip || (e.lo == static_cast<float>(act->attrs.min) &&
+                                                       e.hi == static_cast<float>(act->attrs.max)));
+    if (!same(e.input, x.sizes()) || !same_act || e.sum != sum ||
         e.has_bias != (node.params.count("bias") != 0) ||
         !same(e.weight, node.params.at("weight").sizes())) {
-        impl_->build(e, node, x, relu, sum);
+        impl_->build(e, node, x, act, sum);
     }
     impl_->pack(e, node);
     at::Tensor y;
@@ -247,7 +264,10 @@ void ConvCache::invalidate() {}
 bool ConvCache::supports(const Node&, const at::Tensor&) {
     return false;
 }
-at::Tensor ConvCache::run(int, const Node& node, const at::Tensor&, bool, at::Tensor*) {
+bool ConvCache::fusable_activation(const Node&) {
+    return false;
+}
+at::Tensor ConvCache::run(int, const Node& node, const at::Tensor&, const Node*, at::Tensor*) {
     throw Error(
         fmt::format("node {}: oneDNN convolutions are not available in this build", node.name));
 }

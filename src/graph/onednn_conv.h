@@ -12,14 +12,15 @@ namespace pocketflow {
 
 /// Convolutions for inference (no autograd, float32, CPU), each a oneDNN primitive built once per
 /// node and input shape, with its weights reordered once into the primitive's blocked layout and
-/// an optional fused residual Add and ReLU. LibTorch's own oneDNN path (at::mkldnn_convolution)
-/// rebuilds the primitive and reorders the weights on every call: 2-3× slower per convolution at
-/// batch 1 (docs/performance.md). Weights are repacked when their tensor changes (new storage or a
-/// bumped version counter: an optimizer step), so training between evaluations stays correct.
+/// an optional fused residual Add and activation (ReLU, or Clip: ReLU6 and other ranges).
+/// LibTorch's own oneDNN path (at::mkldnn_convolution) rebuilds the primitive and reorders the
+/// weights on every call: 2-3× slower per convolution at batch 1 (docs/performance.md). Weights are
+/// repacked when their tensor changes (new storage or a bumped version counter: an optimizer step),
+/// so training between evaluations stays correct.
 ///
 /// Example:
 ///   ConvCache cache;
-///   if (cache.available()) y = cache.run(i, node, x, /*relu=*/true);
+///   if (cache.available()) y = cache.run(i, node, x, &relu_node);
 class ConvCache {
 public:
     ConvCache();
@@ -33,12 +34,15 @@ public:
     /// Whether `run` can take this convolution on this input.
     static bool supports(const Node& node, const at::Tensor& input);
     /// y = conv(x) (+ `*sum_into` when given: the conv accumulates into that tensor, in place, a
-    /// residual Add; then ReLU when `relu`), channels-last output.
+    /// residual Add; then `activation` when given: a ReLU or Clip node), channels-last output.
     at::Tensor run(int id,
                    const Node& node,
                    const at::Tensor& input,
-                   bool relu,
+                   const Node* activation,
                    at::Tensor* sum_into = nullptr);
+
+    /// Whether `run` can apply this node after the convolution (ReLU or Clip).
+    static bool fusable_activation(const Node& node);
 
     /// Repack every convolution's weights and bias at its next run (they may have changed in a
     /// way their version counters do not show).

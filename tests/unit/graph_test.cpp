@@ -461,6 +461,39 @@ TEST(InferenceTest, FusedResidualAddNeverOverwritesAValueStillRead) {
     EXPECT_LT((m.forward(in) - expected).abs().max().item<double>(), 1e-5);
 }
 
+TEST(InferenceTest, FusedClipMatchesTheReference) {
+    // conv -> Clip(0, 6) (ReLU6), conv -> Clip(-0.25, 0.5), and a Clip whose conv has a second
+    // reader (not fused): the inference path applies the first two in the primitive.
+    Graph g({4, 9, 9});
+    int c1 = g.add_conv("c1", 0, 4, 8, 3, 1, 1, 1, true);
+    int r6 = g.add_clip("relu6", c1, 0.0, 6.0);
+    int c2 = g.add_conv("c2", r6, 8, 8, 3, 1, 1, 1, true);
+    int clip = g.add_clip("clip", c2, -0.25, 0.5);
+    int c3 = g.add_conv("c3", clip, 8, 8, 1, 1, 0, 1, true);
+    int clip3 = g.add_clip("clip3", c3, -1.0, 1.0);
+    g.set_output(g.add_binary("sum", Op::kAdd, clip3, c3));
+    torch::manual_seed(6);
+    for (auto& n : g.nodes()) {
+        for (auto& [name, t] : n.params) {
+            t.normal_(0, 1.5);  // values well outside every range
+        }
+    }
+    torch::Tensor in = torch::randn({2, 4, 9, 9}) * 3;
+    Model m(g.clone(), {});
+    m.eval();
+    torch::Tensor expected;
+    {
+        at::AutoGradMode grad(true);  // at::conv2d and at::clamp
+        expected = m.forward(in).detach();
+    }
+    torch::NoGradGuard no_grad;
+    for (int64_t batch : {2, 1}) {
+        SCOPED_TRACE(batch);
+        const torch::Tensor x = in.narrow(0, 0, batch);
+        EXPECT_LT((m.forward(x) - expected.narrow(0, 0, batch)).abs().max().item<double>(), 1e-4);
+    }
+}
+
 TEST(InferenceTest, RestoredBatchNormComputesTheFoldedFunction) {
     // An eval-mode export folds BN into biased convs; insert_batch_norm puts BN back with the
     // conv rescaled to unit output variance. In eval mode the result must equal the folded model,
