@@ -107,28 +107,18 @@ Constant to_constant(const onnx::TensorProto& t, const std::string& what, const 
             c.tensor = at::tensor(v, at::kDouble).to(at::kFloat).reshape(dims);
             break;
         }
-        case onnx::TensorProto::BOOL: {
-            c.is_int = true;
-            if (!t.raw_data().empty() && static_cast<int64_t>(t.raw_data().size()) == n) {
-                for (char b : t.raw_data()) {
-                    c.ints.push_back(b != 0 ? 1 : 0);
-                }
-            } else if (t.int32_data_size() == n) {
-                c.ints.assign(t.int32_data().begin(), t.int32_data().end());
-            } else {
-                fail_file(path, what + " has the wrong amount of data");
-            }
-            c.tensor = at::tensor(c.ints, at::kLong).reshape(dims).to(at::kFloat);
-            break;
-        }
+        case onnx::TensorProto::BOOL:
         case onnx::TensorProto::UINT8:
         case onnx::TensorProto::INT8: {
-            // Codebook indices (export --weights codebook): Gather(codebook, Cast(indices)).
-            const bool is_signed = t.data_type() == onnx::TensorProto::INT8;
+            // One byte an element: masks, and codebook indices (export --weights codebook:
+            // Gather(codebook, Cast(indices))).
+            const auto type = t.data_type();
             c.is_int = true;
             if (!t.raw_data().empty() && static_cast<int64_t>(t.raw_data().size()) == n) {
                 for (char b : t.raw_data()) {
-                    c.ints.push_back(is_signed ? static_cast<int8_t>(b) : static_cast<uint8_t>(b));
+                    c.ints.push_back(type == onnx::TensorProto::BOOL   ? (b != 0 ? 1 : 0)
+                                     : type == onnx::TensorProto::INT8 ? static_cast<int8_t>(b)
+                                                                       : static_cast<uint8_t>(b));
                 }
             } else if (t.int32_data_size() == n) {
                 c.ints.assign(t.int32_data().begin(), t.int32_data().end());
