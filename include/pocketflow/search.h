@@ -135,7 +135,8 @@ struct SearchOptions {
     std::string csv_path;  ///< episode log (written atomically after every episode), or empty
     /// Continue from the episodes logged in `csv_path` (if it exists): they are replayed — the
     /// agent takes the same actions and gets the logged rewards, without scoring — so the search
-    /// ends with the same best policy as an uninterrupted one.
+    /// ends with the same best policy as an uninterrupted one. A rerank keeps the scores of the
+    /// candidates logged in `rerank_csv_path` and scores the rest.
     bool resume = false;
     std::string plot_path;  ///< SVG chart of the rewards (rewritten after every episode), or empty
     /// Called after every episode (progress): episode index, its reward, the best so far.

@@ -23,8 +23,43 @@ namespace pocketflow {
 
 namespace {
 
-/// The rewards and actions of the finished episodes in an earlier run's episode log, checked
-/// against the header this search writes.
+/// The rows of an earlier run's log (episodes, or rerank candidates), each as numbers and as
+/// its text, after checking that the header is the one this search writes. No file: no rows.
+struct LogRows {
+    std::vector<std::vector<double>> numbers;
+    std::vector<std::string> lines;
+};
+
+LogRows read_log_rows(const std::string& path, const std::string& header, const char* what) {
+    LogRows log;
+    std::ifstream in(path);
+    if (!in) {
+        return log;  // nothing finished yet
+    }
+    std::string line;
+    std::getline(in, line);
+    PF_CHECK(line + "\n" == header, InputError,
+             "cannot resume the {} from {}: its columns ({}) are not this search's ({}); delete "
+             "the file to start it over",
+             what, path, line, header.substr(0, header.size() - 1));
+    for (int64_t row = 0; std::getline(in, line); ++row) {
+        std::vector<double> fields;
+        std::stringstream ss(line);
+        std::string field;
+        while (std::getline(ss, field, ',')) {
+            char* end = nullptr;
+            fields.push_back(std::strtod(field.c_str(), &end));
+            PF_CHECK(end != field.c_str() && *end == 0, InputError,
+                     "cannot resume the {} from {}: line {} has '{}', not a number", what, path,
+                     row + 2, field);
+        }
+        log.numbers.push_back(std::move(fields));
+        log.lines.push_back(line);
+    }
+    return log;
+}
+
+/// The rewards and actions of the finished episodes in an earlier run's episode log.
 struct EpisodeLog {
     std::vector<SearchSpace::Score> scores;
     std::vector<std::vector<double>> actions;
@@ -35,27 +70,9 @@ EpisodeLog read_episode_log(const std::string& path,
                             size_t metrics,
                             size_t points) {
     EpisodeLog log;
-    std::ifstream in(path);
-    if (!in) {
-        return log;  // nothing finished yet
-    }
-    std::string line;
-    std::getline(in, line);
-    PF_CHECK(line + "\n" == header, InputError,
-             "cannot resume the search from {}: its columns ({}) are not this search's ({} "
-             "decision points); delete the file to start the search over",
-             path, line, points);
-    for (int64_t row = 0; std::getline(in, line); ++row) {
-        std::vector<double> fields;
-        std::stringstream ss(line);
-        std::string field;
-        while (std::getline(ss, field, ',')) {
-            char* end = nullptr;
-            fields.push_back(std::strtod(field.c_str(), &end));
-            PF_CHECK(end != field.c_str() && *end == 0, InputError,
-                     "cannot resume the search from {}: line {} has '{}', not a number", path,
-                     row + 2, field);
-        }
+    const LogRows rows = read_log_rows(path, header, "search");
+    for (size_t row = 0; row < rows.numbers.size(); ++row) {
+        const std::vector<double>& fields = rows.numbers[row];
         PF_CHECK(fields.size() == 3 + metrics + points && fields[0] == static_cast<double>(row),
                  InputError,
                  "cannot resume the search from {}: line {} is not episode {} with {} actions",
@@ -246,11 +263,46 @@ void rerank(const SearchSpace& space,
         csv += fmt::format(",a{}", t);
     }
     csv += "\n";
+    // Resumed: the candidates an earlier run finished keep their logged scores (each is written
+    // as soon as it is scored), if they are the same candidates.
+    LogRows logged;
+    if (options.resume && !options.rerank_csv_path.empty()) {
+        logged = read_log_rows(options.rerank_csv_path, csv, "search's rerank");
+        PF_CHECK(logged.numbers.size() <= candidates.size(), InputError,
+                 "cannot resume the search's rerank from {}: it has {} candidates, this rerank {}",
+                 options.rerank_csv_path, logged.numbers.size(), candidates.size());
+    }
+    const size_t metrics = space.metric_names.size();
     size_t winner = 0;
     for (size_t c = 0; c < candidates.size(); ++c) {
         auto& cand = candidates[c];
         const std::string what = cand.episode < 0 ? std::string("the baseline")
                                                   : fmt::format("episode {}", cand.episode);
+        if (c < logged.numbers.size()) {
+            const std::vector<double>& row = logged.numbers[c];
+            bool same = row.size() == 4 + metrics + cand.actions.size() &&
+                        row[0] == static_cast<double>(c) &&
+                        row[1] == static_cast<double>(cand.episode);
+            for (size_t t = 0; same && t < cand.actions.size(); ++t) {
+                same = std::abs(row[4 + metrics + t] - cand.actions[t]) <= 6e-5;  // 4 decimals
+            }
+            PF_CHECK(same, InputError,
+                     "cannot resume the search's rerank from {}: line {} is not candidate {} "
+                     "({}) with these actions; the episodes or settings differ from the run that "
+                     "wrote it (delete the file to rerun the rerank)",
+                     options.rerank_csv_path, c + 2, c, what);
+            cand.score = SearchSpace::Score(
+                row[3],
+                std::vector<double>(row.begin() + 4,
+                                    row.begin() + 4 + static_cast<std::ptrdiff_t>(metrics)));
+            if (c > 0 && cand.score.reward > candidates[winner].score.reward) {
+                winner = c;
+            }
+            spdlog::info("search: rerank {}/{}: {} scored {:.4g} before the interruption", c + 1,
+                         candidates.size(), what, cand.score.reward);
+            csv += logged.lines[c] + "\n";
+            continue;
+        }
         spdlog::info("search: rerank {}/{}: {} (reward {:.4g})", c + 1, candidates.size(), what,
                      cand.reward);
         cand.score = options.rerank_score(cand.actions);

@@ -18,6 +18,7 @@
 #include "pocketflow/bayesopt.h"
 #include "pocketflow/error.h"
 #include "pocketflow/latency.h"
+#include "pocketflow/util.h"
 #include "pocketflow/zoo.h"
 
 #include "support/test_util.h"
@@ -427,6 +428,57 @@ TEST(BayesOptTest, FindsAKnownOptimumInTwentyTrials) {
         y[t] = f(u);
     }
     EXPECT_GT(y.maxCoeff(), -0.0025);
+}
+
+TEST(SearchTest, ResumedRerankKeepsTheLoggedScores) {
+    testing::TempDir dir;
+    SearchSpace space = toy_space();
+    space.identity = [](const std::vector<double>& a) { return fmt::format("{:.1f}", a[2]); };
+    SearchOptions o;
+    o.episodes = 30;
+    o.agent.warmup = 10;
+    o.agent.hidden = 16;
+    o.baseline = {0.5, 0.5, 0.5, 0.5};
+    o.baseline_score = SearchSpace::Score(-1.0);
+    o.rerank = 3;
+    o.rerank_csv_path = dir.file("rerank.csv");
+    int scored = 0;
+    o.rerank_score = [&](const std::vector<double>& a) {
+        ++scored;
+        return SearchSpace::Score(-std::pow(a[2] - 0.3, 2));
+    };
+    const SearchResult full = run_search(space, o);
+    ASSERT_EQ(scored, 4);
+    const std::string log = read_all(o.rerank_csv_path);
+
+    // Killed after two candidates: the log holds the header and their rows.
+    std::string partial;
+    size_t at = 0;
+    for (int line = 0; line < 3; ++line) {
+        at = log.find('\n', at) + 1;
+    }
+    partial = log.substr(0, at);
+    write_file_atomic(o.rerank_csv_path, partial);
+    o.resume = true;
+    scored = 0;
+    const SearchResult resumed = run_search(space, o);
+    EXPECT_EQ(scored, 2) << "candidates 0 and 1 keep their logged scores";
+    EXPECT_EQ(resumed.best, full.best);
+    EXPECT_DOUBLE_EQ(resumed.best_reward, full.best_reward);
+    ASSERT_EQ(resumed.reranked.size(), full.reranked.size());
+    for (size_t c = 0; c < full.reranked.size(); ++c) {
+        EXPECT_NEAR(resumed.reranked[c].score.reward, full.reranked[c].score.reward, 1e-12) << c;
+    }
+    EXPECT_EQ(read_all(o.rerank_csv_path), log);
+
+    // Finished: nothing is scored again. A log of other candidates is refused.
+    scored = 0;
+    run_search(space, o);
+    EXPECT_EQ(scored, 0);
+    std::string other = partial;
+    other.replace(other.find("\n0,-1,") + 1, 5, "0,7,");
+    write_file_atomic(o.rerank_csv_path, other);
+    testing::expect_error<InputError>([&] { run_search(space, o); }, "line 2 is not candidate 0");
 }
 
 }  // namespace
