@@ -197,6 +197,20 @@ TEST(SearchTest, ABaselineNoEpisodeBeatsIsKept) {
     EXPECT_NE(beaten.best, o.baseline);
 }
 
+/// A small search over toy_space with a rerank of its 3 best distinct policies and the baseline
+/// (all 0.5, scored -1), logged in `dir`.
+SearchOptions rerank_options(const testing::TempDir& dir, int64_t episodes) {
+    SearchOptions o;
+    o.episodes = episodes;
+    o.agent.warmup = 10;
+    o.agent.hidden = 16;
+    o.baseline = {0.5, 0.5, 0.5, 0.5};
+    o.baseline_score = SearchSpace::Score(-1.0);
+    o.rerank = 3;
+    o.rerank_csv_path = dir.file("rerank.csv");
+    return o;
+}
+
 TEST(SearchTest, RerankRescoresTheBestDistinctEpisodesAndTheBaseline) {
     // The episodes' reward favours a[2]; the rerank's (the "truth") wants a[2] near 0.5. The
     // rerank must score the baseline and the 3 best episodes with distinct identities (a[2] to one
@@ -212,14 +226,7 @@ TEST(SearchTest, RerankRescoresTheBestDistinctEpisodesAndTheBaseline) {
     };
     space.identity = [](const std::vector<double>& a) { return fmt::format("{:.1f}", a[2]); };
     auto truth = [](const std::vector<double>& a) { return -std::pow(a[2] - 0.5, 2); };
-    SearchOptions o;
-    o.episodes = 40;
-    o.agent.warmup = 10;
-    o.agent.hidden = 16;
-    o.baseline = {0.5, 0.5, 0.5, 0.5};
-    o.baseline_score = SearchSpace::Score(-1.0);
-    o.rerank = 3;
-    o.rerank_csv_path = dir.file("rerank.csv");
+    SearchOptions o = rerank_options(dir, 40);
     std::vector<std::vector<double>> rescored;
     o.rerank_score = [&](const std::vector<double>& a) {
         rescored.push_back(a);
@@ -434,14 +441,7 @@ TEST(SearchTest, ResumedRerankKeepsTheLoggedScores) {
     testing::TempDir dir;
     SearchSpace space = toy_space();
     space.identity = [](const std::vector<double>& a) { return fmt::format("{:.1f}", a[2]); };
-    SearchOptions o;
-    o.episodes = 30;
-    o.agent.warmup = 10;
-    o.agent.hidden = 16;
-    o.baseline = {0.5, 0.5, 0.5, 0.5};
-    o.baseline_score = SearchSpace::Score(-1.0);
-    o.rerank = 3;
-    o.rerank_csv_path = dir.file("rerank.csv");
+    SearchOptions o = rerank_options(dir, 30);
     int scored = 0;
     o.rerank_score = [&](const std::vector<double>& a) {
         ++scored;
