@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <mutex>
 
 #include <ATen/ATen.h>
 
@@ -327,6 +328,14 @@ at::Tensor Model::forward_capture(const at::Tensor& input,
         // the tensors' version counters): the packed weights are refreshed at the next inference.
         conv_cache_->invalidate();
     }
+    // The cached convolutions serve one forward at a time (their memory objects and output
+    // buffers are per node); an inference on another thread meanwhile computes without them.
+    std::unique_lock<std::mutex> cache_lock;
+    ConvCache* cache = nullptr;
+    if (conv_cache_ && in_place) {
+        cache_lock = std::unique_lock<std::mutex>(conv_cache_->mutex(), std::try_to_lock);
+        cache = cache_lock.owns_lock() ? conv_cache_.get() : nullptr;
+    }
     values[0] = input.contiguous(at::MemoryFormat::ChannelsLast);
     if (nodes[0].quant.act_bits > 0 && act_quant_) {
         values[0] = quantize_activation(graph_.nodes()[0], values[0], training, range_momentum_);
@@ -358,7 +367,7 @@ at::Tensor Model::forward_capture(const at::Tensor& input,
             values[i] = n.op == Op::kConv2d ? at::conv2d(args[0], w, bias, a.stride, a.padding,
                                                          a.dilation, a.groups)
                                             : at::linear(args[0], w, bias);
-        } else if (in_place && conv_cache_ && ConvCache::supports(n, args[0])) {
+        } else if (cache != nullptr && ConvCache::supports(n, args[0])) {
             // Inference: a cached oneDNN primitive with packed weights; a residual Add (into the
             // other operand, when nothing else needs it) and a ReLU after it are fused.
             const int add = fused_add_[i];
@@ -381,9 +390,9 @@ at::Tensor Model::forward_capture(const at::Tensor& input,
             }
             if (sum_into != nullptr) {
                 const int relu = add_relu_[static_cast<size_t>(add)];
-                values[i] = conv_cache_->run(
-                    id, n, args[0], relu >= 0 ? &nodes[static_cast<size_t>(relu)] : nullptr,
-                    sum_into);
+                values[i] =
+                    cache->run(id, n, args[0],
+                               relu >= 0 ? &nodes[static_cast<size_t>(relu)] : nullptr, sum_into);
                 fused_from[static_cast<size_t>(add)] = id;
                 if (relu >= 0) {
                     fused_from[static_cast<size_t>(relu)] = add;
@@ -391,8 +400,8 @@ at::Tensor Model::forward_capture(const at::Tensor& input,
             } else {
                 const int relu = fused_relu_[i];
                 const bool fuse = relu >= 0 && !captured_node(id);
-                values[i] = conv_cache_->run(id, n, args[0],
-                                             fuse ? &nodes[static_cast<size_t>(relu)] : nullptr);
+                values[i] =
+                    cache->run(id, n, args[0], fuse ? &nodes[static_cast<size_t>(relu)] : nullptr);
                 if (fuse) {
                     fused_from[static_cast<size_t>(relu)] = id;
                 }

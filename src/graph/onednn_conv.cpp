@@ -185,6 +185,7 @@ void ConvCache::invalidate() {
     if (impl_ == nullptr) {
         return;
     }
+    std::lock_guard<std::mutex> lock(mutex_);
     for (auto& e : impl_->entries) {
         e.weight_ptr = nullptr;
         e.bias_ptr = nullptr;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 
 #include <ATen/core/Tensor.h>
 
@@ -20,7 +21,8 @@ namespace pocketflow {
 ///
 /// Example:
 ///   ConvCache cache;
-///   if (cache.available()) y = cache.run(i, node, x, &relu_node);
+///   std::unique_lock<std::mutex> lock(cache.mutex(), std::try_to_lock);
+///   if (cache.available() && lock.owns_lock()) y = cache.run(i, node, x, &relu_node);
 class ConvCache {
 public:
     ConvCache();
@@ -45,12 +47,18 @@ public:
     static bool fusable_activation(const Node& node);
 
     /// Repack every convolution's weights and bias at its next run (they may have changed in a
-    /// way their version counters do not show).
+    /// way their version counters do not show). Takes `mutex()` itself.
     void invalidate();
+
+    /// `run` keeps per-node memory objects and output buffers: one forward at a time may use the
+    /// cache, holding this for the whole forward (a forward on another thread meanwhile computes
+    /// without the cache: Model::forward_capture try-locks it).
+    std::mutex& mutex() { return mutex_; }
 
 private:
     struct Impl;
     std::unique_ptr<Impl> impl_;
+    std::mutex mutex_;
 };
 
 }  // namespace pocketflow

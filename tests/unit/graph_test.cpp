@@ -2,9 +2,11 @@
 #include "pocketflow/graph.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <thread>
 
 #include <ATen/core/grad_mode.h>
 #include <gtest/gtest.h>
@@ -431,6 +433,41 @@ TEST(InferenceTest, ReusedOutputBuffersNeverOverwriteAResultStillHeld) {
     torch::Tensor after = m.forward(x2);
     EXPECT_FALSE(after.requires_grad());
     EXPECT_LT(error(after, e2), 1e-5);
+}
+
+TEST(InferenceTest, ConcurrentForwardsOnOneModelAreRight) {
+    // Inference on one model from several threads at once, as a server does: the cached
+    // convolutions keep per-node memory objects and output buffers, so they serve one forward at a
+    // time and a concurrent one computes with LibTorch's path. Every result must be right.
+    Model m(build_zoo_model("resnet20", 10, {3, 16, 16}), {});
+    m.eval();
+    torch::manual_seed(3);
+    const int workers = 3;
+    std::vector<torch::Tensor> x, expected;
+    for (int t = 0; t < workers; ++t) {
+        x.push_back(torch::randn({1 + t % 2, 3, 16, 16}));
+        at::AutoGradMode grad(true);  // LibTorch's own path
+        expected.push_back(m.forward(x.back()).detach());
+    }
+    std::atomic<int> wrong{0}, done{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < workers; ++t) {
+        threads.emplace_back([&, t] {
+            torch::NoGradGuard no_grad;  // grad mode is per thread
+            for (int k = 0; k < 60; ++k) {
+                const torch::Tensor y = m.forward(x[static_cast<size_t>(t)]);
+                if (!torch::allclose(y, expected[static_cast<size_t>(t)], 1e-4, 1e-5)) {
+                    ++wrong;
+                }
+                ++done;
+            }
+        });
+    }
+    for (auto& th : threads) {
+        th.join();
+    }
+    EXPECT_EQ(done.load(), workers * 60);
+    EXPECT_EQ(wrong.load(), 0) << "a forward saw another thread's buffers";
 }
 
 TEST(InferenceTest, FusedResidualAddNeverOverwritesAValueStillRead) {
