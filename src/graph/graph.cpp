@@ -52,6 +52,9 @@ int64_t pool_out(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d, bool ce
     return out;
 }
 
+/// The most elements a value may have (the .pfm and ONNX readers' bound for tensors).
+constexpr int64_t kMaxElements = int64_t{1} << 40;
+
 int64_t numel(const std::vector<int64_t>& shape) {
     int64_t n = 1;
     for (int64_t d : shape) {
@@ -404,6 +407,9 @@ std::vector<std::vector<int64_t>> Graph::infer_shapes() const {
                         unknown = static_cast<int>(k);
                     } else if (out[k] < 1) {
                         fail("shape entries must be >= 1 or -1");
+                    } else if (known > kMaxElements / out[k]) {
+                        fail(fmt::format("shape {} has over 2^40 elements",
+                                         shape_str(n.attrs.shape)));
                     } else {
                         known *= out[k];
                     }
@@ -435,6 +441,16 @@ std::vector<std::vector<int64_t>> Graph::infer_shapes() const {
                 out.back() = w.size(0);
                 break;
             }
+        }
+        // Every value has at least one element along each dimension and at most 2^40 in all (the
+        // model files' bound), counted without overflowing.
+        int64_t elements = 1;
+        for (int64_t d : out) {
+            if (d < 1 || elements > kMaxElements / d) {
+                fail(fmt::format("output shape {} is empty or has over 2^40 elements",
+                                 shape_str(out)));
+            }
+            elements *= d;
         }
         shapes[i] = std::move(out);
     }

@@ -599,6 +599,23 @@ TEST(GraphTest, ValidationCatchesShapeMismatches) {
     int x = h.add_unary("flat", Op::kFlatten, 0);
     h.add_linear("fc", x, 100, 10);
     expect_error<InputError>([&] { h.validate(); }, "does not end in 100 features");
+    // Shapes a file can declare that once divided by zero: a Reshape whose product overflows, a
+    // layer with no outputs (its MACs divide by the output count).
+    Graph r({3, 8, 8});
+    Node reshape;
+    reshape.name = "reshape";
+    reshape.op = Op::kReshape;
+    reshape.inputs = {0};
+    reshape.attrs.shape = {int64_t{1} << 32, int64_t{1} << 32, -1};
+    r.add(reshape);
+    expect_error<InputError>([&] { r.validate(); }, "has over 2^40 elements");
+    Graph z({3, 8, 8});
+    x = z.add_unary("flat", Op::kFlatten, 0);
+    z.add_linear("fc", x, 192, 0);
+    expect_error<InputError>([&] { z.validate(); }, "output shape [0] is empty");
+    Graph c({3, 8, 8});
+    c.add_conv("conv", 0, 3, 0, 3);
+    expect_error<InputError>([&] { c.validate(); }, "is empty");
 }
 
 TEST(GraphTest, LayerStatsCountParamsAndMacs) {
