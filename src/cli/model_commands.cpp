@@ -220,9 +220,12 @@ int cmd_export(const std::string& model_path,
     pf::ModelFile file = pf::load_any_model(model_path);
     std::string target =
         out.empty() ? std::filesystem::path(model_path).replace_extension(".onnx").string() : out;
-    PF_CHECK(std::filesystem::absolute(target) != std::filesystem::absolute(model_path),
-             ConfigError, "failed to export {}: the output would overwrite the input; give -o",
-             model_path);
+    // The same file under another spelling (./m.onnx, d/../m.onnx, a link) is the same file.
+    std::error_code same_error;
+    PF_CHECK(!(std::filesystem::exists(target, same_error) &&
+               std::filesystem::equivalent(target, model_path, same_error)),
+             ConfigError, "failed to export {}: {} is the input file; give another -o", model_path,
+             target);
     PF_CHECK(weights == "decoded" || weights == "codebook", ConfigError,
              "--weights {}: expected decoded or codebook", weights);
     pf::OnnxExportOptions options;

@@ -174,7 +174,14 @@ TEST(CliTest, ExportImportAndBench) {
     EXPECT_TRUE(fs::exists(dir.path() / "out.onnx"));
     Result same = cli("export --model run/model.onnx", dir);
     EXPECT_EQ(same.code, 2);
-    EXPECT_NE(same.err.find("would overwrite the input"), std::string::npos);
+    EXPECT_NE(same.err.find("is the input file"), std::string::npos);
+    const auto input_bytes = fs::file_size(dir.path() / "run" / "model.onnx");
+    for (const char* spelling : {"./run/model.onnx", "run/../run/model.onnx"}) {
+        Result other = cli(std::string("export --model run/model.onnx -o ") + spelling, dir);
+        EXPECT_EQ(other.code, 2) << spelling;
+        EXPECT_NE(other.err.find("is the input file"), std::string::npos) << other.err;
+    }
+    EXPECT_EQ(fs::file_size(dir.path() / "run" / "model.onnx"), input_bytes);
 
     // An imported ONNX model is a job's starting point like any other.
     Result again =
