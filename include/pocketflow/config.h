@@ -260,4 +260,11 @@ Job load_job(const std::string& path, const std::vector<std::string>& overrides 
 /// A job with no file: the built-in defaults plus overrides (used by `eval` without --config).
 Job default_job(const std::vector<std::string>& overrides = {});
 
+/// The job as a run's resolved_config.yaml holds it (Job::resolved as YAML text).
+std::string resolved_config_text(const Job& job);
+
+/// Whether two resolved_config.yaml texts are the same job: equal but for `threads` (which changes
+/// the speed, not the results). A text that does not parse is another job.
+bool same_job(const std::string& resolved_a, const std::string& resolved_b);
+
 }  // namespace pocketflow

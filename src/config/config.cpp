@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cmath>
 #include <filesystem>
+#include <optional>
 #include <set>
 #include <sstream>
 
@@ -550,6 +551,30 @@ Job default_job(const std::vector<std::string>& overrides) {
                o.rfind("model.onnx=", 0) == 0;
     });
     return parse_job(names_model ? "{}\n" : "model: {arch: lenet5}\n", "<defaults>", overrides);
+}
+
+std::string resolved_config_text(const Job& job) {
+    YAML::Emitter out;
+    out << job.resolved;
+    return std::string(out.c_str()) + "\n";
+}
+
+bool same_job(const std::string& resolved_a, const std::string& resolved_b) {
+    auto canonical = [](const std::string& text) -> std::optional<std::string> {
+        try {
+            YAML::Node node = YAML::Load(text);
+            if (node.IsMap()) {
+                node.remove("threads");
+            }
+            YAML::Emitter out;
+            out << node;
+            return std::string(out.c_str());
+        } catch (const YAML::Exception&) {
+            return std::nullopt;
+        }
+    };
+    const auto a = canonical(resolved_a), b = canonical(resolved_b);
+    return a && b && *a == *b;
 }
 
 PerLayerSetting read_per_layer(ConfigReader& r,

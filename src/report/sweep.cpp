@@ -384,8 +384,33 @@ json run_sweep(const SweepOptions& o) {
         if (r.contains("status")) {
             // refused above: nothing runs
         } else if (fs::exists(run_dir / "summary.json")) {
-            r["status"] = "ok";
-            r["skipped"] = true;  // finished in an earlier invocation
+            // Finished in an earlier invocation: its results are this run's only if it ran the
+            // job this invocation would (the job file may have changed since).
+            std::string refused;
+            try {
+                std::vector<std::string> all = common;
+                all.insert(all.end(), sets.begin(), sets.end());
+                all.push_back("output_dir=" + run_dir.string());
+                const Job now = config.empty() ? default_job(all) : load_job(config, all);
+                const fs::path ran = run_dir / "resolved_config.yaml";
+                if (!fs::exists(ran) ||
+                    !same_job(read_file(ran.string()), resolved_config_text(now))) {
+                    refused = fmt::format(
+                        "{} holds a finished run of another job (its resolved_config.yaml "
+                        "differs from {} with these overrides: was the job file changed?); use "
+                        "another --out for this sweep",
+                        run_dir.string(), config.empty() ? "the defaults" : config);
+                }
+            } catch (const Error& e) {
+                refused = e.what();
+            }
+            if (refused.empty()) {
+                r["status"] = "ok";
+                r["skipped"] = true;
+            } else {
+                r["status"] = "failed";
+                r["error"] = refused;
+            }
         } else {
             const bool resume = fs::exists(run_dir / "resolved_config.yaml");
             std::string cmd =

@@ -137,10 +137,25 @@ fs::path choose_run_dir(const Job& job, bool resume) {
     return dir;
 }
 
-std::string emit(const YAML::Node& node) {
-    YAML::Emitter out;
-    out << node;
-    return std::string(out.c_str()) + "\n";
+/// Whether a run directory holds something a run produced: a checkpoint, a stage's or the job's
+/// model or summary, or a search log.
+bool holds_results(const fs::path& dir) {
+    std::error_code ec;
+    auto non_empty = [&](const fs::path& d) {
+        return fs::is_directory(d, ec) && fs::directory_iterator(d, ec) != fs::directory_iterator();
+    };
+    if (non_empty(dir / "checkpoints") || non_empty(dir / "search") ||
+        fs::exists(dir / "summary.json", ec)) {
+        return true;
+    }
+    for (const auto& e : fs::directory_iterator(dir, ec)) {
+        const std::string name = e.path().filename().string();
+        if (e.path().extension() == ".pfm" || e.path().extension() == ".onnx" ||
+            (name.rfind("stage", 0) == 0 && e.path().extension() == ".json")) {
+            return true;
+        }
+    }
+    return false;
 }
 
 }  // namespace
@@ -196,21 +211,24 @@ json run_job(const Job& job, const RunOptions& options) {
             break;
         }
     }
-    std::string config_text = emit(job.resolved);
+    const std::string config_text = resolved_config_text(job);
     fs::path config_path = dir / "resolved_config.yaml";
-    if (main_worker && options.resume && fs::exists(config_path)) {
-        // The thread count changes the speed, not the job (a sweep rerun with other --jobs).
-        auto without_threads = [](YAML::Node node) {
-            node.remove("threads");
-            return emit(node);
-        };
-        PF_CHECK(without_threads(YAML::Load(read_file(config_path))) ==
-                     without_threads(YAML::Load(config_text)),
-                 ConfigError,
-                 "failed to resume in {}: the job differs from the run's resolved_config.yaml; "
-                 "resume with the "
-                 "same job and overrides, or start a new run",
-                 dir.string());
+    // A directory that holds a run of another job is never mixed into this one: resuming would
+    // take its stage files, and a fresh run would rewrite its config and then be resumable from
+    // them. (A run that stopped before any result, e.g. on a config error a learner found, is
+    // not worth keeping; the thread count changes the speed, not the job.)
+    if (main_worker && fs::exists(config_path) && (options.resume || holds_results(dir)) &&
+        !same_job(read_file(config_path), config_text)) {
+        throw ConfigError(
+            options.resume
+                ? fmt::format("failed to resume in {}: the job differs from the run's "
+                              "resolved_config.yaml; resume with the same job and overrides, or "
+                              "start a new run",
+                              dir.string())
+                : fmt::format("failed to start in {}: it holds a run of another job (its "
+                              "resolved_config.yaml differs); give another output_dir, or remove "
+                              "that run first",
+                              dir.string()));
     }
     RunDir run(dir);
     write_file_atomic(config_path, config_text);

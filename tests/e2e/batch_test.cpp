@@ -89,6 +89,18 @@ TEST(CliTest, SweepRunsAGridResumesAndRecordsFailures) {
         EXPECT_NE(run.value("error", "").find("holds a run of other settings"), std::string::npos)
             << run.dump();
     }
+    // The job file changed since: the finished runs are not this sweep's results.
+    std::string changed = kTinyJob;
+    changed.replace(changed.find("seed: 3"), 7, "seed: 4");
+    write_file_atomic(dir.file("job.yaml"), changed);
+    Result edited = cli("--json " + grid, dir);
+    EXPECT_EQ(edited.code, 1);
+    for (const auto& run : json::parse(edited.out)["runs"]) {
+        EXPECT_EQ(run["status"], "failed") << run.dump();
+        EXPECT_NE(run.value("error", "").find("holds a finished run of another job"),
+                  std::string::npos)
+            << run.dump();
+    }
     // A failing run is recorded with its error; the others still run.
     Result failing =
         cli("--json sweep --config job.yaml --set train.epochs=1 --grid "

@@ -138,6 +138,13 @@ TEST(CliTest, ResumeAfterInterruptionMatchesUninterruptedRun) {
         cli("train --config job.yaml --set output_dir=part --set train.epochs=5 --resume", dir);
     EXPECT_EQ(changed.code, 2);
     EXPECT_NE(changed.err.find("differs from the run's resolved_config.yaml"), std::string::npos);
+    // Nor does a fresh run of another job take the directory (a later --resume would mix the
+    // two); its files are left as they were.
+    const std::string config_before = read_file(dir.file("part/resolved_config.yaml"));
+    Result other = cli("train --config job.yaml --set output_dir=part --set train.epochs=5", dir);
+    EXPECT_EQ(other.code, 2);
+    EXPECT_NE(other.err.find("holds a run of another job"), std::string::npos) << other.err;
+    EXPECT_EQ(read_file(dir.file("part/resolved_config.yaml")), config_before);
     Result resumed = cli("--json train --config job.yaml --set output_dir=part --resume", dir);
     ASSERT_EQ(resumed.code, 0) << resumed.err;
     EXPECT_NE(resumed.err.find("resumed from"), std::string::npos);

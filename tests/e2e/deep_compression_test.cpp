@@ -135,10 +135,11 @@ TEST(CliTest, DeepCompressionPipelineEndToEnd) {
 TEST(CliTest, SparsityAndCodebookBadInputExitWithTwo) {
     testing::TempDir dir;
     write_file_atomic(dir.file("job.yaml"), kTinyJob);
+    int calls = 0;  // each job its own run directory: a stage may finish before another fails
     auto fails = [&](const std::string& stage, const std::string& needle) {
-        Result r =
-            cli("compress --config job.yaml --set output_dir=bad --set 'pipeline=[" + stage + "]'",
-                dir);
+        Result r = cli("compress --config job.yaml --set output_dir=bad" + std::to_string(calls++) +
+                           " --set 'pipeline=[" + stage + "]'",
+                       dir);
         EXPECT_EQ(r.code, 2) << stage << "\n" << r.err;
         EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
     };
