@@ -11,6 +11,11 @@
 
 namespace pocketflow {
 
+/// `value` as JSON text (`indent` as nlohmann's dump: -1 for one line). Strings that are not valid
+/// UTF-8 (a path, a name from an ONNX file's metadata) have their invalid bytes written as U+FFFD
+/// instead of throwing the library's type_error after the work is done.
+std::string json_text(const nlohmann::json& value, int indent = -1);
+
 /// Typed, checked access to a JSON document read from a file (a .pfm header, a summary): every
 /// failure is an InputError "<what>: <field path>: expected <type>, got <what it is>", never the
 /// JSON library's own text.

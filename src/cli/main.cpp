@@ -21,6 +21,7 @@
 #include "pocketflow/cpu.h"
 #include "pocketflow/distributed.h"
 #include "pocketflow/error.h"
+#include "pocketflow/json_reader.h"
 #include "pocketflow/learner.h"
 #include "pocketflow/onnx.h"
 #include "pocketflow/regression.h"
@@ -143,7 +144,7 @@ int cmd_run(const JobOptions& o, const GlobalOptions& g, bool train_only) {
         return 0;  // rank 0 prints the result
     }
     if (g.json) {
-        std::cout << summary.dump() << std::endl;
+        std::cout << pf::json_text(summary) << std::endl;
     } else {
         print_summary(summary);
     }
@@ -162,7 +163,7 @@ int cmd_tune(const JobOptions& o,
     pf::install_stop_handlers();
     const json r = pf::run_tune(space, {o.config, overrides, out, o.resume});
     if (g.json) {
-        std::cout << r.dump() << std::endl;
+        std::cout << pf::json_text(r) << std::endl;
         return 0;
     }
     fmt::print("\n{:<7}{:<8}{:>12}", "trial", "status", r["objective"].get<std::string>());
@@ -207,10 +208,12 @@ int cmd_eval(const std::string& model_path, const JobOptions& o, const GlobalOpt
     auto loader = data.test_loader(job.data);
     pf::EvalResult r = pf::evaluate(model, *loader);
     if (g.json) {
-        std::cout << json{{"model", model_path}, {"dataset", job.data.dataset},
-                          {"top1", r.top1},      {"top5", r.top5},
-                          {"loss", r.loss},      {"samples", r.samples}}
-                         .dump()
+        std::cout << pf::json_text(json{{"model", model_path},
+                                        {"dataset", job.data.dataset},
+                                        {"top1", r.top1},
+                                        {"top5", r.top5},
+                                        {"loss", r.loss},
+                                        {"samples", r.samples}})
                   << std::endl;
     } else {
         fmt::print("{}: top-1 {:.2f}%  top-5 {:.2f}%  loss {:.4f}  on {} {} test images\n",
@@ -226,7 +229,7 @@ int cmd_learners(const GlobalOptions& g) {
         for (const auto& name : registry.names()) {
             out.push_back({{"name", name}, {"summary", registry.get(name).summary}});
         }
-        std::cout << out.dump() << std::endl;
+        std::cout << pf::json_text(out) << std::endl;
         return 0;
     }
     for (const auto& name : registry.names()) {
@@ -285,7 +288,7 @@ int cmd_check(const std::string& baseline_path,
                                    {"limit", r.limit},
                                    {"regressed", r.regressed}});
         }
-        std::cout << out.dump() << std::endl;
+        std::cout << pf::json_text(out) << std::endl;
     } else {
         fmt::print("{:<40}{:<14}{:>14}{:>14}{:>12}  {:<14}{}\n", "entry", "metric", "baseline",
                    "result", "change", "limit", "status");
@@ -314,9 +317,9 @@ int cmd_report(const std::vector<std::string>& inputs,
         title.empty() ? fmt::format("pocketflow report: {}", pf::join(inputs, ", ")) : title);
     pf::write_file_atomic(out, page);
     if (g.json) {
-        std::cout
-            << json{{"report", out}, {"runs", data["runs"].size()}, {"bytes", page.size()}}.dump()
-            << std::endl;
+        std::cout << pf::json_text(json{
+                         {"report", out}, {"runs", data["runs"].size()}, {"bytes", page.size()}})
+                  << std::endl;
     } else {
         fmt::print("report: {} run(s) in {} ({})\n", data["runs"].size(), out,
                    pf::human_bytes(static_cast<double>(page.size())));
@@ -353,7 +356,7 @@ int cmd_sweep(pf::SweepOptions o,
         failed += run["status"] == "failed" ? 1 : 0;
     }
     if (g.json) {
-        std::cout << r.dump() << std::endl;
+        std::cout << pf::json_text(r) << std::endl;
         return failed > 0 ? 1 : 0;
     }
     fmt::print("{:<56}{:<10}{:>9}{:>11}{:>12}{:>12}{:>12}{:>10}\n", "run", "status", "top-1",

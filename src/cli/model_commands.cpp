@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include "pocketflow/error.h"
+#include "pocketflow/json_reader.h"
 #include "pocketflow/learner.h"
 #include "pocketflow/onnx.h"
 #include "pocketflow/pfm.h"
@@ -75,7 +76,7 @@ int cmd_info(const std::string& model_path,
         return t.empty() ? std::string("-") : t;
     };
     if (g.json) {
-        std::cout << described.dump() << std::endl;
+        std::cout << pf::json_text(described) << std::endl;
         return 0;
     }
     fmt::print("{}\n{:<28}{:<14}{:<18}{:>12}{:>14}", title, "layer", "op", "output", "params",
@@ -301,7 +302,7 @@ int cmd_export(const std::string& model_path,
                            : fmt::format("tolerance {}", kTolerance));
     }
     if (g.json) {
-        std::cout << result.dump() << std::endl;
+        std::cout << pf::json_text(result) << std::endl;
     } else {
         fmt::print("wrote {} ({}, opset {}, {} batch)\n", target,
                    pf::human_bytes(static_cast<double>(bytes)), opset, batch);
@@ -440,11 +441,10 @@ int cmd_bench(const std::vector<std::string>& models,
         }
     }
     if (g.json) {
-        std::cout << json{{"threads", threads},
-                          {"warmup", warmup},
-                          {"repeat", repeat},
-                          {"results", rows}}
-                         .dump()
+        std::cout << pf::json_text(json{{"threads", threads},
+                                        {"warmup", warmup},
+                                        {"repeat", repeat},
+                                        {"results", rows}})
                   << std::endl;
         return 0;
     }

@@ -11,6 +11,10 @@ namespace pocketflow {
 
 using nlohmann::json;
 
+std::string json_text(const json& value, int indent) {
+    return value.dump(indent, ' ', false, json::error_handler_t::replace);
+}
+
 namespace {
 
 std::string kind_of(const json& j) {

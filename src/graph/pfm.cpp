@@ -154,13 +154,13 @@ std::string encode_model(const Graph& graph, const ModelMeta& meta) {
         {"nodes", std::move(nodes)}};
     // Version 2: the header is deflated (u64 inflated length, then zlib data): a quantized
     // ResNet-20's JSON is ~5% of its int8 weights.
-    const std::string json_text = header.dump();
-    uLongf packed = compressBound(json_text.size());
+    const std::string header_json = json_text(header);
+    uLongf packed = compressBound(header_json.size());
     std::string header_text(sizeof(uint64_t) + packed, '\0');
-    const uint64_t raw_len = json_text.size();
+    const uint64_t raw_len = header_json.size();
     std::memcpy(header_text.data(), &raw_len, sizeof(raw_len));
     PF_CHECK(compress2(reinterpret_cast<Bytef*>(header_text.data() + sizeof(uint64_t)), &packed,
-                       reinterpret_cast<const Bytef*>(json_text.data()), json_text.size(),
+                       reinterpret_cast<const Bytef*>(header_json.data()), header_json.size(),
                        Z_BEST_COMPRESSION) == Z_OK,
              Error, "failed to compress the header of model {}", meta.arch);
     header_text.resize(sizeof(uint64_t) + packed);

@@ -211,7 +211,7 @@ void write_baseline(const RunMetrics& results,
         }
         out["runs"].push_back(std::move(entry));
     }
-    write_file_atomic(path, out.dump(2) + "\n");
+    write_file_atomic(path, json_text(out, 2) + "\n");
 }
 
 std::vector<MetricLimit> load_baseline_limits(const std::string& path) {

@@ -19,6 +19,7 @@
 
 #include "pocketflow/config.h"
 #include "pocketflow/error.h"
+#include "pocketflow/json_reader.h"
 #include "pocketflow/learner.h"
 #include "pocketflow/pfm.h"
 #include "pocketflow/trainer.h"
@@ -339,7 +340,7 @@ json run_sweep(const SweepOptions& o) {
                             num(r, "wall_seconds"), csv_field(r["run_dir"].get<std::string>()),
                             csv_field(error));
         }
-        write_file_atomic(dir / "results.json", table.dump(2));
+        write_file_atomic(dir / "results.json", json_text(table, 2));
         write_file_atomic(dir / "results.csv", csv);
     };
     std::exception_ptr failure;  // an error of the sweep itself (not of a run), rethrown at the end
@@ -379,7 +380,7 @@ json run_sweep(const SweepOptions& o) {
                 "{} holds a run of other settings ({}); use another --out for this sweep",
                 run_dir.string(), shorten(read_file(record.string()), 400));
         } else {
-            write_file_atomic(record, settings.dump());
+            write_file_atomic(record, json_text(settings));
         }
         if (r.contains("status")) {
             // refused above: nothing runs

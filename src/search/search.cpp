@@ -17,6 +17,7 @@
 
 #include "pocketflow/distributed.h"
 #include "pocketflow/error.h"
+#include "pocketflow/json_reader.h"
 #include "pocketflow/util.h"
 
 namespace pocketflow {
@@ -183,17 +184,16 @@ SearchResult run_search(const SearchSpace& space, const SearchOptions& options) 
     // others receive its result.
     const std::string text = dist::run_once([&] {
         const SearchResult r = search_here(space, options);
-        return nlohmann::json{{"best", r.best},
-                              {"best_reward", r.best_reward},
-                              {"best_cost", r.best_cost},
-                              {"best_metrics", r.best_metrics},
-                              {"baseline_kept", r.baseline_kept},
-                              {"agent_best_reward", r.agent_best_reward},
-                              {"agent_best_metrics", r.agent_best_metrics},
-                              {"episodes", r.episodes},
-                              {"resumed", r.resumed},
-                              {"reranked", reranked_json(r.reranked)}}
-            .dump();
+        return json_text(nlohmann::json{{"best", r.best},
+                                        {"best_reward", r.best_reward},
+                                        {"best_cost", r.best_cost},
+                                        {"best_metrics", r.best_metrics},
+                                        {"baseline_kept", r.baseline_kept},
+                                        {"agent_best_reward", r.agent_best_reward},
+                                        {"agent_best_metrics", r.agent_best_metrics},
+                                        {"episodes", r.episodes},
+                                        {"resumed", r.resumed},
+                                        {"reranked", reranked_json(r.reranked)}});
     });
     const auto j = nlohmann::json::parse(text);
     SearchResult r;

@@ -13,6 +13,7 @@
 
 #include "pocketflow/distributed.h"
 #include "pocketflow/error.h"
+#include "pocketflow/json_reader.h"
 #include "pocketflow/learner.h"
 #include "pocketflow/onnx.h"
 #include "pocketflow/pfm.h"
@@ -63,7 +64,7 @@ fs::path RunDir::checkpoint(const std::string& tag) const {
 
 void RunDir::log_metrics(const json& row) {
     std::lock_guard<std::mutex> lock(mutex_);
-    metrics_ << row.dump() << '\n';
+    metrics_ << json_text(row) << '\n';
     metrics_.flush();
 }
 
@@ -302,7 +303,7 @@ json run_job(const Job& job, const RunOptions& options) {
         summary["params"] = model->graph().total_params();
         summary["macs"] = model->graph().total_macs();
         save_model(stage_model.string(), model->graph(), model->meta());
-        write_file_atomic(stage_summary, summary.dump(2));
+        write_file_atomic(stage_summary, json_text(summary, 2));
         stages.push_back(summary);
     }
 
@@ -351,7 +352,7 @@ json run_job(const Job& job, const RunOptions& options) {
         summary["onnx_bytes"] = fs::file_size(onnx_path);
         spdlog::info("wrote {}", onnx_path.string());
     }
-    write_file_atomic(dir / "summary.json", summary.dump(2));
+    write_file_atomic(dir / "summary.json", json_text(summary, 2));
     spdlog::info("test top-1 {:.2f}% top-5 {:.2f}% loss {:.4f} on {} images; wrote {}", test.top1,
                  test.top5, test.loss, test.samples, model_path.string());
     return summary;

@@ -16,6 +16,7 @@
 #include "pocketflow/bayesopt.h"
 #include "pocketflow/config.h"
 #include "pocketflow/error.h"
+#include "pocketflow/json_reader.h"
 #include "pocketflow/learner.h"
 #include "pocketflow/util.h"
 
@@ -346,7 +347,7 @@ json run_tune(const TuneSpace& space, const TuneOptions& options) {
         row["seconds"] = trials[k].seconds;
         result["trials"].push_back(row);
     }
-    write_file_atomic(dir / "tune.json", result.dump(2));
+    write_file_atomic(dir / "tune.json", json_text(result, 2));
     return result;
 }
 

@@ -14,6 +14,7 @@
 #include <zlib.h>
 
 #include "pocketflow/error.h"
+#include "pocketflow/json_reader.h"
 #include "pocketflow/model.h"
 #include "pocketflow/pfm.h"
 #include "pocketflow/util.h"
@@ -650,6 +651,20 @@ TEST_F(PfmTest, RoundTripKeepsGraphWeightsAndOutputs) {
     torch::NoGradGuard no_grad;
     auto x = torch::randn({2, 3, 32, 32});
     EXPECT_TRUE(torch::equal(a.forward(x), b.forward(x)));
+}
+
+TEST_F(PfmTest, NamesThatAreNotUtf8AreSavedNotThrown) {
+    // An ONNX file's metadata can carry any bytes into the model's names; saving writes the
+    // invalid ones as U+FFFD instead of failing after the work is done.
+    testing::TempDir dir;
+    Graph g = build_zoo_model("lenet5", 10, {1, 28, 28});
+    g.nodes()[1].name = "conv\xe8";
+    save_model(dir.file("m.pfm"), g, {"mod\xe8le", "data\xff", {}, {}});
+    ModelFile f = load_model(dir.file("m.pfm"));
+    EXPECT_EQ(f.meta.arch, "mod\xef\xbf\xbdle");
+    EXPECT_EQ(f.meta.dataset, "data\xef\xbf\xbd");
+    EXPECT_EQ(f.graph.nodes()[1].name, "conv\xef\xbf\xbd");
+    EXPECT_EQ(json_text(nlohmann::json{{"path", "a\xe8"}}), "{\"path\":\"a\xef\xbf\xbd\"}");
 }
 
 TEST_F(PfmTest, Version1FilesWithAnUncompressedHeaderStillLoad) {
