@@ -233,7 +233,10 @@ struct RunOptions {
 std::vector<std::unique_ptr<Learner>> create_learners(const Job& job);
 
 /// Runs a job end to end: data, model, pipeline stages, final test evaluation, model.pfm,
-/// summary.json. Returns the summary (also written to summary.json).
+/// summary.json. Returns the summary (also written to summary.json). One job per process at a
+/// time: it sets process-wide state (the default logger's sinks, LibTorch's thread count and
+/// random generator, which exact resume checkpoints), so run jobs side by side as processes, as
+/// `sweep` does.
 nlohmann::json run_job(const Job& job, const RunOptions& options);
 
 /// Builds or loads the job's starting model for data of `input_shape` / `num_classes`.

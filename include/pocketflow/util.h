@@ -13,6 +13,10 @@ namespace pocketflow {
 /// sees the old file or the new one, never a torn one. Throws IoError.
 void write_file_atomic(const std::filesystem::path& path, std::string_view data);
 
+/// Removes the "<file>.tmp.<pid>" files write_file_atomic's of processes that are gone left in
+/// `dir` (and, with `recursive`, below it): a process killed while writing. Returns how many.
+int remove_stale_temp_files(const std::filesystem::path& dir, bool recursive);
+
 /// Reads a whole file; throws InputError naming the path when it cannot.
 std::string read_file(const std::filesystem::path& path);
 

@@ -12,6 +12,7 @@
 #include <thread>
 
 #include <fcntl.h>
+#include <spdlog/spdlog.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -20,6 +21,47 @@
 namespace pocketflow {
 
 namespace fs = std::filesystem;
+
+int remove_stale_temp_files(const fs::path& dir, bool recursive) {
+    std::error_code ec;
+    if (!fs::is_directory(dir, ec)) {
+        return 0;
+    }
+    int removed = 0;
+    auto consider = [&](const fs::directory_entry& e) {
+        const std::string name = e.path().filename().string();
+        const auto at = name.rfind(".tmp.");
+        std::error_code type_error;
+        if (at == std::string::npos || !e.is_regular_file(type_error)) {
+            return;
+        }
+        const std::string pid_text = name.substr(at + 5);
+        if (pid_text.empty() || pid_text.find_first_not_of("0123456789") != std::string::npos ||
+            pid_text.size() > 9) {
+            return;
+        }
+        const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
+        std::error_code remove_error;
+        if (pid != ::getpid() && ::kill(pid, 0) != 0 && errno == ESRCH &&
+            fs::remove(e.path(), remove_error)) {
+            spdlog::info("removed {}, left by an interrupted write", e.path().string());
+            ++removed;
+        }
+    };
+    if (recursive) {
+        for (auto it = fs::recursive_directory_iterator(
+                 dir, fs::directory_options::skip_permission_denied, ec);
+             !ec && it != fs::recursive_directory_iterator(); it.increment(ec)) {
+            consider(*it);
+        }
+    } else {
+        for (auto it = fs::directory_iterator(dir, ec); !ec && it != fs::directory_iterator();
+             it.increment(ec)) {
+            consider(*it);
+        }
+    }
+    return removed;
+}
 
 void write_file_atomic(const fs::path& path, std::string_view data) {
     if (path.has_parent_path()) {

@@ -290,6 +290,7 @@ json run_sweep(const SweepOptions& o) {
     const auto runs = sweep_runs(o);
     const fs::path dir = o.out;
     fs::create_directories(dir);
+    remove_stale_temp_files(dir, false);  // its tables' (each run cleans its own directory)
     const int cores = resolve_threads(o.threads);
     int jobs = std::clamp(o.jobs, 1, cores);
     if (jobs < o.jobs) {

@@ -28,32 +28,9 @@ RunDir::RunDir(fs::path path) : path_(std::move(path)) {
     std::error_code ec;
     fs::create_directories(path_ / "checkpoints", ec);
     PF_CHECK(!ec, IoError, "failed to create run directory {}: {}", path_.string(), ec.message());
-    // A process killed while writing leaves "<file>.tmp.<pid>" (write_file_atomic): remove those
-    // of processes that are gone.
-    for (const fs::path& dir : {path_, path_ / "checkpoints", path_ / "search"}) {
-        if (!fs::is_directory(dir)) {
-            continue;
-        }
-        for (const auto& e : fs::directory_iterator(dir)) {
-            const std::string name = e.path().filename().string();
-            const auto at = name.rfind(".tmp.");
-            if (!e.is_regular_file() || at == std::string::npos) {
-                continue;
-            }
-            const std::string pid_text = name.substr(at + 5);
-            if (pid_text.empty() || pid_text.find_first_not_of("0123456789") != std::string::npos ||
-                pid_text.size() > 9) {
-                continue;
-            }
-            const pid_t pid = static_cast<pid_t>(std::stol(pid_text));
-            if (pid != ::getpid() && ::kill(pid, 0) != 0 && errno == ESRCH) {
-                fs::remove(e.path(), ec);
-                if (!ec) {
-                    spdlog::info("removed {}, left by an interrupted write", e.path().string());
-                }
-            }
-        }
-    }
+    // A process killed while writing leaves "<file>.tmp.<pid>" (write_file_atomic) anywhere in
+    // the run (checkpoints, search/stage<i>/ logs): remove those of processes that are gone.
+    remove_stale_temp_files(path_, true);
     metrics_.open(path_ / "metrics.jsonl", std::ios::app);
     PF_CHECK(metrics_.good(), IoError, "failed to open {}", (path_ / "metrics.jsonl").string());
 }

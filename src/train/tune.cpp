@@ -179,6 +179,7 @@ json run_tune(const TuneSpace& space, const TuneOptions& options) {
     PF_CHECK(options.resume || !fs::exists(csv), InputError,
              "{} holds an earlier tune: --resume it, or choose another --out", dir.string());
     fs::create_directories(dir);
+    remove_stale_temp_files(dir, false);  // its tables' (each run cleans its own directory)
     std::vector<Trial> trials = options.resume ? read_trials(csv, space) : std::vector<Trial>{};
     PF_CHECK(static_cast<int64_t>(trials.size()) <= space.trials, InputError,
              "cannot resume the tune from {}: it has {} trials, the space {}", csv.string(),

@@ -61,6 +61,7 @@ TEST(HostileCliTest, StopDuringTheFinalEvaluationIsHonoured) {
     // A write killed half-way left a temporary file; the resumed run removes it (its process is
     // gone: pid 2^22 - 3 is above Linux's default pid_max).
     write_file_atomic(dir.path() / "run" / "checkpoints" / "last.ckpt.tmp.4194301", "partial");
+    write_file_atomic(dir.path() / "run" / "search" / "stage0" / "episodes.csv.tmp.4194301", "x");
     set_stop_request(true);
     RunOptions resume;
     resume.resume = true;
@@ -74,6 +75,7 @@ TEST(HostileCliTest, StopDuringTheFinalEvaluationIsHonoured) {
     set_stop_request(false);
     EXPECT_FALSE(fs::exists(dir.path() / "run" / "summary.json"));
     EXPECT_FALSE(fs::exists(dir.path() / "run" / "checkpoints" / "last.ckpt.tmp.4194301"));
+    EXPECT_FALSE(fs::exists(dir.path() / "run" / "search" / "stage0" / "episodes.csv.tmp.4194301"));
     const json s = run_job(job, resume);
     EXPECT_TRUE(fs::exists(dir.path() / "run" / "summary.json"));
     EXPECT_GT(s["top1"].get<double>(), 0.0);
