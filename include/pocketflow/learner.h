@@ -206,7 +206,7 @@ void finetune_stage(RunContext& ctx,
                     const std::function<void(Trainer&)>& setup = {});
 
 /// Optimizer steps per epoch of the job's training recipe (the train split's full batches, capped
-/// by train.steps_per_epoch).
+/// by train.steps_per_epoch); under data-parallel training, the steps of one worker (its shard).
 int64_t steps_per_epoch(const RunContext& ctx);
 
 /// The conv and linear layers of a graph in order, and which are the first layer and the final

@@ -436,7 +436,9 @@ void broadcast(std::vector<at::Tensor> tensors) {
             by_type[t.scalar_type()].push_back(t);
         }
         for (auto& [type, members] : by_type) {
-            std::vector<at::Tensor> one{pack(members)};
+            // Gloo has no bool: masks (weight_sparsification's) travel as bytes.
+            std::vector<at::Tensor> one{type == at::kBool ? pack(members).to(at::kByte)
+                                                          : pack(members)};
             g_state->group->broadcast(one)->wait();
             unpack(one[0], members);
         }

@@ -457,7 +457,10 @@ void finetune_stage(RunContext& ctx,
 }
 
 int64_t steps_per_epoch(const RunContext& ctx) {
-    auto loader = ctx.data.train_loader(ctx.job.data, ctx.job.seed);
+    // The steps each worker takes: under data-parallel training the trainer's loader is this
+    // worker's shard (inside dist::run_once, the whole set).
+    auto loader =
+        ctx.data.train_loader(ctx.job.data, ctx.job.seed, dist::rank(), dist::world_size());
     int64_t steps = loader->num_batches();
     if (ctx.job.train.steps_per_epoch > 0) {
         steps = std::min(steps, ctx.job.train.steps_per_epoch);

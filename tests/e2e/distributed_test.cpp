@@ -182,6 +182,23 @@ TEST(Distributed, SearchRunsOnceAndEveryWorkerPrunesItsResult) {
     EXPECT_LE(s["stages"][0]["macs_kept"].get<double>(), 0.72);
 }
 
+TEST(Distributed, SparsityScheduleCountsEachWorkersSteps) {
+    // The Zhu-Gupta schedule is laid over the steps each worker takes: 448 training images
+    // (512 - 64 validation), batch 32 per worker, two workers: 7 steps an epoch, 14 in two.
+    // Counted over the whole set (28) the final masks would come only at the last step.
+    testing::TempDir dir;
+    const std::string from_base = from_trained_base(dir);
+    ASSERT_FALSE(from_base.empty());
+    Result r = cli("--json compress --config job.yaml --nproc 2 --set output_dir=sp " + from_base +
+                       "--set 'pipeline=[{learner: weight_sparsification, sparsity: 0.5, epochs: "
+                       "2, frequency: 1}]'",
+                   dir);
+    ASSERT_EQ(r.code, 0) << r.err;
+    const json st = json::parse(r.out)["stages"][0];
+    EXPECT_EQ(st["schedule"]["total_steps"], 14) << st.dump();
+    EXPECT_EQ(st["schedule"]["end_step"], 7) << st.dump();  // end 0.5: half-way
+}
+
 std::string read_or_empty(const std::string& path) {
     return std::filesystem::exists(path) ? read_file(path) : std::string();
 }
