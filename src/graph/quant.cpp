@@ -27,12 +27,16 @@ bool is_layer(Op op) {
     return op == Op::kConv2d || op == Op::kLinear;
 }
 
-/// Per output channel: max |w| over the other dimensions (one value for per-tensor scales).
+/// Per output channel: max |w| over the other dimensions (one value for per-tensor scales). A row
+/// too small to quantize (all zeros: a filter that pruning or sparsity emptied) gets scale 1: its
+/// integers are 0 at any scale, and its bias, quantized on input scale × weight scale, keeps a
+/// usable grid (a 1e-8 scale saturated any bias above about 21 × the input scale).
 at::Tensor weight_scales(const at::Tensor& w, bool per_channel, int qmax) {
     at::NoGradGuard no_grad;
     at::Tensor a = w.detach().abs().reshape({w.size(0), -1});
     at::Tensor m = per_channel ? std::get<0>(a.max(1)) : a.max().reshape({1});
-    return (m / static_cast<double>(qmax)).clamp_min(1e-8).to(at::kFloat);
+    at::Tensor s = m.to(at::kDouble) / static_cast<double>(qmax);
+    return at::where(s >= 1e-8, s, at::ones_like(s)).to(at::kFloat);
 }
 
 std::string why_float(Op op) {
@@ -60,7 +64,10 @@ ActParams act_params(float lo, float hi, int bits) {
     ActParams p;
     p.qmax = (int64_t{1} << bits) - 1;
     const float l = std::min(lo, 0.0f), h = std::max(hi, 0.0f);
-    p.scale = std::max((h - l) / static_cast<float>(p.qmax), 1e-8f);
+    p.scale = (h - l) / static_cast<float>(p.qmax);
+    if (!(p.scale >= 1e-8f)) {
+        p.scale = 1.0f;  // a value that is always 0: any scale, and its readers' biases keep a grid
+    }
     p.zero_point =
         std::clamp<int64_t>(static_cast<int64_t>(std::nearbyint(-l / p.scale)), 0, p.qmax);
     return p;

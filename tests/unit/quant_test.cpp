@@ -233,18 +233,28 @@ TEST(QuantTest, ActivationBitsAreTheInputBitsOfTheLayersThatReadThem) {
     EXPECT_EQ(bits("avgpool"), 8);              // read (through Flatten) by fc (8)
 }
 
-TEST(QuantTest, BiasesOfDeadChannelsSaturateInsteadOfWrappingAround) {
+TEST(QuantTest, DeadChannelsKeepTheirBiasesAndOverflowSaturates) {
     Graph g({1, 4, 4});
     g.add_conv("conv", g.input(), 1, 2, 1, 1, 0, 1, true);
     g.set_output(1);
     Node& conv = g.nodes()[1];
     {
         at::NoGradGuard no_grad;
-        conv.params.at("weight").zero_();  // dead channels: scales clamp to 1e-8
+        conv.params.at("weight").zero_();  // dead channels (a filter pruning or sparsity emptied)
         conv.params.at("bias").copy_(at::tensor({1.0f, -1.0f}));
     }
     prepare_quantization(g, all_layers(g, {8, 8}));
-    auto [q, scale] = bias_ints(conv, 1e-8f);
+    // Their weight scale is 1, not a 1e-8 floor: the bias keeps a grid of the input's scale (a
+    // ReLU output in [0, 4] at 8 bits) instead of saturating at about 21 times it.
+    EXPECT_FLOAT_EQ(conv.buffers.at("weight_scale")[0].item<float>(), 1.0f);
+    const float input_scale = act_params(0.f, 4.f, 8).scale;
+    auto [live, live_scale] = bias_ints(conv, input_scale);
+    EXPECT_NEAR(live[0].item<int>() * live_scale[0].item<float>(), 1.0, input_scale / 2);
+    EXPECT_NEAR(live[1].item<int>() * live_scale[1].item<float>(), -1.0, input_scale / 2);
+    // A value that is always 0 (range [0, 0]) gets scale 1 too.
+    EXPECT_FLOAT_EQ(act_params(0.f, 0.f, 8).scale, 1.0f);
+    // A bias beyond int32 on its grid saturates instead of wrapping around to the other sign.
+    auto [q, scale] = bias_ints(conv, 1e-12f);
     EXPECT_EQ(q[0].item<int>(), 2147483647);
     EXPECT_EQ(q[1].item<int>(), -2147483647 - 1);
     // Scales and ranges that no quantizer would write are rejected when a graph is checked.
