@@ -3,6 +3,7 @@
 // and the candidates of its ratio search.
 #include "group_pruner.h"
 
+#include <algorithm>
 #include <chrono>
 #include <map>
 #include <numeric>
@@ -258,6 +259,10 @@ double GroupPruner::prune(Graph& graph,
                                    .reshape({samples[k].x.size(0), -1})
                                    .to(at::kDouble);
                 at::Tensor y = samples[k].y.to(at::kDouble);
+                if (std::find(group.producers.begin(), group.producers.end(), group.consumers[k]) !=
+                    group.producers.end()) {
+                    y = y.index_select(1, idx);  // it writes the group too: its kept rows only
+                }
                 at::Tensor a = at::matmul(x.t(), x);
                 double scale = a.diagonal().mean().item<double>();
                 a += at::eye(a.size(0), at::kDouble) * (options_.ridge * std::max(scale, 1e-12));

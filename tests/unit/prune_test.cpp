@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0
 #include "pocketflow/prune.h"
 
+#include <cmath>
 #include <numeric>
 #include <random>
 
@@ -12,6 +13,7 @@
 #include "pocketflow/learner.h"
 #include "pocketflow/model.h"
 #include "pocketflow/onnx.h"
+#include "pocketflow/pfm.h"
 #include "pocketflow/zoo.h"
 
 #include "support/test_util.h"
@@ -318,13 +320,14 @@ struct PruneRun {
     std::shared_ptr<Model> base;
     testing::TempDir dir;
 
-    explicit PruneRun(const std::string& stage_yaml) {
-        job = parse_job(
-            "name: p\nmodel: {arch: resnet20}\ndata: {dataset: synthetic, batch_size: 32, "
-            "synthetic: {train: 256, test: 64, classes: 4, shape: [1, 12, 12]}}\n"
-            "train: {epochs: 2, optimizer: {lr: 0.05}}\npipeline: [" +
-                stage_yaml + "]\n",
-            "p.yaml");
+    explicit PruneRun(const std::string& stage_yaml,
+                      const std::string& model_yaml = "{arch: resnet20}") {
+        job = parse_job("name: p\nmodel: " + model_yaml +
+                            "\ndata: {dataset: synthetic, batch_size: 32, "
+                            "synthetic: {train: 256, test: 64, classes: 4, shape: [1, 12, 12]}}\n"
+                            "train: {epochs: 2, optimizer: {lr: 0.05}}\npipeline: [" +
+                            stage_yaml + "]\n",
+                        "p.yaml");
         data = load_data(job.data, 1);
         torch::manual_seed(0);
         base = make_model(job, data.input_shape, data.num_classes, data.mean, data.std);
@@ -388,6 +391,32 @@ TEST(ChannelPruningTest, ReconstructionLowersTheOutputError) {
     auto b = without.prune();
     EXPECT_EQ(a->graph().total_macs(), b->graph().total_macs());
     EXPECT_LT(with.output_error(*a), 0.8 * without.output_error(*b));
+}
+
+TEST(ChannelPruningTest, LassoPrunesALayerThatReadsAndWritesTheSameChannels) {
+    // y = x + conv_a(x), as in RepVGG's training blocks: conv_a reads and writes the same group of
+    // channels, so its reconstruction must target only the output rows the cut kept.
+    testing::TempDir models;
+    Graph g({1, 12, 12});
+    int x = g.add_unary("relu0", Op::kReLU, g.add_conv("conv0", 0, 1, 8, 3, 1, 1, 1, true));
+    int y = g.add_binary("add", Op::kAdd, x, g.add_conv("conv_a", x, 8, 8, 3, 1, 1, 1, true));
+    y = g.add_unary("relu1", Op::kReLU, y);
+    y = g.add_unary("relu2", Op::kReLU, g.add_conv("conv_b", y, 8, 8, 3, 1, 1, 1, true));
+    y = g.add_unary("flat", Op::kFlatten, g.add_unary("pool", Op::kGlobalAvgPool, y));
+    g.set_output(g.add_linear("fc", y, 8, 4));
+    init_weights(g, 3);
+    save_model(models.file("block.pfm"), g, {});
+    PruneRun p(
+        "{learner: channel_pruning, flops_target: 0.6, criterion: lasso, keep_first_conv: false, "
+        "channel_multiple: 1, finetune_epochs: 0, samples: 32}",
+        "{path: " + models.file("block.pfm") + "}");
+    nlohmann::json s;
+    auto m = p.prune(&s);
+    EXPECT_LE(s["macs_kept"].get<double>(), 0.62);
+    const Node& a = m->graph().nodes()[static_cast<size_t>(m->graph().find("conv_a"))];
+    EXPECT_EQ(a.params.at("weight").size(0), a.params.at("weight").size(1));  // rows = columns
+    EXPECT_LT(a.params.at("weight").size(0), 8);
+    EXPECT_TRUE(std::isfinite(p.output_error(*m)));
 }
 
 TEST(ChannelPruningTest, ListRatiosAndErrors) {
