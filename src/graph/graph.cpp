@@ -429,9 +429,11 @@ std::vector<std::vector<int64_t>> Graph::infer_shapes() const {
                 if (w.dim() != 2 || w.size(0) != n.attrs.out_channels) {
                     fail("weight is not [out_features, in_features]");
                 }
-                if (x.empty() || x.back() != w.size(1)) {
-                    fail(fmt::format("input {} does not end in {} features", shape_str(x),
-                                     w.size(1)));
+                if (x.size() != 1 || x[0] != w.size(1)) {
+                    // (A layer over the last axis of a larger value, e.g. an imported MatMul of
+                    // [N, C, H, W], would export as an invalid Gemm and prune the wrong axis.)
+                    fail(fmt::format("input {} is not [{}] (features; flatten it first)",
+                                     shape_str(x), w.size(1)));
                 }
                 auto b = n.params.find("bias");
                 if (b != n.params.end() && b->second.numel() != w.size(0)) {

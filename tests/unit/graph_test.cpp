@@ -599,7 +599,12 @@ TEST(GraphTest, ValidationCatchesShapeMismatches) {
     Graph h({3, 8, 8});
     int x = h.add_unary("flat", Op::kFlatten, 0);
     h.add_linear("fc", x, 100, 10);
-    expect_error<InputError>([&] { h.validate(); }, "does not end in 100 features");
+    expect_error<InputError>([&] { h.validate(); }, "input [192] is not [100]");
+    // A linear layer over the last axis of an image-shaped value (an imported MatMul): refused,
+    // it would export as an invalid Gemm and prune along the wrong axis.
+    Graph m({3, 8, 8});
+    m.add_linear("fc", 0, 8, 10);
+    expect_error<InputError>([&] { m.validate(); }, "input [3, 8, 8] is not [8] (features");
     // Shapes a file can declare that once divided by zero: a Reshape whose product overflows, a
     // layer with no outputs (its MACs divide by the output count).
     Graph r({3, 8, 8});
