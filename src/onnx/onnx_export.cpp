@@ -189,22 +189,33 @@ private:
         }
         const Node& s = graph_.nodes()[static_cast<size_t>(src)];
         const ActParams p = act_params(s);
-        if (s.quant.act_bits < 8 && low_bit_warned_.insert(s.name).second) {
-            spdlog::warn(
-                "{}: {}-bit activations are exported as uint8 with the same scale (ONNX has no "
-                "narrower type): ONNX Runtime clips them later than the simulation does",
-                s.name, s.quant.act_bits);
-        }
+        const bool narrow = s.quant.act_bits < 8;
         const std::string scale = s.name + ".act_scale", zero = s.name + ".act_zero_point";
+        const std::string levels_max = s.name + ".act_qmax";
         if (act_params_written_.insert(src).second) {
             raw_initializer(scale, onnx::TensorProto::FLOAT, {},
                             std::string(reinterpret_cast<const char*>(&p.scale), 4));
             raw_initializer(zero, onnx::TensorProto::UINT8, {},
                             std::string(1, static_cast<char>(p.zero_point)));
+            if (narrow) {
+                raw_initializer(levels_max, onnx::TensorProto::UINT8, {},
+                                std::string(1, static_cast<char>(p.qmax)));
+            }
         }
         const std::string base = i == 0 ? "input" : graph_.nodes()[i].name;
         node("QuantizeLinear", base + "_quantize", {raw, scale, zero}, base + "_q");
-        node("DequantizeLinear", base + "_dequantize", {base + "_q", scale, zero}, out);
+        std::string q = base + "_q";
+        if (narrow) {
+            // ONNX has no narrower type: the uint8 integers are clipped to the 2^b levels the
+            // simulation uses (Clip on uint8, opset 12+; the layers' int8 kernels stay fused).
+            if (zero_u8_.empty()) {
+                zero_u8_ = raw_initializer("pocketflow.uint8_zero", onnx::TensorProto::UINT8, {},
+                                           std::string(1, '\0'));
+            }
+            node("Clip", base + "_levels", {q, zero_u8_, levels_max}, base + "_q_levels");
+            q = base + "_q_levels";
+        }
+        node("DequantizeLinear", base + "_dequantize", {q, scale, zero}, out);
         names_[i] = out;
     }
 
@@ -421,9 +432,9 @@ private:
     OnnxExportOptions options_;
     onnx::GraphProto* g_ = nullptr;
     std::vector<std::string> names_;
-    std::vector<int> act_source_;           // quantized_values(graph_)
-    std::set<int> act_params_written_;      // nodes whose scale/zero-point initializers exist
-    std::set<std::string> low_bit_warned_;  // nodes warned about < 8-bit activations
+    std::vector<int> act_source_;       // quantized_values(graph_)
+    std::set<int> act_params_written_;  // nodes whose scale/zero-point initializers exist
+    std::string zero_u8_;  // a uint8 0 initializer (the Clips' lower bound), when one is needed
 };
 
 }  // namespace

@@ -396,5 +396,34 @@ TEST(QuantTest, QdqExportRunsEveryConvAsAnInt8KernelInOnnxRuntime) {
     EXPECT_EQ(ops["QLinearGlobalAveragePool"], 1);
 }
 
+TEST(QuantTest, QdqExportOfFourBitActivationsClipsToTheirLevels) {
+    // ONNX has no 4-bit type: activations travel as uint8, clipped to the 16 levels the
+    // simulation uses; ONNX Runtime's int8 kernels stay, and its outputs match the simulation.
+    if (ort_runner_path().empty()) {
+        GTEST_SKIP() << "ONNX Runtime not installed (tools/setup.sh --ort)";
+    }
+    testing::TempDir dir;
+    auto model = quantized_zoo("resnet20", {1, 16, 16}, {8, 4});
+    snap_quantized_weights(model->graph());
+    export_onnx(dir.file("q.onnx"), model->graph(), model->meta());
+    at::manual_seed(6);
+    at::Tensor x = at::randn({16, 1, 16, 16}) * 2;  // beyond the calibrated ranges: clipping counts
+    OrtRun r = run_onnxruntime(dir.file("q.onnx"), x, 0, 1, 1, dir.file("opt.onnx"));
+    model->eval();
+    at::NoGradGuard no_grad;
+    at::Tensor y = model->forward(x);
+    const double step = (y.max() - y.min()).item<double>() / 255;
+    EXPECT_LE((r.output - y).abs().max().item<double>(), 2 * step);
+    onnx::ModelProto opt;
+    ASSERT_TRUE(opt.ParseFromString(read_file(dir.file("opt.onnx"))));
+    std::map<std::string, int> ops;
+    for (const auto& n : opt.graph().node()) {
+        ++ops[n.op_type()];
+    }
+    EXPECT_EQ(ops["QLinearConv"], 21);
+    EXPECT_EQ(ops["Conv"], 0);
+    EXPECT_GT(ops["Clip"], 0);
+}
+
 }  // namespace
 }  // namespace pocketflow
