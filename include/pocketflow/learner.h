@@ -101,7 +101,8 @@ const LearnerRegistry& builtin_registry();
 Trainer make_trainer(RunContext& ctx, const TrainConfig& config, const std::string& suffix = "");
 
 /// The stage's teacher for distillation: `distillation.teacher` when set, else a frozen copy of the
-/// stage's input model; nullptr when distillation is off.
+/// stage's input model (not for full_precision, whose input is the network before its training:
+/// none); nullptr when distillation is off.
 std::shared_ptr<Model> make_teacher(const RunContext& ctx);
 
 /// A seeded subset of `count` training-split images (sorted, no augmentation, `batch_size` a
@@ -206,8 +207,9 @@ void finetune_stage(RunContext& ctx,
                     const std::function<void(Trainer&)>& setup = {});
 
 /// Optimizer steps per epoch of the job's training recipe (the train split's full batches, capped
-/// by train.steps_per_epoch); under data-parallel training, the steps of one worker (its shard).
-int64_t steps_per_epoch(const RunContext& ctx);
+/// by train.steps_per_epoch); under data-parallel training, the steps of one worker (its shard),
+/// or with `whole_set` those of a training that sees the whole split (one run in dist::run_once).
+int64_t steps_per_epoch(const RunContext& ctx, bool whole_set = false);
 
 /// The conv and linear layers of a graph in order, and which are the first layer and the final
 /// linear classifier (learners keep those at full precision by default).

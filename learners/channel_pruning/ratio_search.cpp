@@ -212,7 +212,7 @@ std::vector<double> search_ratios(RunContext& ctx,
     // them), so the count done can exceed the one asked by less than an epoch's worth.
     int64_t rerank_epochs = 1, rerank_per_epoch = 0;
     if (options.rerank > 0) {
-        const int64_t epoch = steps_per_epoch(ctx);
+        const int64_t epoch = steps_per_epoch(ctx, /*whole_set=*/true);  // trained in run_once
         const int64_t asked = options.rerank_steps > 0 ? options.rerank_steps : epoch;
         rerank_epochs = (asked + epoch - 1) / epoch;
         rerank_per_epoch = (asked + rerank_epochs - 1) / rerank_epochs;

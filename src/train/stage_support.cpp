@@ -163,6 +163,15 @@ std::shared_ptr<Model> make_teacher(const RunContext& ctx) {
     if (!d.enabled) {
         return nullptr;
     }
+    if (d.teacher.empty() && ctx.stage.learner == "full_precision") {
+        // Its input is the network before the training this stage does (a fresh zoo model is
+        // random): distilling from it would pull the student toward that. Only a teacher file.
+        spdlog::info(
+            "[stage{}_full_precision] trains without distillation: no distillation.teacher "
+            "(the stage's input is the untrained network)",
+            ctx.stage_index);
+        return nullptr;
+    }
     std::shared_ptr<Model> teacher;
     if (!d.teacher.empty()) {
         ModelFile file = load_model(d.teacher);
@@ -456,11 +465,12 @@ void finetune_stage(RunContext& ctx,
     }
 }
 
-int64_t steps_per_epoch(const RunContext& ctx) {
+int64_t steps_per_epoch(const RunContext& ctx, bool whole_set) {
     // The steps each worker takes: under data-parallel training the trainer's loader is this
     // worker's shard (inside dist::run_once, the whole set).
-    auto loader =
-        ctx.data.train_loader(ctx.job.data, ctx.job.seed, dist::rank(), dist::world_size());
+    auto loader = whole_set ? ctx.data.train_loader(ctx.job.data, ctx.job.seed)
+                            : ctx.data.train_loader(ctx.job.data, ctx.job.seed, dist::rank(),
+                                                    dist::world_size());
     int64_t steps = loader->num_batches();
     if (ctx.job.train.steps_per_epoch > 0) {
         steps = std::min(steps, ctx.job.train.steps_per_epoch);

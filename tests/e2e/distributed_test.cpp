@@ -170,7 +170,7 @@ TEST(Distributed, SearchRunsOnceAndEveryWorkerPrunesItsResult) {
     const std::string stage =
         "--set 'pipeline=[{learner: channel_pruning, flops_target: 0.7, ratios: auto, samples: 32, "
         "channel_multiple: 1, finetune_epochs: 1, search: {episodes: 6, warmup: 2, samples: "
-        "32}}]' ";
+        "32, rerank: 1}}]' ";
     Result r =
         cli("--json compress --config job.yaml --nproc 2 --set output_dir=cp " + from_base + stage,
             dir);
@@ -180,6 +180,9 @@ TEST(Distributed, SearchRunsOnceAndEveryWorkerPrunesItsResult) {
     const std::string csv = read_file(dir.path() / "cp" / "search" / "stage0" / "episodes.csv");
     EXPECT_EQ(std::count(csv.begin(), csv.end(), '\n'), 7);  // header + 6: one searcher
     EXPECT_LE(s["stages"][0]["macs_kept"].get<double>(), 0.72);
+    // The rerank trains on rank 0 alone over the whole training set: one epoch is 14 steps of
+    // 32 (448 images), not a worker's shard of 7.
+    EXPECT_EQ(s["stages"][0]["search"]["rerank"]["steps"], 14) << s["stages"][0]["search"].dump();
 }
 
 TEST(Distributed, SparsityScheduleCountsEachWorkersSteps) {
