@@ -162,6 +162,20 @@ TEST(CliTest, ResumeAfterInterruptionMatchesUninterruptedRun) {
                      json::parse(resumed.out)["top1"].get<double>());
 }
 
+TEST(CliTest, FullPrecisionDistilsOnlyFromATeacherFile) {
+    // The stage's input is the untrained network: it is no teacher. A teacher file is.
+    testing::TempDir dir;
+    write_file_atomic(dir.file("job.yaml"), kTinyJob);
+    const std::string args =
+        "train --config job.yaml --set train.epochs=1 --set distillation.enabled=true ";
+    Result own = cli(args + "--set output_dir=a", dir);
+    ASSERT_EQ(own.code, 0) << own.err;
+    EXPECT_NE(own.err.find("trains without distillation"), std::string::npos) << own.err;
+    Result file = cli(args + "--set output_dir=b --set distillation.teacher=a/model.pfm", dir);
+    ASSERT_EQ(file.code, 0) << file.err;
+    EXPECT_EQ(file.err.find("trains without distillation"), std::string::npos) << file.err;
+}
+
 TEST(CliTest, ExportImportAndBench) {
     testing::TempDir dir;
     write_file_atomic(dir.file("job.yaml"), std::string(kTinyJob) + "export: {onnx: true}\n");
