@@ -167,6 +167,9 @@ void save_checkpoint(const fs::path& path,
     archive.write("optimizer", opt_ar);
     archive.write("position", at::tensor({pos.epoch, pos.batch, pos.step}, at::kLong));
     archive.write("sums", at::tensor({pos.loss_sum, pos.correct, pos.seen}, at::kDouble));
+    // The position counts this run's per-worker batches: a resume with another worker count
+    // would repeat or skip images and move the schedules.
+    archive.write("workers", at::tensor({int64_t{dist::world_size()}}, at::kLong));
     {
         at::Generator gen = at::detail::getDefaultCPUGenerator();
         std::lock_guard<std::mutex> lock(gen.mutex());
@@ -187,6 +190,14 @@ Position load_checkpoint(const std::string& bytes,
         torch::serialize::InputArchive archive, model_ar, opt_ar;
         std::istringstream in(bytes);
         archive.load_from(in);
+        at::Tensor workers;
+        if (archive.try_read("workers", workers)) {  // (checkpoints before it: not checked)
+            const int64_t saved = workers[0].item<int64_t>();
+            PF_CHECK(saved == dist::world_size(), ConfigError,
+                     "failed to resume from checkpoint {}: it was written by {} worker(s), this "
+                     "run has {}; resume with the same count (--nproc {})",
+                     path.string(), saved, dist::world_size(), saved);
+        }
         archive.read("model", model_ar);
         archive.read("optimizer", opt_ar);
         model.load(model_ar);

@@ -133,6 +133,12 @@ TEST(Distributed, InterruptedWorkersResumeToTheUninterruptedResult) {
     EXPECT_NE(stopped.err.find("checkpoint saved to run/checkpoints"), std::string::npos)
         << stopped.err;
     EXPECT_NE(stopped.err.find("saved by rank 0"), std::string::npos) << stopped.err;
+    // Its position counts two workers' batches: one worker may not take it over.
+    Result alone =
+        cli("train --config job.yaml --set data.batch_size=16 --set output_dir=run --resume", dir);
+    EXPECT_EQ(alone.code, 2) << alone.err;
+    EXPECT_NE(alone.err.find("written by 2 worker(s), this run has 1"), std::string::npos)
+        << alone.err;
     Result resumed = cli(args + "run --resume", dir);
     ASSERT_EQ(resumed.code, 0) << resumed.err;
     EXPECT_NE(resumed.err.find("resumed from"), std::string::npos);
