@@ -7,6 +7,7 @@
 #include <csignal>
 #include <filesystem>
 
+#include <ATen/Context.h>
 #include <spdlog/sinks/basic_file_sink.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -269,6 +270,11 @@ json run_job(const Job& job, const RunOptions& options) {
                        options.resume,
                        options.stop_after_steps,
                        std::make_shared<const Model>(model->graph().clone(), model->meta())};
+        // Each stage draws from its own seeded stream of LibTorch's global generator (dropout
+        // masks): a stage rerun on resume, after the earlier ones were loaded from their files,
+        // draws what it drew in the uninterrupted run. (A checkpoint inside it restores the
+        // generator's state at that point.)
+        at::manual_seed(job.seed * 1000003 + i + 1);
         auto stage_start = std::chrono::steady_clock::now();
         json summary = learners[i]->run(ctx);
         model = ctx.model;

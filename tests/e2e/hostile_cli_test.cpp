@@ -4,12 +4,15 @@
 // temporary files of a killed write).
 #include <filesystem>
 
+#include <ATen/Context.h>
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
 #include "pocketflow/config.h"
 #include "pocketflow/error.h"
+#include "pocketflow/graph.h"
 #include "pocketflow/learner.h"
+#include "pocketflow/pfm.h"
 #include "pocketflow/util.h"
 
 #include "e2e/cli_util.h"
@@ -47,6 +50,39 @@ TEST(HostileCliTest, BadInputExitsTwoNamingTheCulprit) {
         EXPECT_EQ(r.err.find("json.exception"), std::string::npos) << r.err;
         EXPECT_EQ(r.err.find("filesystem error"), std::string::npos) << r.err;
     }
+}
+
+TEST(HostileCliTest, AStageRerunOnResumeDrawsWhatItDrewInOneGo) {
+    // A model with dropout (masks from LibTorch's global generator), two training stages. Killed
+    // after stage 0 and before stage 1's first checkpoint, the resumed run loads stage 0 from its
+    // file and reruns stage 1: the final weights must be the uninterrupted run's.
+    testing::TempDir dir;
+    Graph g({1, 12, 12});
+    int x = g.add_unary("relu", Op::kReLU, g.add_conv("conv", 0, 1, 4, 3, 1, 1, 1, true));
+    x = g.add_dropout("drop", g.add_unary("flat", Op::kFlatten, x), 0.5);
+    g.set_output(g.add_linear("fc", x, 4 * 12 * 12, 4));
+    init_weights(g, 5);
+    save_model(dir.file("m.pfm"), g, {});
+    std::string job = kTinyJob;
+    job.replace(job.find("{arch: lenet5}"), 14, "{path: " + dir.file("m.pfm") + "}");
+    job.replace(job.find("  - learner: full_precision\n"), 27,
+                "  - {learner: full_precision, epochs: 1}\n  - {learner: full_precision, epochs: "
+                "1}\n");
+    Job once = parse_job(job, "job.yaml", {"output_dir=" + dir.file("once")});
+    run_job(once, {});
+    Job twice = parse_job(job, "job.yaml", {"output_dir=" + dir.file("twice")});
+    run_job(twice, {});
+    for (const char* gone :
+         {"model.pfm", "summary.json", "stage1_full_precision.pfm", "stage1_full_precision.json",
+          "checkpoints/stage1_full_precision.ckpt"}) {
+        fs::remove(dir.path() / "twice" / gone);
+    }
+    RunOptions resume;
+    resume.resume = true;
+    // (A stage the generator state of the interrupted process would not reach: another stream.)
+    at::manual_seed(12345);
+    run_job(twice, resume);
+    EXPECT_EQ(read_file(dir.file("once/model.pfm")), read_file(dir.file("twice/model.pfm")));
 }
 
 TEST(HostileCliTest, StopDuringTheFinalEvaluationIsHonoured) {
