@@ -479,7 +479,9 @@ TrainResult Trainer::fit(Model& model,
                 loss.backward();
             }
             if (config_.grad_clip > 0) {
-                torch::nn::utils::clip_grad_norm_(model.parameters(), config_.grad_clip);
+                // Over every tensor the optimizer steps (DCP's auxiliary heads too): the norm is
+                // global.
+                torch::nn::utils::clip_grad_norm_(trained, config_.grad_clip);
             }
             optimizer->step();
             // Masked weights stay zero, codebook weights stay decoded (sparsity.h).

@@ -151,6 +151,28 @@ TEST(TrainerTest, HooksRunAndLossTermsApply) {
     EXPECT_LT(model->forward(batch->next()->images).abs().mean().item<double>(), 1.0);
 }
 
+TEST(TrainerTest, GradientClippingCoversTheExtraTrainedTensors) {
+    // A feature loss's own tensors (DCP's auxiliary heads) are stepped by the same optimizer: the
+    // clipped norm is over them too, so a huge gradient on one moves it by at most lr * clip.
+    torch::manual_seed(0);
+    TinySetup s;
+    s.train.epochs = 1;
+    s.train.steps_per_epoch = 1;
+    s.train.grad_clip = 1e-3;
+    s.train.optimizer.momentum = 0;
+    s.train.optimizer.weight_decay = 0;
+    auto model = s.model();
+    at::Tensor extra = torch::zeros({8}, torch::requires_grad());
+    Trainer trainer(s.train, nullptr, "t");
+    trainer.add_feature_loss(
+        {model->graph().find("fc1")},
+        [&](const std::vector<at::Tensor>&, const at::Tensor&) { return 1e6 * extra.sum(); },
+        {extra});
+    trainer.fit(*model, s.data, s.data_cfg, 1);
+    EXPECT_LE(extra.detach().abs().max().item<double>(), s.train.optimizer.lr * 1e-3 * 1.0001);
+    EXPECT_GT(extra.detach().abs().max().item<double>(), 0.0);
+}
+
 TEST(TrainerTest, NonFiniteLossStopsWithClearError) {
     TinySetup s;
     auto model = s.model();
