@@ -376,6 +376,14 @@ TrainResult Trainer::fit(Model& model,
             trained.push_back(p);
         }
     }
+    // The moving activation ranges of a quantized graph (QAT), shared by the workers each step.
+    std::vector<at::Tensor> act_ranges;
+    for (auto& n : model.graph().nodes()) {
+        auto r = n.buffers.find("act_range");
+        if (r != n.buffers.end() && n.quant.act_bits > 0) {
+            act_ranges.push_back(r->second);
+        }
+    }
     const bool tty = ::isatty(STDERR_FILENO) == 1;
     model.train();
     auto save = [&]() {
@@ -486,6 +494,16 @@ TrainResult Trainer::fit(Model& model,
             optimizer->step();
             // Masked weights stay zero, codebook weights stay decoded (sparsity.h).
             apply_weight_constraints(model.graph());
+            if (parallel && !act_ranges.empty()) {
+                // QAT's activation ranges follow each worker's batches and set the next
+                // forward's fake quantization: the workers share their mean, so they quantize
+                // alike (and a checkpoint holds every worker's ranges).
+                at::NoGradGuard no_grad;
+                dist::all_reduce_sum(act_ranges);
+                for (auto& r : act_ranges) {
+                    r.div_(static_cast<double>(dist::world_size()));
+                }
+            }
             for (const auto& hook : after_step_) {
                 hook(model, pos.step);
             }
