@@ -365,35 +365,51 @@ TEST(QuantTest, BiasCorrectionRemovesTheMeanShiftOfQuantizedLayers) {
     EXPECT_LT(mean_error(), 0.5 * before);
 }
 
+/// A quantized model exported as QDQ and run in ONNX Runtime on `x`: its output, the
+/// simulation's, and the op counts of ONNX Runtime's optimised graph.
+struct QdqRun {
+    at::Tensor output, simulated;
+    std::map<std::string, int> ops;
+};
+
+QdqRun run_qdq(Model& model, const at::Tensor& x) {
+    testing::TempDir dir;
+    snap_quantized_weights(model.graph());
+    export_onnx(dir.file("q.onnx"), model.graph(), model.meta());
+    QdqRun q;
+    q.output = run_onnxruntime(dir.file("q.onnx"), x, 0, 1, 1, dir.file("opt.onnx")).output;
+    model.eval();
+    at::NoGradGuard no_grad;
+    q.simulated = model.forward(x);
+    onnx::ModelProto opt;
+    EXPECT_TRUE(opt.ParseFromString(read_file(dir.file("opt.onnx"))));
+    for (const auto& n : opt.graph().node()) {
+        ++q.ops[n.op_type()];
+    }
+    return q;
+}
+
+/// The largest difference between ONNX Runtime's and the simulation's outputs, in 8-bit steps of
+/// the simulated output's range.
+double output_steps(const QdqRun& q) {
+    const double step = (q.simulated.max() - q.simulated.min()).item<double>() / 255;
+    return (q.output - q.simulated).abs().max().item<double>() / step;
+}
+
 TEST(QuantTest, QdqExportRunsEveryConvAsAnInt8KernelInOnnxRuntime) {
     if (ort_runner_path().empty()) {
         GTEST_SKIP() << "ONNX Runtime not installed (tools/setup.sh --ort)";
     }
-    testing::TempDir dir;
     auto model = quantized_zoo("resnet20", {1, 16, 16}, {8, 8});
-    snap_quantized_weights(model->graph());
-    export_onnx(dir.file("q.onnx"), model->graph(), model->meta());
     at::manual_seed(5);
-    at::Tensor x = at::randn({16, 1, 16, 16});
-    OrtRun r = run_onnxruntime(dir.file("q.onnx"), x, 0, 1, 1, dir.file("opt.onnx"));
-    model->eval();
-    at::NoGradGuard no_grad;
-    at::Tensor y = model->forward(x);
-    EXPECT_TRUE(r.output.argmax(1).equal(y.argmax(1)));
-    const double step = (y.max() - y.min()).item<double>() / 255;
-    EXPECT_LE((r.output - y).abs().max().item<double>(), 2 * step);
-    onnx::ModelProto opt;
-    std::string bytes = read_file(dir.file("opt.onnx"));
-    ASSERT_TRUE(opt.ParseFromString(bytes));
-    std::map<std::string, int> ops;
-    for (const auto& n : opt.graph().node()) {
-        ++ops[n.op_type()];
-    }
-    EXPECT_EQ(ops["QLinearConv"], 21);
-    EXPECT_EQ(ops["Conv"], 0);
-    EXPECT_EQ(ops["QLinearAdd"], 9);
-    EXPECT_EQ(ops["QGemm"], 1);
-    EXPECT_EQ(ops["QLinearGlobalAveragePool"], 1);
+    const QdqRun q = run_qdq(*model, at::randn({16, 1, 16, 16}));
+    EXPECT_TRUE(q.output.argmax(1).equal(q.simulated.argmax(1)));
+    EXPECT_LE(output_steps(q), 2.0);
+    EXPECT_EQ(q.ops.at("QLinearConv"), 21);
+    EXPECT_EQ(q.ops.count("Conv"), 0u);
+    EXPECT_EQ(q.ops.at("QLinearAdd"), 9);
+    EXPECT_EQ(q.ops.at("QGemm"), 1);
+    EXPECT_EQ(q.ops.at("QLinearGlobalAveragePool"), 1);
 }
 
 TEST(QuantTest, QdqExportOfFourBitActivationsClipsToTheirLevels) {
@@ -402,27 +418,14 @@ TEST(QuantTest, QdqExportOfFourBitActivationsClipsToTheirLevels) {
     if (ort_runner_path().empty()) {
         GTEST_SKIP() << "ONNX Runtime not installed (tools/setup.sh --ort)";
     }
-    testing::TempDir dir;
     auto model = quantized_zoo("resnet20", {1, 16, 16}, {8, 4});
-    snap_quantized_weights(model->graph());
-    export_onnx(dir.file("q.onnx"), model->graph(), model->meta());
     at::manual_seed(6);
-    at::Tensor x = at::randn({16, 1, 16, 16}) * 2;  // beyond the calibrated ranges: clipping counts
-    OrtRun r = run_onnxruntime(dir.file("q.onnx"), x, 0, 1, 1, dir.file("opt.onnx"));
-    model->eval();
-    at::NoGradGuard no_grad;
-    at::Tensor y = model->forward(x);
-    const double step = (y.max() - y.min()).item<double>() / 255;
-    EXPECT_LE((r.output - y).abs().max().item<double>(), 2 * step);
-    onnx::ModelProto opt;
-    ASSERT_TRUE(opt.ParseFromString(read_file(dir.file("opt.onnx"))));
-    std::map<std::string, int> ops;
-    for (const auto& n : opt.graph().node()) {
-        ++ops[n.op_type()];
-    }
-    EXPECT_EQ(ops["QLinearConv"], 21);
-    EXPECT_EQ(ops["Conv"], 0);
-    EXPECT_GT(ops["Clip"], 0);
+    // Inputs beyond the calibrated ranges, so that the clipping counts.
+    const QdqRun q = run_qdq(*model, at::randn({16, 1, 16, 16}) * 2);
+    EXPECT_LE(output_steps(q), 2.0);
+    EXPECT_EQ(q.ops.at("QLinearConv"), 21);
+    EXPECT_EQ(q.ops.count("Conv"), 0u);
+    EXPECT_GT(q.ops.count("Clip"), 0u);
 }
 
 }  // namespace
