@@ -97,12 +97,15 @@ void register_builtin_learners(LearnerRegistry& registry);
 const LearnerRegistry& builtin_registry();
 
 /// A Trainer for this stage: checkpoint tag `stage<i>_<learner><suffix>`, resume and stop hooks
-/// from the context, and the distillation teacher when the job enables distillation.
-Trainer make_trainer(RunContext& ctx, const TrainConfig& config, const std::string& suffix = "");
+/// from the context, and the distillation teacher when the job enables distillation (with
+/// `input_teacher` false, only a `distillation.teacher` file: not the stage's input model).
+Trainer make_trainer(RunContext& ctx,
+                     const TrainConfig& config,
+                     const std::string& suffix = "",
+                     bool input_teacher = true);
 
 /// The stage's teacher for distillation: `distillation.teacher` when set, else a frozen copy of the
-/// stage's input model (not for full_precision, whose input is the network before its training:
-/// none); nullptr when distillation is off.
+/// stage's input model; nullptr when distillation is off.
 std::shared_ptr<Model> make_teacher(const RunContext& ctx);
 
 /// A seeded subset of `count` training-split images (sorted, no augmentation, `batch_size` a

@@ -13,7 +13,16 @@ FullPrecision::FullPrecision(FullPrecisionOptions options, TrainConfig train)
 }
 
 nlohmann::json FullPrecision::run(RunContext& ctx) {
-    Trainer trainer = make_trainer(ctx, train_);
+    // Its input is the network before the training it does (a fresh zoo model is random): no
+    // teacher, unless the job names a teacher file.
+    const DistillationConfig& d = ctx.job.distillation;
+    if (d.enabled && d.teacher.empty()) {
+        spdlog::info(
+            "[stage{}_full_precision] trains without distillation: no distillation.teacher "
+            "(the stage's input is the untrained network)",
+            ctx.stage_index);
+    }
+    Trainer trainer = make_trainer(ctx, train_, "", /*input_teacher=*/false);
     TrainResult r = trainer.fit(*ctx.model, ctx.data, ctx.job.data,
                                 ctx.job.seed + static_cast<uint64_t>(ctx.stage_index));
     nlohmann::json out = {{"epochs", train_.epochs},

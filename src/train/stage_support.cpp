@@ -163,15 +163,6 @@ std::shared_ptr<Model> make_teacher(const RunContext& ctx) {
     if (!d.enabled) {
         return nullptr;
     }
-    if (d.teacher.empty() && ctx.stage.learner == "full_precision") {
-        // Its input is the network before the training this stage does (a fresh zoo model is
-        // random): distilling from it would pull the student toward that. Only a teacher file.
-        spdlog::info(
-            "[stage{}_full_precision] trains without distillation: no distillation.teacher "
-            "(the stage's input is the untrained network)",
-            ctx.stage_index);
-        return nullptr;
-    }
     std::shared_ptr<Model> teacher;
     if (!d.teacher.empty()) {
         ModelFile file = load_model(d.teacher);
@@ -189,13 +180,18 @@ std::shared_ptr<Model> make_teacher(const RunContext& ctx) {
     return teacher;
 }
 
-Trainer make_trainer(RunContext& ctx, const TrainConfig& config, const std::string& suffix) {
+Trainer make_trainer(RunContext& ctx,
+                     const TrainConfig& config,
+                     const std::string& suffix,
+                     bool input_teacher) {
     Trainer trainer(config, &ctx.run,
                     fmt::format("stage{}_{}{}", ctx.stage_index, ctx.stage.learner, suffix));
     trainer.set_resume(ctx.resume);
     trainer.set_stop_after_steps(ctx.stop_after_steps);
-    if (auto teacher = make_teacher(ctx)) {
-        trainer.set_teacher(teacher, ctx.job.distillation);
+    if (input_teacher || !ctx.job.distillation.teacher.empty()) {
+        if (auto teacher = make_teacher(ctx)) {
+            trainer.set_teacher(teacher, ctx.job.distillation);
+        }
     }
     return trainer;
 }
