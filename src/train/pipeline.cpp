@@ -2,9 +2,7 @@
 // Runs a job: run directory, model, pipeline of learner stages, final evaluation and outputs.
 // What the runner shares with the learners (threads, models, trainers, loaders): stage_support.cpp.
 #include <algorithm>
-#include <cerrno>
 #include <chrono>
-#include <csignal>
 #include <filesystem>
 
 #include <ATen/Context.h>
